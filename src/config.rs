@@ -1,0 +1,330 @@
+//! Command line and environment: every option is a flag and a `RECBOT_*` variable (SPEC §1).
+//!
+//! `recbot` with no arguments is `recbot serve` on the embedded defaults. [`ServeArgs::validate`]
+//! turns the raw options into a [`ServerConfig`] or a clear error before anything is bound.
+
+use crate::signal::protocol::IceServer;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// recbot: a WebRTC peer that records rooms and answers calls.
+#[derive(Debug, Parser)]
+#[command(
+    name = "recbot",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `serve`, accepted without the word `serve` too.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeArgs),
+    /// Join a room as ordinary peer(s) and send pre-encoded VP8 and Opus at real-time pace.
+    Publish(crate::publish::PublishArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of `recbot serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// HTTP and WebSocket listen address.
+    #[arg(long, env = "RECBOT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where recordings are written, one folder each.
+    #[arg(long, env = "RECBOT_RECORDINGS_DIR", default_value = "recordings")]
+    pub recordings_dir: PathBuf,
+    /// Where the play and voicemail bots find their media files.
+    #[arg(long, env = "RECBOT_MEDIA_DIR", default_value = "media")]
+    pub media_dir: PathBuf,
+    /// Bearer token required on /api and /metrics (never logged).
+    #[arg(long, env = "RECBOT_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Token required to join rooms (`?token=` on the WebSocket, bearer on WHIP; never logged).
+    #[arg(long, env = "RECBOT_ROOM_TOKEN", hide_env_values = true)]
+    pub room_token: Option<String>,
+    /// Serve a non-loopback address without an API token anyway.
+    #[arg(long, env = "RECBOT_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Browser origins besides the service's own allowed to use /rooms and /api (comma-separated).
+    #[arg(long, env = "RECBOT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Local IPs to bind media (UDP) sockets on, comma-separated. `0.0.0.0` means every
+    /// non-loopback interface; loopback is added so local programs can connect.
+    #[arg(
+        long,
+        env = "RECBOT_UDP_BIND",
+        value_delimiter = ',',
+        default_value = "0.0.0.0,127.0.0.1"
+    )]
+    pub udp_bind: Vec<IpAddr>,
+    /// UDP port range for media, `MIN-MAX` (default: ephemeral ports).
+    #[arg(long, env = "RECBOT_UDP_PORTS")]
+    pub udp_ports: Option<String>,
+    /// Public IP(s) to advertise instead of local ones (NAT 1:1 mapping), comma-separated.
+    #[arg(long, env = "RECBOT_PUBLIC_IPS", value_delimiter = ',')]
+    pub public_ips: Vec<IpAddr>,
+    /// STUN/TURN server URLs for the service's peers and for browsers, comma-separated.
+    #[arg(long, env = "RECBOT_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+    /// Username for the TURN servers in --ice-servers.
+    #[arg(long, env = "RECBOT_TURN_USERNAME")]
+    pub turn_username: Option<String>,
+    /// Credential for the TURN servers in --ice-servers (never logged).
+    #[arg(long, env = "RECBOT_TURN_CREDENTIAL", hide_env_values = true)]
+    pub turn_credential: Option<String>,
+    /// Most recordings active at once (more get 503).
+    #[arg(long, env = "RECBOT_MAX_RECORDINGS", default_value_t = 16)]
+    pub max_recordings: usize,
+    /// Most peers in one room.
+    #[arg(long, env = "RECBOT_MAX_PEERS_PER_ROOM", default_value_t = 64)]
+    pub max_peers_per_room: usize,
+    /// Log format.
+    #[arg(long, env = "RECBOT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "RECBOT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        // Parsing an empty command line can only fail on a bad environment variable; then the
+        // caller gets the embedded defaults and the bad value is reported when it parses for real.
+        let cli = Cli::try_parse_from(["recbot"]);
+        match cli {
+            Ok(cli) => cli.serve,
+            Err(_) => Self {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                recordings_dir: "recordings".into(),
+                media_dir: "media".into(),
+                api_token: None,
+                room_token: None,
+                allow_unauthenticated: false,
+                allowed_origins: vec![],
+                udp_bind: vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([127, 0, 0, 1])],
+                udp_ports: None,
+                public_ips: vec![],
+                ice_servers: vec![],
+                turn_username: None,
+                turn_credential: None,
+                max_recordings: 16,
+                max_peers_per_room: 64,
+                log_format: LogFormat::Text,
+                log: "info".into(),
+            },
+        }
+    }
+}
+
+/// A configuration error, reported before the service binds anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Non-loopback listen address without a token.
+    #[error(
+        "refusing to serve {0} without --api-token: anyone who can reach it could record rooms. \
+         Set --api-token (RECBOT_API_TOKEN), listen on 127.0.0.1, or pass --allow-unauthenticated"
+    )]
+    Unauthenticated(SocketAddr),
+    /// Bad `--udp-ports`.
+    #[error("--udp-ports must be MIN-MAX with 1 <= MIN <= MAX <= 65535, got `{0}`")]
+    PortRange(String),
+    /// Bad `--ice-servers` entry.
+    #[error("--ice-servers entry `{0}` is not a stun:, turn: or turns: URL")]
+    IceServer(String),
+    /// Recordings dir unusable.
+    #[error("recordings directory {path}: {source}")]
+    RecordingsDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An empty token.
+    #[error("{0} must not be empty")]
+    EmptyToken(&'static str),
+    /// Zero limits.
+    #[error("{0} must be at least 1")]
+    ZeroLimit(&'static str),
+}
+
+/// Validated settings of the running service.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The raw arguments (for values used as they are).
+    pub args: ServeArgs,
+    /// Parsed `--udp-ports`.
+    pub udp_ports: Option<(u16, u16)>,
+    /// ICE servers for our peers and for `welcome`.
+    pub ice_servers: Vec<IceServer>,
+}
+
+impl ServeArgs {
+    /// Checks every option and creates the recordings directory.
+    pub fn validate(self) -> Result<ServerConfig, ConfigError> {
+        if self.api_token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken("--api-token"));
+        }
+        if self.room_token.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken("--room-token"));
+        }
+        if !self.listen.ip().is_loopback()
+            && self.api_token.is_none()
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::Unauthenticated(self.listen));
+        }
+        if self.max_recordings == 0 {
+            return Err(ConfigError::ZeroLimit("--max-recordings"));
+        }
+        if self.max_peers_per_room == 0 {
+            return Err(ConfigError::ZeroLimit("--max-peers-per-room"));
+        }
+        let udp_ports = match &self.udp_ports {
+            None => None,
+            Some(text) => Some(parse_port_range(text)?),
+        };
+        let mut ice_servers = Vec::new();
+        for url in &self.ice_servers {
+            let scheme = url.split(':').next().unwrap_or_default();
+            let turn = matches!(scheme, "turn" | "turns");
+            if !(turn || scheme == "stun" || scheme == "stuns") || !url.contains(':') {
+                return Err(ConfigError::IceServer(url.clone()));
+            }
+            ice_servers.push(IceServer {
+                urls: vec![url.clone()],
+                username: turn.then(|| self.turn_username.clone()).flatten(),
+                credential: turn.then(|| self.turn_credential.clone()).flatten(),
+            });
+        }
+        std::fs::create_dir_all(&self.recordings_dir).map_err(|source| {
+            ConfigError::RecordingsDir {
+                path: self.recordings_dir.clone(),
+                source,
+            }
+        })?;
+        let probe = self.recordings_dir.join(".recbot-write-test");
+        std::fs::write(&probe, b"")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|source| ConfigError::RecordingsDir {
+                path: self.recordings_dir.clone(),
+                source,
+            })?;
+        Ok(ServerConfig {
+            args: self,
+            udp_ports,
+            ice_servers,
+        })
+    }
+}
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), ConfigError> {
+    let err = || ConfigError::PortRange(text.to_owned());
+    let (a, b) = text.split_once('-').ok_or_else(err)?;
+    let min: u16 = a.trim().parse().map_err(|_| err())?;
+    let max: u16 = b.trim().parse().map_err(|_| err())?;
+    if min == 0 || min > max {
+        return Err(err());
+    }
+    Ok((min, max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["recbot", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Serve(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let cli = Cli::try_parse_from(["recbot"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            cli.serve.listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(cli.serve.recordings_dir, PathBuf::from("recordings"));
+    }
+
+    #[test]
+    fn refuses_public_bind_without_token() {
+        let dir = std::env::temp_dir().join(format!("recbot-cfg-{}", std::process::id()));
+        let d = dir.to_str().unwrap();
+        let err = args(&["--listen", "0.0.0.0:8080", "--recordings-dir", d])
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Unauthenticated(_)));
+        assert!(err.to_string().contains("--api-token"));
+        args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--api-token",
+            "s",
+            "--recordings-dir",
+            d,
+        ])
+        .validate()
+        .unwrap();
+        args(&[
+            "--listen",
+            "0.0.0.0:8080",
+            "--allow-unauthenticated",
+            "--recordings-dir",
+            d,
+        ])
+        .validate()
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn port_ranges_and_ice_servers() {
+        assert_eq!(parse_port_range("10000-10100").unwrap(), (10000, 10100));
+        assert!(parse_port_range("10100-10000").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert!(parse_port_range("abc").is_err());
+        let dir = std::env::temp_dir().join(format!("recbot-cfg2-{}", std::process::id()));
+        let cfg = args(&[
+            "--ice-servers",
+            "stun:stun.example:3478,turn:turn.example:3478",
+            "--turn-username",
+            "u",
+            "--turn-credential",
+            "p",
+            "--recordings-dir",
+            dir.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(cfg.ice_servers.len(), 2);
+        assert_eq!(cfg.ice_servers[0].username, None);
+        assert_eq!(cfg.ice_servers[1].credential.as_deref(), Some("p"));
+        assert!(args(&["--ice-servers", "http://x"]).validate().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

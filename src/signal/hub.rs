@@ -1,0 +1,390 @@
+//! Rooms and their members: joining, leaving, relaying by `to` → `from`, room-wide notices.
+//!
+//! The hub is transport-agnostic: a WebSocket client, an in-process bot and a WHIP session are
+//! all members holding a [`Membership`] and reading a channel of [`ServerMessage`]s. A room
+//! exists while it has members. The lock is a plain mutex held only for map updates and
+//! `try_send`s, never across an await.
+
+use super::protocol::{
+    ClientMessage, ErrorCode, IceServer, MessageRef, PeerInfo, Refusal, ServerMessage,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+/// Messages queued for one member before it counts as too slow and is dropped from its room.
+pub const MEMBER_QUEUE: usize = 512;
+
+/// What a joining member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberKind {
+    /// A person's client or program over WebSocket.
+    Client,
+    /// One of recbot's own bots.
+    Bot,
+    /// A WHIP publisher; media ends at the server.
+    Whip,
+}
+
+struct Member {
+    info: PeerInfo,
+    tx: mpsc::Sender<ServerMessage>,
+}
+
+#[derive(Default)]
+struct Room {
+    /// In order of joining.
+    members: Vec<Member>,
+}
+
+/// The set of rooms. Cheap to share (`Arc<Hub>`).
+pub struct Hub {
+    rooms: Mutex<HashMap<String, Room>>,
+    ice_servers: Vec<IceServer>,
+    max_peers_per_room: usize,
+}
+
+/// Why a join was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum JoinError {
+    /// The room already has the configured maximum of peers.
+    #[error("room {0} is full")]
+    RoomFull(String),
+}
+
+/// A member's place in a room. Dropping it leaves the room (others get `peer-left`).
+pub struct Membership {
+    hub: Arc<Hub>,
+    room: String,
+    info: PeerInfo,
+}
+
+/// Creates a random peer id: 10 characters of `[a-z0-9]`.
+pub fn new_peer_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..10)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+impl Hub {
+    /// A hub that hands `ice_servers` to every client in its `welcome`.
+    pub fn new(ice_servers: Vec<IceServer>, max_peers_per_room: usize) -> Arc<Self> {
+        Arc::new(Self {
+            rooms: Mutex::new(HashMap::new()),
+            ice_servers,
+            max_peers_per_room: max_peers_per_room.max(1),
+        })
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
+        // A poisoned lock means a panic elsewhere while holding it; the map is still consistent
+        // because every critical section only does whole inserts/removes.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins `room` (creating it). Returns the membership, the `welcome` for the newcomer and its
+    /// message queue. Everyone already there is told `peer-joined`.
+    pub fn join(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        kind: MemberKind,
+    ) -> Result<(Membership, ServerMessage, mpsc::Receiver<ServerMessage>), JoinError> {
+        let info = PeerInfo {
+            id: new_peer_id(),
+            name: name.chars().take(64).collect(),
+            bot: kind == MemberKind::Bot,
+            whip: kind == MemberKind::Whip,
+        };
+        let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
+        let mut rooms = self.rooms();
+        let entry = rooms.entry(room.to_owned()).or_default();
+        if entry.members.len() >= self.max_peers_per_room {
+            if entry.members.is_empty() {
+                rooms.remove(room);
+            }
+            return Err(JoinError::RoomFull(room.to_owned()));
+        }
+        let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
+        let joined = ServerMessage::PeerJoined { peer: info.clone() };
+        let slow = send_all(&entry.members, &joined, None);
+        entry.members.push(Member {
+            info: info.clone(),
+            tx,
+        });
+        self.drop_slow(&mut rooms, room, slow);
+        drop(rooms);
+        tracing::info!(room, peer = %info.id, name = %info.name, ?kind, "peer joined");
+        let welcome = ServerMessage::Welcome {
+            id: info.id.clone(),
+            room: room.to_owned(),
+            peers,
+            ice_servers: self.ice_servers.clone(),
+        };
+        Ok((
+            Membership {
+                hub: Arc::clone(self),
+                room: room.to_owned(),
+                info,
+            },
+            welcome,
+            rx,
+        ))
+    }
+
+    /// Removes members whose queues were full, telling the others `peer-left`.
+    fn drop_slow(&self, rooms: &mut HashMap<String, Room>, room: &str, mut slow: Vec<String>) {
+        while let Some(id) = slow.pop() {
+            let Some(entry) = rooms.get_mut(room) else {
+                return;
+            };
+            let before = entry.members.len();
+            entry.members.retain(|m| m.info.id != id);
+            if entry.members.len() == before {
+                continue;
+            }
+            tracing::warn!(room, peer = %id, "peer dropped: its message queue is full");
+            let left = ServerMessage::PeerLeft { id };
+            slow.extend(send_all(&entry.members, &left, None));
+            if entry.members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    fn leave(&self, room: &str, id: &str) {
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get_mut(room) else {
+            return;
+        };
+        let before = entry.members.len();
+        entry.members.retain(|m| m.info.id != id);
+        if entry.members.len() == before {
+            return;
+        }
+        tracing::info!(room, peer = %id, "peer left");
+        let slow = send_all(
+            &entry.members,
+            &ServerMessage::PeerLeft { id: id.to_owned() },
+            None,
+        );
+        if entry.members.is_empty() {
+            rooms.remove(room);
+        }
+        self.drop_slow(&mut rooms, room, slow);
+    }
+
+    /// Sends `message` to every member of `room` (a no-op if the room does not exist).
+    pub fn broadcast(&self, room: &str, message: &ServerMessage) {
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get(room) else {
+            return;
+        };
+        let slow = send_all(&entry.members, message, None);
+        self.drop_slow(&mut rooms, room, slow);
+    }
+
+    /// All rooms with their members, sorted by room name.
+    pub fn snapshot(&self) -> Vec<(String, Vec<PeerInfo>)> {
+        let rooms = self.rooms();
+        let mut list: Vec<(String, Vec<PeerInfo>)> = rooms
+            .iter()
+            .map(|(name, room)| {
+                (
+                    name.clone(),
+                    room.members.iter().map(|m| m.info.clone()).collect(),
+                )
+            })
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    /// The members of `room` (empty if it does not exist).
+    pub fn peers(&self, room: &str) -> Vec<PeerInfo> {
+        self.rooms()
+            .get(room)
+            .map(|r| r.members.iter().map(|m| m.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Number of rooms and of members over all rooms.
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms();
+        (rooms.len(), rooms.values().map(|r| r.members.len()).sum())
+    }
+
+    fn relay(&self, room: &str, from: &str, message: ClientMessage) -> Result<(), Refusal> {
+        let reference = || MessageRef {
+            kind: Some(message.kind().to_owned()),
+            to: message.to().map(str::to_owned),
+        };
+        let Some(to) = message.to() else {
+            return Ok(());
+        };
+        let mut rooms = self.rooms();
+        let target = rooms
+            .get(room)
+            .and_then(|r| r.members.iter().find(|m| m.info.id == to));
+        let Some(target) = target else {
+            return Err(Refusal {
+                code: ErrorCode::UnknownPeer,
+                message: format!("no peer `{to}` in room `{room}`"),
+                reference: Some(reference()),
+            });
+        };
+        if target.info.whip || to == from {
+            return Err(Refusal {
+                code: ErrorCode::NotNegotiable,
+                message: if to == from {
+                    "a peer cannot negotiate with itself".to_owned()
+                } else {
+                    format!("peer `{to}` is a WHIP publisher: its media ends at the server")
+                },
+                reference: Some(reference()),
+            });
+        }
+        let target_id = target.info.id.clone();
+        let Some(out) = message.relayed(from) else {
+            return Ok(());
+        };
+        if target.tx.try_send(out).is_err() {
+            self.drop_slow(&mut rooms, room, vec![target_id]);
+        }
+        Ok(())
+    }
+}
+
+/// Sends to every member except `skip`; returns the ids whose queues were full.
+fn send_all(members: &[Member], message: &ServerMessage, skip: Option<&str>) -> Vec<String> {
+    let mut slow = Vec::new();
+    for member in members {
+        if Some(member.info.id.as_str()) == skip {
+            continue;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(message.clone()) {
+            slow.push(member.info.id.clone());
+        }
+    }
+    slow
+}
+
+impl Membership {
+    /// This member's id.
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// This member as the room sees it.
+    pub fn info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// The room joined.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// Relays an `offer`/`answer`/`candidate` to its `to`, with `from` set to this member.
+    /// `leave` is a no-op here (drop the membership to leave).
+    pub fn relay(&self, message: ClientMessage) -> Result<(), Refusal> {
+        self.hub.relay(&self.room, &self.info.id, message)
+    }
+
+    /// The hub this membership belongs to.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.leave(&self.room, &self.info.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_relay_leave() {
+        let hub = Hub::new(vec![], 10);
+        let (a, _, mut arx) = hub.join("r", "alice", MemberKind::Client).unwrap();
+        let (b, welcome, mut brx) = hub.join("r", "bob", MemberKind::Client).unwrap();
+        match welcome {
+            ServerMessage::Welcome { peers, .. } => assert_eq!(peers, vec![a.info().clone()]),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(arx.try_recv(), Ok(ServerMessage::PeerJoined { peer }) if peer.id == b.id())
+        );
+        b.relay(ClientMessage::Offer {
+            to: a.id().into(),
+            sdp: "v=0".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            arx.try_recv().unwrap(),
+            ServerMessage::Offer {
+                from: b.id().into(),
+                sdp: "v=0".into()
+            }
+        );
+        let err = b
+            .relay(ClientMessage::Answer {
+                to: "nobody".into(),
+                sdp: "x".into(),
+            })
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownPeer);
+        let a_id = a.id().to_owned();
+        drop(a);
+        assert_eq!(
+            brx.try_recv().unwrap(),
+            ServerMessage::PeerLeft { id: a_id }
+        );
+        drop(b);
+        assert!(hub.snapshot().is_empty());
+    }
+
+    #[test]
+    fn whip_peers_are_not_negotiable_and_rooms_have_a_limit() {
+        let hub = Hub::new(vec![], 2);
+        let (w, _, _wrx) = hub.join("r", "cam", MemberKind::Whip).unwrap();
+        let (c, _, _crx) = hub.join("r", "c", MemberKind::Client).unwrap();
+        let err = c
+            .relay(ClientMessage::Offer {
+                to: w.id().into(),
+                sdp: "v=0".into(),
+            })
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::NotNegotiable);
+        assert!(matches!(
+            hub.join("r", "x", MemberKind::Client),
+            Err(JoinError::RoomFull(_))
+        ));
+    }
+
+    #[test]
+    fn a_member_whose_queue_is_full_is_dropped() {
+        let hub = Hub::new(vec![], 10);
+        let (slow, _, _slow_rx) = hub.join("r", "slow", MemberKind::Client).unwrap();
+        let (fast, _, mut fast_rx) = hub.join("r", "fast", MemberKind::Client).unwrap();
+        for _ in 0..=MEMBER_QUEUE {
+            let _ = fast.relay(ClientMessage::Candidate {
+                to: slow.id().into(),
+                candidate: None,
+            });
+        }
+        let ids: Vec<String> = hub.peers("r").into_iter().map(|p| p.id).collect();
+        assert_eq!(ids, vec![fast.id().to_owned()]);
+        assert!(std::iter::from_fn(|| fast_rx.try_recv().ok()).any(|m| m
+            == ServerMessage::PeerLeft {
+                id: slow.id().into()
+            }));
+    }
+}

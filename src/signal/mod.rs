@@ -1,0 +1,5 @@
+//! Signaling: the wire protocol, the rooms hub, and the WebSocket route.
+
+pub mod hub;
+pub mod protocol;
+pub mod ws;

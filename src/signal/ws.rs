@@ -1,0 +1,238 @@
+//! `GET /rooms/{room}/ws`: a client's WebSocket session in a room (SPEC §2).
+//!
+//! Checks happen before the upgrade (room name 400, room token 401, room full 503; the origin
+//! is checked by the router's middleware). The session then runs one task: frames in, queued
+//! hub messages out, pings every [`PING_EVERY`], dropped after [`SILENCE_LIMIT`] without any
+//! frame. Bad frames get an `error` message; the connection stays open unless the client
+//! keeps sending garbage ([`GARBAGE_LIMIT`] per minute: closed with 1008).
+
+use super::hub::MemberKind;
+use super::protocol::{
+    parse_client_message, valid_room_name, ClientMessage, ErrorCode, Refusal, ServerMessage,
+    MAX_FRAME_BYTES,
+};
+use crate::api::error::ApiError;
+use crate::api::secret_matches;
+use crate::app::App;
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ping period.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// A peer silent this long (no frame, no pong) is dropped.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(60);
+/// Bad frames per minute before the connection is closed with 1008.
+pub const GARBAGE_LIMIT: u32 = 30;
+/// Messages per second allowed on average, and the burst above it.
+pub const RATE_PER_SECOND: f64 = 50.0;
+/// Burst size of the rate limit.
+pub const RATE_BURST: f64 = 200.0;
+/// Largest frame the WebSocket layer reads at all (larger ones close the connection); frames
+/// between [`MAX_FRAME_BYTES`] and this get a `too-large` error.
+pub const HARD_FRAME_LIMIT: usize = 256 * 1024;
+
+/// Query parameters of the WebSocket route.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Room token.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The route handler.
+pub async fn handler(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(query): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !valid_room_name(&room) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-room",
+            "room must be 1-64 characters of A-Z a-z 0-9 _ -",
+        )
+        .into_response();
+    }
+    if let Some(expected) = &app.config.args.room_token {
+        let ok = query
+            .token
+            .as_deref()
+            .is_some_and(|t| secret_matches(t, expected));
+        if !ok {
+            return ApiError::unauthorized("a valid room `token` is required").into_response();
+        }
+    }
+    if app.hub.peers(&room).len() >= app.config.args.max_peers_per_room {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "room-full",
+            "the room is full",
+        )
+        .into_response();
+    }
+    let name = query.name.unwrap_or_default();
+    ws.max_message_size(HARD_FRAME_LIMIT)
+        .max_frame_size(HARD_FRAME_LIMIT)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| session(socket, app, room, name))
+}
+
+/// A token bucket.
+struct RateLimit {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.last).as_secs_f64() * RATE_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(RATE_BURST);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+async fn send(socket: &mut WebSocket, message: &ServerMessage) -> bool {
+    match serde_json::to_string(message) {
+        Ok(text) => socket
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .is_ok(),
+        Err(_) => true,
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
+}
+
+async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: String) {
+    let (membership, welcome, mut rx) = match app.hub.join(&room, &name, MemberKind::Client) {
+        Ok(joined) => joined,
+        Err(e) => {
+            tracing::info!(room, error = %e, "join refused");
+            close(&mut socket, close_code::AGAIN, "room full").await;
+            return;
+        }
+    };
+    let peer = membership.id().to_owned();
+    if !send(&mut socket, &welcome).await {
+        return;
+    }
+    let mut shutdown = app.shutdown.subscribe();
+    let mut last_seen = Instant::now();
+    let mut last_ping = Instant::now();
+    let mut check = tokio::time::interval(Duration::from_secs(5));
+    let mut rate = RateLimit {
+        tokens: RATE_BURST,
+        last: Instant::now(),
+    };
+    let mut garbage = (0u32, Instant::now());
+    loop {
+        tokio::select! {
+            frame = socket.recv() => {
+                let now = Instant::now();
+                let text = match frame {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => {
+                        last_seen = now;
+                        continue;
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        last_seen = now;
+                        Err(Refusal::new(ErrorCode::BadMessage, "binary frames are not accepted"))
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        last_seen = now;
+                        Ok(text)
+                    }
+                };
+                let outcome = text.and_then(|text| {
+                    if !rate.take(now) {
+                        return Err(Refusal::new(ErrorCode::RateLimited, "too many messages; slow down"));
+                    }
+                    if text.len() > MAX_FRAME_BYTES {
+                        return Err(Refusal::new(ErrorCode::TooLarge, format!("frame over {MAX_FRAME_BYTES} bytes")));
+                    }
+                    parse_client_message(text.as_str())
+                });
+                match outcome {
+                    Ok(ClientMessage::Leave) => {
+                        close(&mut socket, close_code::NORMAL, "bye").await;
+                        break;
+                    }
+                    Ok(message) => {
+                        if let Err(refusal) = membership.relay(message) {
+                            if !send(&mut socket, &refusal.into_message()).await {
+                                break;
+                            }
+                        }
+                    }
+                    Err(refusal) => {
+                        tracing::debug!(room, peer, code = ?refusal.code, "client message refused");
+                        if now.duration_since(garbage.1) > Duration::from_secs(60) {
+                            garbage = (0, now);
+                        }
+                        garbage.0 += 1;
+                        if garbage.0 > GARBAGE_LIMIT {
+                            close(&mut socket, close_code::POLICY, "too many bad messages").await;
+                            break;
+                        }
+                        if !send(&mut socket, &refusal.into_message()).await {
+                            break;
+                        }
+                    }
+                }
+            }
+            message = rx.recv() => match message {
+                Some(message) => {
+                    if !send(&mut socket, &message).await {
+                        break;
+                    }
+                }
+                None => {
+                    close(&mut socket, close_code::AGAIN, "too slow").await;
+                    break;
+                }
+            },
+            _ = check.tick() => {
+                let now = Instant::now();
+                if now.duration_since(last_seen) > SILENCE_LIMIT {
+                    tracing::info!(room, peer, "no frame for 60 s: dropped");
+                    break;
+                }
+                if now.duration_since(last_ping) >= PING_EVERY {
+                    last_ping = now;
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            _ = crate::util::until_true(&mut shutdown) => {
+                close(&mut socket, close_code::AWAY, "server shutting down").await;
+                break;
+            }
+        }
+    }
+    drop(membership);
+}
