@@ -1,0 +1,283 @@
+//! The HTTP surface (SPEC §4): recordings, rooms, health, metrics, the page at `/`, and the
+//! room WebSocket route; with token and origin checks in front.
+
+pub mod error;
+pub mod files;
+
+use crate::app::App;
+use crate::bot::recorder;
+use crate::record::manifest::{RecordingDoc, StopReason};
+use crate::record::session::RecordOptions;
+use crate::record::store::valid_id;
+use crate::signal::protocol::valid_room_name;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use error::ApiError;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+
+/// Largest request body the API reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON body whose rejections become [`ApiError`]s.
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Builds the router of the whole service.
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route(
+            "/api/recordings",
+            post(create_recording).get(list_recordings),
+        )
+        .route(
+            "/api/recordings/{id}",
+            get(get_recording).delete(delete_recording),
+        )
+        .route("/api/recordings/{id}/stop", post(stop_recording))
+        .route("/api/recordings/{id}/files/{name}", get(get_file))
+        .route("/api/rooms", get(list_rooms))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            require_api_token,
+        ));
+    let cors = cors_layer(&app);
+    Router::new()
+        .merge(api)
+        .route("/rooms/{room}/ws", get(crate::signal::ws::handler))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/", get(index))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            check_origin,
+        ))
+        .layer(cors)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+fn cors_layer(app: &App) -> tower_http::cors::CorsLayer {
+    let origins: Vec<axum::http::HeaderValue> = app
+        .config
+        .args
+        .allowed_origins
+        .iter()
+        .filter_map(|o| o.parse().ok())
+        .collect();
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::HEAD])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE])
+        .expose_headers([header::CONTENT_RANGE, header::ETAG, header::CONTENT_LENGTH])
+}
+
+/// Constant-time comparison of a presented secret with the configured one.
+pub fn secret_matches(presented: &str, expected: &str) -> bool {
+    presented.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+async fn require_api_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if let Some(expected) = &app.config.args.api_token {
+        if request.method() != Method::OPTIONS {
+            let ok = bearer(request.headers()).is_some_and(|t| secret_matches(t, expected));
+            if !ok {
+                return ApiError::unauthorized(
+                    "a valid `Authorization: Bearer <api token>` is required",
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether a browser `Origin` may use the service: its own origin (host and port equal to the
+/// request's `Host`) or one listed in `--allowed-origins`.
+pub fn origin_allowed(app: &App, origin: &str, host: Option<&str>) -> bool {
+    let own = origin
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .is_some_and(|authority| Some(authority) == host);
+    own || app
+        .config
+        .args
+        .allowed_origins
+        .iter()
+        .any(|o| o.trim_end_matches('/') == origin)
+}
+
+async fn check_origin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path.starts_with("/api/") || path.starts_with("/rooms/") {
+        let headers = request.headers();
+        if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            if !origin_allowed(&app, origin, host) {
+                return ApiError::forbidden(format!("origin `{origin}` is not allowed"))
+                    .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRecording {
+    room: String,
+    #[serde(default)]
+    audio: Option<String>,
+    #[serde(default)]
+    pli_interval_ms: Option<u64>,
+    #[serde(default)]
+    max_duration_s: Option<u64>,
+}
+
+async fn create_recording(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<CreateRecording>,
+) -> Result<(StatusCode, Json<RecordingDoc>), ApiError> {
+    if !valid_room_name(&body.room) {
+        return Err(ApiError::bad_request(
+            "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
+        ));
+    }
+    match body.audio.as_deref() {
+        None | Some("ogg") => {}
+        Some("webm") => {
+            return Err(ApiError::bad_request(
+                "`audio: \"webm\"` (muxed audio and video) is not available yet; use \"ogg\"",
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`audio` must be \"ogg\" or \"webm\", got {other:?}"
+            )))
+        }
+    }
+    let pli_interval = match body.pli_interval_ms {
+        None | Some(0) => None,
+        Some(ms) if ms < 100 => {
+            return Err(ApiError::bad_request(
+                "`pli_interval_ms` must be at least 100",
+            ))
+        }
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
+    let max_duration = match body.max_duration_s {
+        None => None,
+        Some(0) => return Err(ApiError::bad_request("`max_duration_s` must be at least 1")),
+        Some(s) => Some(Duration::from_secs(s)),
+    };
+    let recording = recorder::start(
+        &app,
+        &body.room,
+        RecordOptions {
+            pli_interval,
+            max_duration,
+        },
+    )?;
+    Ok((StatusCode::CREATED, Json(recording.doc())))
+}
+
+async fn list_recordings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let list: Vec<RecordingDoc> = app.store.list().iter().map(|r| r.doc()).collect();
+    Json(serde_json::json!({ "recordings": list }))
+}
+
+fn checked_id(id: &str) -> Result<&str, ApiError> {
+    if valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::not_found(format!("no recording `{id}`")))
+    }
+}
+
+async fn get_recording(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RecordingDoc>, ApiError> {
+    Ok(Json(app.store.get(checked_id(&id)?)?.doc()))
+}
+
+async fn stop_recording(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RecordingDoc>, ApiError> {
+    let recording = app.store.get(checked_id(&id)?)?;
+    recorder::stop(&app, &recording, StopReason::Requested).await;
+    Ok(Json(recording.doc()))
+}
+
+async fn delete_recording(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.store.delete(checked_id(&id)?)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_file(
+    State(app): State<Arc<App>>,
+    Path((id, name)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let recording = app.store.get(checked_id(&id)?)?;
+    let listed = name == crate::record::manifest::MANIFEST_FILE
+        || recording.doc().files.iter().any(|f| f.name == name);
+    if !files::plain_file_name(&name) || !listed {
+        return Err(ApiError::not_found(format!(
+            "no file `{name}` in recording `{id}`"
+        )));
+    }
+    Ok(files::serve(&recording.dir().join(&name), &name, &method, &headers).await)
+}
+
+async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let rooms: Vec<serde_json::Value> = app
+        .hub
+        .snapshot()
+        .into_iter()
+        .map(|(room, peers)| serde_json::json!({"room": room, "peers": peers}))
+        .collect();
+    Json(serde_json::json!({ "rooms": rooms }))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let (rooms, peers) = app.hub.counts();
+    let active = app.store.active().len();
+    let total = app.store.list().len();
+    let body = format!(
+        "# HELP recbot_rooms Rooms with at least one peer.\n# TYPE recbot_rooms gauge\nrecbot_rooms {rooms}\n\
+         # HELP recbot_peers Peers in all rooms.\n# TYPE recbot_peers gauge\nrecbot_peers {peers}\n\
+         # HELP recbot_recordings_active Recordings in progress.\n# TYPE recbot_recordings_active gauge\nrecbot_recordings_active {active}\n\
+         # HELP recbot_recordings Recordings known (any state).\n# TYPE recbot_recordings gauge\nrecbot_recordings {total}\n"
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("index.html"))
+}

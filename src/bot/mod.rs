@@ -1,0 +1,63 @@
+//! Bots: recbot's own peers in rooms. A bot joins the hub in-process like any participant
+//! and runs the shared room machinery ([`crate::peer::room`]) with its own [`Behaviour`].
+
+pub mod recorder;
+
+pub use crate::peer::room::Behaviour;
+use crate::peer::room::RoomPeer;
+use crate::peer::PeerFactory;
+use crate::signal::hub::{Hub, JoinError, MemberKind};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+/// Joins `room` as a bot named `name` and runs `behaviour` until `leave` turns true.
+/// Returns the bot's peer id.
+pub fn join(
+    hub: &Arc<Hub>,
+    factory: Arc<PeerFactory>,
+    room: &str,
+    name: &str,
+    behaviour: Arc<dyn Behaviour>,
+    leave: watch::Receiver<bool>,
+) -> Result<String, JoinError> {
+    let (membership, welcome, mut from_hub) = hub.join(room, name, MemberKind::Bot)?;
+    let id = membership.id().to_owned();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (in_tx, in_rx) = mpsc::channel(crate::signal::hub::MEMBER_QUEUE);
+    let presence = RoomPeer::new(membership.info().clone(), factory, behaviour, out_tx);
+    let span = tracing::info_span!("bot", room = %room, peer = %id, name = %name);
+    tokio::spawn(
+        async move {
+            // The membership lives in this task: the bot is in the room exactly as long as
+            // its presence runs; outgoing messages are relayed with its `from`.
+            let room_task = tokio::spawn(presence.run(in_rx, leave).in_current_span());
+            if in_tx.send(welcome).await.is_err() {
+                return;
+            }
+            tokio::pin!(room_task);
+            loop {
+                tokio::select! {
+                    _ = &mut room_task => break,
+                    message = from_hub.recv() => match message {
+                        Some(message) => {
+                            if in_tx.send(message).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                    Some(out) = out_rx.recv() => {
+                        if let Err(refusal) = membership.relay(out) {
+                            tracing::debug!(code = ?refusal.code, "bot message refused");
+                        }
+                    }
+                }
+            }
+            tracing::info!("bot left");
+            drop(membership);
+        }
+        .instrument(span),
+    );
+    Ok(id)
+}

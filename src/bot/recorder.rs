@@ -1,0 +1,162 @@
+//! The recorder bot: joins a room, receives every participant's VP8 and Opus tracks, and
+//! hands each to a track task of its [`Recording`].
+
+use super::Behaviour;
+use crate::app::App;
+use crate::peer::negotiation::Role;
+use crate::peer::{Pc, PeerError};
+use crate::record::manifest::{Kind, StopReason};
+use crate::record::session::{RecordOptions, Recording};
+use crate::record::store::RecordError;
+use crate::record::track;
+use crate::signal::protocol::{PeerInfo, RecordingNotice, ServerMessage};
+use async_trait::async_trait;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use std::sync::Arc;
+use tracing::Instrument;
+use webrtc::media_stream::track_remote::TrackRemote;
+
+/// Display name of the recorder in rooms.
+pub const RECORDER_NAME: &str = "recorder";
+
+/// The recorder's behaviour in its room.
+pub struct Recorder {
+    recording: Arc<Recording>,
+}
+
+#[async_trait]
+impl Behaviour for Recorder {
+    fn wants(&self, _peer: &PeerInfo) -> bool {
+        true
+    }
+
+    async fn setup(&self, _peer: &PeerInfo, pc: &Pc, role: Role) -> Result<(), PeerError> {
+        if role == Role::Offerer {
+            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+                pc.add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        ..Default::default()
+                    }),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_track(&self, peer: &PeerInfo, track: Arc<dyn TrackRemote>) {
+        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+            tracing::warn!(peer = %peer.id, "track without SSRC ignored");
+            return;
+        };
+        let mime = track
+            .codec(ssrc)
+            .await
+            .map(|c| c.mime_type.to_ascii_lowercase())
+            .unwrap_or_default();
+        let (kind, extension) = match mime.as_str() {
+            "video/vp8" => (Kind::Video, "webm"),
+            "audio/opus" => (Kind::Audio, "ogg"),
+            other => {
+                tracing::warn!(peer = %peer.id, codec = other, "codec not recordable; ignored");
+                return;
+            }
+        };
+        let Some(ctx) = self
+            .recording
+            .add_track(&peer.id, &peer.name, kind, extension)
+        else {
+            return;
+        };
+        tracing::info!(
+            recording = %self.recording.id(),
+            peer = %peer.id,
+            file = %ctx.entry.file,
+            ssrc,
+            "track started"
+        );
+        let span = tracing::info_span!("track", file = %ctx.entry.file);
+        let task = tokio::spawn(track::run(ctx, track, ssrc).instrument(span));
+        self.recording.keep_task(task);
+    }
+
+    async fn peer_left(&self, peer: &PeerInfo) {
+        self.recording.participant_left(&peer.id);
+    }
+}
+
+/// Errors of starting a recording.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store refused (busy room, limit, disk).
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The recorder could not join the room.
+    #[error("the recorder could not join: {0}")]
+    Join(#[from] crate::signal::hub::JoinError),
+}
+
+/// Starts recording `room`: creates the recording, sends the recorder bot in, tells the room.
+pub fn start(
+    app: &Arc<App>,
+    room: &str,
+    options: RecordOptions,
+) -> Result<Arc<Recording>, StartError> {
+    let max_duration = options.max_duration;
+    let recording = app.store.create(room, options)?;
+    let behaviour = Arc::new(Recorder {
+        recording: Arc::clone(&recording),
+    });
+    let peer = match super::join(
+        &app.hub,
+        Arc::clone(&app.factory),
+        room,
+        RECORDER_NAME,
+        behaviour,
+        recording.leave_signal(),
+    ) {
+        Ok(peer) => peer,
+        Err(e) => {
+            recording.fail(e.to_string());
+            return Err(e.into());
+        }
+    };
+    recording.set_recording(&peer);
+    app.hub.broadcast(
+        room,
+        &ServerMessage::Recording {
+            state: RecordingNotice::Started,
+            id: recording.id().to_owned(),
+            peer: peer.clone(),
+        },
+    );
+    tracing::info!(recording = %recording.id(), room, peer = %peer, "recording started");
+    if let Some(limit) = max_duration {
+        let app = Arc::clone(app);
+        let recording = Arc::clone(&recording);
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            stop(&app, &recording, StopReason::MaxDuration).await;
+        });
+    }
+    Ok(recording)
+}
+
+/// Stops `recording` (idempotent) and tells its room once.
+pub async fn stop(app: &App, recording: &Arc<Recording>, reason: StopReason) {
+    if recording.stop(reason).await {
+        if let Some(peer) = recording.doc().bot_peer {
+            app.hub.broadcast(
+                recording.room(),
+                &ServerMessage::Recording {
+                    state: RecordingNotice::Stopped,
+                    id: recording.id().to_owned(),
+                    peer,
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! recbot: a server-side WebRTC peer that records rooms and answers calls.
+//!
+//! The modules follow the flow of media: [`signal`] (rooms, WebSocket signaling) →
+//! [`peer`] (webrtc-rs connections, negotiation) → [`media`] (reorder, VP8 assembly, PLI,
+//! clocks) → [`record`] (WebM and Ogg writers, recordings) → [`api`] (HTTP). [`bot`] holds the
+//! server-side peers (the recorder), [`publish`] the test client, [`app`] the service's
+//! lifecycle and [`config`] its options. `ARCHITECTURE.md` has the map.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod app;
+pub mod bot;
+pub mod config;
+pub mod media;
+pub mod peer;
+pub mod publish;
+pub mod record;
+pub mod signal;
+pub mod util;

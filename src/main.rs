@@ -1,0 +1,55 @@
+//! The `recbot` binary: parses the command line and runs a subcommand.
+
+use clap::Parser;
+use recbot::config::{Cli, Command, LogFormat};
+use std::process::ExitCode;
+
+fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Publish(args)) => {
+            init_logging(
+                LogFormat::Text,
+                &std::env::var("RECBOT_LOG").unwrap_or("info".into()),
+            );
+            match recbot::publish::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("recbot publish: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(cli.serve).await,
+    }
+}
+
+async fn serve(args: recbot::config::ServeArgs) -> ExitCode {
+    init_logging(args.log_format, &args.log);
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("recbot: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match recbot::app::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("recbot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

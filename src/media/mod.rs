@@ -1,0 +1,8 @@
+//! Media between RTP and files: sequence/timestamp unwrapping and reordering, VP8 frame
+//! assembly, keyframe (PLI) policy, clock mapping, and the IVF reader for test clips.
+
+pub mod clock;
+pub mod ivf;
+pub mod pli;
+pub mod rtp;
+pub mod vp8;

@@ -1,0 +1,325 @@
+//! One RTCPeerConnection toward one remote peer, driven by signaling messages.
+//!
+//! A [`Link`] owns the connection and runs a task that applies, in order, every offer, answer
+//! and candidate for it, so the SDP state machine never sees two operations at once. Glare is
+//! resolved by W3C perfect negotiation: the polite side rolls back its own offer and accepts
+//! the remote one; the impolite side ignores the remote offer. Candidates that arrive before
+//! the remote description are queued. What the link does with media is up to its [`LinkMedia`].
+
+use super::{Pc, PeerError, PeerFactory};
+use crate::signal::protocol::{Candidate, ClientMessage};
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+};
+
+/// Where a link's outgoing signaling goes (the hub for bots, a WebSocket for clients).
+pub trait SignalSink: Send + Sync + 'static {
+    /// Sends one message toward the remote peer.
+    fn send(&self, message: ClientMessage);
+}
+
+/// Which side of the first negotiation this link is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We send the first offer.
+    Offerer,
+    /// The remote offered first.
+    Answerer,
+}
+
+/// What a link's owner does with media. Called from the link's tasks; must not block.
+#[async_trait]
+pub trait LinkMedia: Send + Sync + 'static {
+    /// Adds tracks or transceivers before the first offer or answer.
+    async fn setup(&self, pc: &Pc, role: Role) -> Result<(), PeerError>;
+    /// A remote track started (its first packets arrived).
+    async fn on_track(&self, remote: &str, track: Arc<dyn TrackRemote>);
+    /// The connection state changed.
+    async fn on_state(&self, _remote: &str, _state: RTCPeerConnectionState) {}
+}
+
+/// Inputs to a link's task.
+#[derive(Debug)]
+enum Input {
+    Offer(String),
+    Answer(String),
+    Candidate(Option<Candidate>),
+    Negotiate,
+}
+
+/// A live connection toward one remote peer. Dropping it closes the connection.
+pub struct Link {
+    remote: String,
+    pc: Pc,
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+struct Handler {
+    remote: String,
+    sink: Arc<dyn SignalSink>,
+    media: Arc<dyn LinkMedia>,
+}
+
+#[async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => self.sink.send(ClientMessage::Candidate {
+                to: self.remote.clone(),
+                candidate: Some(Candidate {
+                    candidate: init.candidate,
+                    // webrtc-rs reports mid ""; with BUNDLE the first m-line carries the
+                    // transport, which every browser accepts by index alone.
+                    sdp_mid: None,
+                    sdp_mline_index: Some(0),
+                    username_fragment: init.username_fragment,
+                }),
+            }),
+            Err(e) => tracing::debug!(remote = %self.remote, error = %e, "candidate not sent"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.sink.send(ClientMessage::Candidate {
+                to: self.remote.clone(),
+                candidate: None,
+            });
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(remote = %self.remote, %state, "connection state");
+        let media = Arc::clone(&self.media);
+        let remote = self.remote.clone();
+        tokio::spawn(async move { media.on_state(&remote, state).await });
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let media = Arc::clone(&self.media);
+        let remote = self.remote.clone();
+        tokio::spawn(async move { media.on_track(&remote, track).await });
+    }
+}
+
+impl Link {
+    /// Builds the connection and starts its task. An `Offerer` link sends its offer at once.
+    pub async fn start(
+        factory: &PeerFactory,
+        remote: &str,
+        polite: bool,
+        role: Role,
+        sink: Arc<dyn SignalSink>,
+        media: Arc<dyn LinkMedia>,
+    ) -> Result<Self, PeerError> {
+        let handler = Arc::new(Handler {
+            remote: remote.to_owned(),
+            sink: Arc::clone(&sink),
+            media: Arc::clone(&media),
+        });
+        let pc = factory.build(handler).await?;
+        if let Err(e) = media.setup(&pc, role).await {
+            let _ = pc.close().await;
+            return Err(e);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let state = State {
+            remote: remote.to_owned(),
+            pc: Arc::clone(&pc),
+            sink,
+            polite,
+            have_local_offer: false,
+            have_remote_description: false,
+            pending_candidates: Vec::new(),
+        };
+        tokio::spawn(state.run(rx));
+        let link = Self {
+            remote: remote.to_owned(),
+            pc,
+            tx,
+        };
+        if role == Role::Offerer {
+            link.negotiate();
+        }
+        Ok(link)
+    }
+
+    /// The remote peer's id.
+    pub fn remote(&self) -> &str {
+        &self.remote
+    }
+
+    /// The connection.
+    pub fn pc(&self) -> &Pc {
+        &self.pc
+    }
+
+    /// Applies a remote offer (and answers it).
+    pub fn offer(&self, sdp: String) {
+        let _ = self.tx.send(Input::Offer(sdp));
+    }
+
+    /// Applies a remote answer.
+    pub fn answer(&self, sdp: String) {
+        let _ = self.tx.send(Input::Answer(sdp));
+    }
+
+    /// Adds a remote candidate (`None`: end of candidates).
+    pub fn candidate(&self, candidate: Option<Candidate>) {
+        let _ = self.tx.send(Input::Candidate(candidate));
+    }
+
+    /// Creates and sends a new offer (first negotiation or renegotiation).
+    pub fn negotiate(&self) {
+        let _ = self.tx.send(Input::Negotiate);
+    }
+
+    /// Closes the connection now.
+    pub async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            tracing::debug!(remote = %self.remote, error = %e, "close");
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let pc = Arc::clone(&self.pc);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = pc.close().await;
+            });
+        }
+    }
+}
+
+struct State {
+    remote: String,
+    pc: Pc,
+    sink: Arc<dyn SignalSink>,
+    polite: bool,
+    have_local_offer: bool,
+    have_remote_description: bool,
+    pending_candidates: Vec<Candidate>,
+}
+
+impl State {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        while let Some(input) = rx.recv().await {
+            let step = match input {
+                Input::Offer(sdp) => self.on_offer(sdp).await,
+                Input::Answer(sdp) => self.on_answer(sdp).await,
+                Input::Candidate(c) => self.on_candidate(c).await,
+                Input::Negotiate => self.make_offer().await,
+            };
+            if let Err(e) = step {
+                tracing::warn!(remote = %self.remote, error = %e, "negotiation step failed");
+            }
+        }
+    }
+
+    async fn make_offer(&mut self) -> Result<(), PeerError> {
+        if self.have_local_offer {
+            // An offer is already out; the answer to it settles the state first.
+            return Ok(());
+        }
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        self.have_local_offer = true;
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+        self.sink.send(ClientMessage::Offer {
+            to: self.remote.clone(),
+            sdp,
+        });
+        Ok(())
+    }
+
+    async fn on_offer(&mut self, sdp: String) -> Result<(), PeerError> {
+        let offer =
+            RTCSessionDescription::offer(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        if self.have_local_offer {
+            if !self.polite {
+                tracing::debug!(remote = %self.remote, "glare: impolite side ignores the remote offer");
+                return Ok(());
+            }
+            tracing::debug!(remote = %self.remote, "glare: polite side rolls back its offer");
+            let rollback = RTCSessionDescription::rollback(None)
+                .map_err(|e| PeerError::BadSdp(e.to_string()))?;
+            self.pc.set_local_description(rollback).await?;
+            self.have_local_offer = false;
+        }
+        self.pc.set_remote_description(offer).await?;
+        self.have_remote_description = true;
+        self.flush_candidates().await;
+        let answer = self.pc.create_answer(None).await?;
+        self.pc.set_local_description(answer).await?;
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default();
+        self.sink.send(ClientMessage::Answer {
+            to: self.remote.clone(),
+            sdp,
+        });
+        Ok(())
+    }
+
+    async fn on_answer(&mut self, sdp: String) -> Result<(), PeerError> {
+        if !self.have_local_offer {
+            tracing::debug!(remote = %self.remote, "answer without an offer out: ignored");
+            return Ok(());
+        }
+        let answer =
+            RTCSessionDescription::answer(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
+        self.pc.set_remote_description(answer).await?;
+        self.have_local_offer = false;
+        self.have_remote_description = true;
+        self.flush_candidates().await;
+        Ok(())
+    }
+
+    async fn on_candidate(&mut self, candidate: Option<Candidate>) -> Result<(), PeerError> {
+        let Some(candidate) = candidate else {
+            return Ok(());
+        };
+        if !self.have_remote_description {
+            if self.pending_candidates.len() < 64 {
+                self.pending_candidates.push(candidate);
+            }
+            return Ok(());
+        }
+        self.add_candidate(candidate).await;
+        Ok(())
+    }
+
+    async fn flush_candidates(&mut self) {
+        for candidate in std::mem::take(&mut self.pending_candidates) {
+            self.add_candidate(candidate).await;
+        }
+    }
+
+    async fn add_candidate(&self, candidate: Candidate) {
+        let init = RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.sdp_mid,
+            sdp_mline_index: candidate.sdp_mline_index,
+            username_fragment: candidate.username_fragment,
+            ..Default::default()
+        };
+        if let Err(e) = self.pc.add_ice_candidate(init).await {
+            tracing::debug!(remote = %self.remote, error = %e, "remote candidate refused");
+        }
+    }
+}

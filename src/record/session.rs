@@ -1,0 +1,441 @@
+//! One recording: its state, its tracks with live figures, its stop sequence.
+//!
+//! A [`Recording`] is shared (`Arc`) by the API, the recorder bot and one task per track. The
+//! track tasks own their writers; the recording only signals them (stop instant, participant
+//! left) and waits for them. State changes go through a plain mutex never held across an await.
+
+use super::manifest::{
+    format_time, write_manifest, FileDoc, Kind, RecordingDoc, State, StopReason, TrackDoc,
+};
+use crate::media::clock::RecordingClock;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// How long a stop waits for track tasks to finalize before giving up on them.
+pub const FINALIZE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Options of a recording (from `POST /api/recordings`).
+#[derive(Debug, Clone, Default)]
+pub struct RecordOptions {
+    /// Periodic PLI interval.
+    pub pli_interval: Option<Duration>,
+    /// Stop automatically after this long.
+    pub max_duration: Option<Duration>,
+}
+
+/// Live figures of one track, updated by its task and read by the API.
+#[derive(Debug, Default)]
+pub struct TrackStats {
+    /// File bytes.
+    pub bytes: AtomicU64,
+    /// RTP packets received.
+    pub packets: AtomicU64,
+    /// Packets never recovered.
+    pub packets_lost: AtomicU64,
+    /// Frames or packets written.
+    pub frames: AtomicU64,
+    /// Keyframes written.
+    pub keyframes: AtomicU64,
+    /// Duration written so far.
+    pub duration_ms: AtomicU64,
+    /// Latest width (0: unknown).
+    pub width: AtomicU32,
+    /// Latest height (0: unknown).
+    pub height: AtomicU32,
+    /// PLIs sent.
+    pub plis: AtomicU64,
+    /// Offset of the first sample in ms, `i64::MIN` until there is one.
+    pub start_offset_ms: AtomicI64,
+    /// The file exists on disk.
+    pub file_created: AtomicBool,
+}
+
+/// One track of a recording.
+#[derive(Debug)]
+pub struct TrackEntry {
+    /// Track id within the recording.
+    pub id: String,
+    /// Sender's peer id.
+    pub participant: String,
+    /// Sender's display name.
+    pub participant_name: String,
+    /// video | audio.
+    pub kind: Kind,
+    /// File name within the recording folder.
+    pub file: String,
+    /// Live figures.
+    pub stats: TrackStats,
+}
+
+impl TrackEntry {
+    fn doc(&self) -> TrackDoc {
+        let s = &self.stats;
+        let offset = s.start_offset_ms.load(Ordering::Relaxed);
+        let dim = |v: &AtomicU32| Some(v.load(Ordering::Relaxed)).filter(|v| *v > 0);
+        TrackDoc {
+            id: self.id.clone(),
+            participant: self.participant.clone(),
+            participant_name: self.participant_name.clone(),
+            kind: self.kind,
+            codec: match self.kind {
+                Kind::Video => "VP8".into(),
+                Kind::Audio => "opus".into(),
+            },
+            file: self.file.clone(),
+            start_offset_ms: (offset != i64::MIN).then_some(offset),
+            duration_ms: s.duration_ms.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            packets: s.packets.load(Ordering::Relaxed),
+            packets_lost: s.packets_lost.load(Ordering::Relaxed),
+            frames: s.frames.load(Ordering::Relaxed),
+            keyframes: s.keyframes.load(Ordering::Relaxed),
+            width: if self.kind == Kind::Video {
+                dim(&s.width)
+            } else {
+                None
+            },
+            height: if self.kind == Kind::Video {
+                dim(&s.height)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+struct Inner {
+    state: State,
+    bot_peer: Option<String>,
+    stopped_at: Option<String>,
+    stop_instant: Option<Instant>,
+    error: Option<String>,
+    stop_reason: Option<StopReason>,
+    tracks: Vec<Arc<TrackEntry>>,
+    names_used: HashSet<String>,
+    /// A loaded recording's document (no live tracks).
+    frozen: Option<RecordingDoc>,
+}
+
+/// A recording, live or finished.
+pub struct Recording {
+    id: String,
+    room: String,
+    dir: PathBuf,
+    started_at: String,
+    clock: RecordingClock,
+    options: RecordOptions,
+    inner: Mutex<Inner>,
+    stop_tx: watch::Sender<Option<Instant>>,
+    left_tx: broadcast::Sender<String>,
+    leave_tx: watch::Sender<bool>,
+    done_tx: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What a track task gets from its recording.
+pub struct TrackContext {
+    /// The recording.
+    pub recording: Arc<Recording>,
+    /// The track's entry (figures to update).
+    pub entry: Arc<TrackEntry>,
+    /// Full path of the file to write.
+    pub path: PathBuf,
+    /// Becomes `Some(stop instant)` when the stop is requested.
+    pub stop: watch::Receiver<Option<Instant>>,
+    /// Ids of participants that left.
+    pub left: broadcast::Receiver<String>,
+}
+
+fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps only `[A-Za-z0-9_-]` of a display name (at most 32), or falls back to `fallback`.
+pub fn file_stem(name: &str, fallback: &str) -> String {
+    let stem: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(32)
+        .collect();
+    if stem.is_empty() {
+        fallback.chars().take(32).collect()
+    } else {
+        stem
+    }
+}
+
+impl Recording {
+    /// A new live recording in state `starting`, accepted at `now`.
+    pub fn new(id: String, room: String, dir: PathBuf, options: RecordOptions) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            room,
+            dir,
+            started_at: format_time(time::OffsetDateTime::now_utc()),
+            clock: RecordingClock::new(Instant::now()),
+            options,
+            inner: Mutex::new(Inner {
+                state: State::Starting,
+                bot_peer: None,
+                stopped_at: None,
+                stop_instant: None,
+                error: None,
+                stop_reason: None,
+                tracks: Vec::new(),
+                names_used: HashSet::new(),
+                frozen: None,
+            }),
+            stop_tx: watch::Sender::new(None),
+            left_tx: broadcast::Sender::new(64),
+            leave_tx: watch::Sender::new(false),
+            done_tx: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A finished recording loaded from its manifest.
+    pub fn from_doc(doc: RecordingDoc, dir: PathBuf) -> Arc<Self> {
+        let rec = Self::new(
+            doc.id.clone(),
+            doc.room.clone(),
+            dir,
+            RecordOptions::default(),
+        );
+        {
+            let mut inner = lock(&rec.inner);
+            inner.state = doc.state;
+            inner.frozen = Some(doc);
+        }
+        rec.done_tx.send_replace(true);
+        rec
+    }
+
+    /// Recording id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Room recorded.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// Its folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The recording's clock.
+    pub fn clock(&self) -> RecordingClock {
+        self.clock
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &RecordOptions {
+        &self.options
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        lock(&self.inner).state
+    }
+
+    /// The document as the API and the manifest show it, with live figures.
+    pub fn doc(&self) -> RecordingDoc {
+        let inner = lock(&self.inner);
+        if let Some(doc) = &inner.frozen {
+            return doc.clone();
+        }
+        let tracks: Vec<TrackDoc> = inner.tracks.iter().map(|t| t.doc()).collect();
+        let mut files: Vec<FileDoc> = Vec::new();
+        for (entry, doc) in inner.tracks.iter().zip(&tracks) {
+            if !entry.stats.file_created.load(Ordering::Relaxed)
+                || files.iter().any(|f| f.name == doc.file)
+            {
+                continue;
+            }
+            files.push(FileDoc {
+                name: doc.file.clone(),
+                bytes: doc.bytes,
+                url: format!("/api/recordings/{}/files/{}", self.id, doc.file),
+            });
+        }
+        RecordingDoc {
+            id: self.id.clone(),
+            room: self.room.clone(),
+            state: inner.state,
+            bot_peer: inner.bot_peer.clone(),
+            started_at: self.started_at.clone(),
+            stopped_at: inner.stopped_at.clone(),
+            error: inner.error.clone(),
+            stop_reason: inner.stop_reason,
+            tracks,
+            files,
+        }
+    }
+
+    /// Rewrites `manifest.json`; failures are logged (the recording goes on).
+    pub fn write_manifest(&self) {
+        if let Err(e) = write_manifest(&self.dir, &self.doc()) {
+            tracing::error!(recording = %self.id, error = %e, "manifest write failed");
+        }
+    }
+
+    /// The recorder joined the room as `peer`: state `recording`.
+    pub fn set_recording(&self, peer: &str) {
+        {
+            let mut inner = lock(&self.inner);
+            inner.bot_peer = Some(peer.to_owned());
+            if inner.state == State::Starting {
+                inner.state = State::Recording;
+            }
+        }
+        self.write_manifest();
+    }
+
+    /// Marks the recording failed before it got going (e.g. the recorder could not join).
+    pub fn fail(&self, error: String) {
+        {
+            let mut inner = lock(&self.inner);
+            inner.state = State::Failed;
+            inner.error = Some(error);
+            inner.stop_reason = Some(StopReason::Error);
+            inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
+        }
+        self.stop_tx.send_replace(Some(Instant::now()));
+        self.leave_tx.send_replace(true);
+        self.done_tx.send_replace(true);
+        self.write_manifest();
+    }
+
+    /// Registers a new track of `participant` and returns what its task needs, or `None` once
+    /// the recording is stopping (media after the stop request is not recorded).
+    pub fn add_track(
+        self: &Arc<Self>,
+        participant: &str,
+        participant_name: &str,
+        kind: Kind,
+        extension: &str,
+    ) -> Option<TrackContext> {
+        let entry = {
+            let mut inner = lock(&self.inner);
+            if !matches!(inner.state, State::Starting | State::Recording) {
+                return None;
+            }
+            let stem = file_stem(participant_name, participant);
+            let kind_name = match kind {
+                Kind::Video => "video",
+                Kind::Audio => "audio",
+            };
+            let file = (1..)
+                .map(|i| format!("{stem}-{kind_name}-{i}.{extension}"))
+                .find(|f| !inner.names_used.contains(f))?;
+            inner.names_used.insert(file.clone());
+            let entry = Arc::new(TrackEntry {
+                id: format!("t{}", inner.tracks.len() + 1),
+                participant: participant.to_owned(),
+                participant_name: participant_name.to_owned(),
+                kind,
+                file,
+                stats: TrackStats {
+                    start_offset_ms: AtomicI64::new(i64::MIN),
+                    ..TrackStats::default()
+                },
+            });
+            inner.tracks.push(Arc::clone(&entry));
+            entry
+        };
+        self.write_manifest();
+        Some(TrackContext {
+            recording: Arc::clone(self),
+            path: self.dir.join(&entry.file),
+            entry,
+            stop: self.stop_tx.subscribe(),
+            left: self.left_tx.subscribe(),
+        })
+    }
+
+    /// Keeps a track task so the stop can wait for it.
+    pub fn keep_task(&self, task: JoinHandle<()>) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// A participant left: its tracks end now.
+    pub fn participant_left(&self, participant: &str) {
+        let _ = self.left_tx.send(participant.to_owned());
+    }
+
+    /// Resolves when the recorder should leave the room (after the files are final).
+    pub fn leave_signal(&self) -> watch::Receiver<bool> {
+        self.leave_tx.subscribe()
+    }
+
+    /// Stops the recording: tracks stop taking media now, files are finalized, the manifest is
+    /// final, the recorder leaves. Returns when all that is done, and whether this call was the
+    /// one that stopped it. Idempotent: a second call waits for the first and returns false.
+    pub async fn stop(self: &Arc<Self>, reason: StopReason) -> bool {
+        let first = {
+            let mut inner = lock(&self.inner);
+            match inner.state {
+                State::Starting | State::Recording => {
+                    inner.state = State::Stopping;
+                    inner.stop_reason = Some(reason);
+                    inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
+                    inner.stop_instant = Some(Instant::now());
+                    true
+                }
+                _ => false,
+            }
+        };
+        if !first {
+            let mut done = self.done_tx.subscribe();
+            let _ = done.wait_for(|d| *d).await;
+            return false;
+        }
+        tracing::info!(recording = %self.id, room = %self.room, ?reason, "stopping");
+        let started = Instant::now();
+        self.stop_tx.send_replace(lock(&self.inner).stop_instant);
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for task in tasks {
+            let abort = task.abort_handle();
+            match tokio::time::timeout(FINALIZE_TIMEOUT, task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(recording = %self.id, error = %e, "track task died"),
+                Err(_) => {
+                    abort.abort();
+                    tracing::error!(recording = %self.id, "track task did not finalize in time");
+                }
+            }
+        }
+        {
+            let mut inner = lock(&self.inner);
+            inner.state = State::Stopped;
+        }
+        self.write_manifest();
+        self.leave_tx.send_replace(true);
+        self.done_tx.send_replace(true);
+        tracing::info!(
+            recording = %self.id,
+            finalize_ms = started.elapsed().as_millis() as u64,
+            "stopped"
+        );
+        true
+    }
+
+    /// Records a write error of one track (the others go on).
+    pub fn track_error(&self, track: &TrackEntry, error: &dyn std::fmt::Display) {
+        tracing::error!(recording = %self.id, file = %track.file, %error, "track write failed");
+        let mut inner = lock(&self.inner);
+        if inner.error.is_none() {
+            inner.error = Some(format!("{}: {error}", track.file));
+        }
+    }
+}

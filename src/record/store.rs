@@ -1,0 +1,191 @@
+//! All recordings of the service: the live ones and those found on disk.
+//!
+//! Creation checks the per-room and global limits and creates the folder under one lock, so
+//! two concurrent requests for the same room cannot both win. On start, recordings whose
+//! manifest says they were still running are marked `failed` / `interrupted`; their files stay.
+
+use super::manifest::{read_manifest, write_manifest, State, StopReason};
+use super::session::{RecordOptions, Recording};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Errors of the recording layer (mapped to HTTP statuses in one place, `api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The room is already being recorded.
+    #[error("room `{0}` is already being recorded by {1}")]
+    RoomBusy(String, String),
+    /// Too many active recordings.
+    #[error("{0} recordings are active, the configured maximum")]
+    TooMany(usize),
+    /// No such recording.
+    #[error("no recording `{0}`")]
+    NotFound(String),
+    /// The recording is still active.
+    #[error("recording `{0}` is still active: stop it first")]
+    Active(String),
+    /// Disk trouble.
+    #[error("storage: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The registry of recordings.
+pub struct RecordingStore {
+    dir: PathBuf,
+    max_active: usize,
+    /// Recordings by id, each with its creation sequence number (for newest-first order).
+    map: Mutex<BTreeMap<String, (u64, Arc<Recording>)>>,
+    next_seq: std::sync::atomic::AtomicU64,
+}
+
+/// A new recording id: sortable by creation time, safe as a folder name.
+fn new_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}-{:06x}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+/// Whether `id` has the shape of a recording id (so it is safe as a path segment).
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl RecordingStore {
+    /// Opens `dir`, loading every recording found there; unfinished ones become `failed`.
+    pub fn open(dir: &Path, max_active: usize) -> Result<Arc<Self>, RecordError> {
+        std::fs::create_dir_all(dir)?;
+        let mut map = BTreeMap::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            if !path.is_dir() || !valid_id(name) {
+                continue;
+            }
+            let mut doc = match read_manifest(&path) {
+                Ok(doc) if doc.id == name => doc,
+                Ok(_) | Err(_) => {
+                    tracing::warn!(dir = %path.display(), "no readable manifest; skipped");
+                    continue;
+                }
+            };
+            if doc.state.is_active() {
+                tracing::warn!(recording = %doc.id, "found unfinished after a restart: marked failed");
+                doc.state = State::Failed;
+                doc.stop_reason = Some(StopReason::Interrupted);
+                doc.error = Some("the service stopped while recording".into());
+                for file in &mut doc.files {
+                    if let Ok(meta) = std::fs::metadata(path.join(&file.name)) {
+                        file.bytes = meta.len();
+                    }
+                }
+                if let Err(e) = write_manifest(&path, &doc) {
+                    tracing::error!(recording = %doc.id, error = %e, "manifest rewrite failed");
+                }
+            }
+            map.insert(doc.id.clone(), Recording::from_doc(doc, path));
+        }
+        // Loaded recordings are ordered by id, which starts with their creation time.
+        let map: BTreeMap<String, (u64, Arc<Recording>)> = map
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, r))| (id, (i as u64, r)))
+            .collect();
+        Ok(Arc::new(Self {
+            dir: dir.to_owned(),
+            max_active,
+            next_seq: std::sync::atomic::AtomicU64::new(map.len() as u64),
+            map: Mutex::new(map),
+        }))
+    }
+
+    fn map(&self) -> MutexGuard<'_, BTreeMap<String, (u64, Arc<Recording>)>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a recording of `room` in state `starting`, with its folder and manifest.
+    pub fn create(
+        &self,
+        room: &str,
+        options: RecordOptions,
+    ) -> Result<Arc<Recording>, RecordError> {
+        let mut map = self.map();
+        let active: Vec<&Arc<Recording>> = map
+            .values()
+            .map(|(_, r)| r)
+            .filter(|r| r.state().is_active())
+            .collect();
+        if let Some(busy) = active.iter().find(|r| r.room() == room) {
+            return Err(RecordError::RoomBusy(room.to_owned(), busy.id().to_owned()));
+        }
+        if active.len() >= self.max_active {
+            return Err(RecordError::TooMany(self.max_active));
+        }
+        let id = new_id();
+        let dir = self.dir.join(&id);
+        std::fs::create_dir(&dir)?;
+        let recording = Recording::new(id.clone(), room.to_owned(), dir, options);
+        recording.write_manifest();
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(id, (seq, Arc::clone(&recording)));
+        Ok(recording)
+    }
+
+    /// One recording.
+    pub fn get(&self, id: &str) -> Result<Arc<Recording>, RecordError> {
+        self.map()
+            .get(id)
+            .map(|(_, r)| Arc::clone(r))
+            .ok_or_else(|| RecordError::NotFound(id.to_owned()))
+    }
+
+    /// All recordings, newest first.
+    pub fn list(&self) -> Vec<Arc<Recording>> {
+        let mut all: Vec<(u64, Arc<Recording>)> = self.map().values().cloned().collect();
+        all.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        all.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// The active recordings.
+    pub fn active(&self) -> Vec<Arc<Recording>> {
+        self.map()
+            .values()
+            .filter(|(_, r)| r.state().is_active())
+            .map(|(_, r)| Arc::clone(r))
+            .collect()
+    }
+
+    /// Deletes a finished recording and its folder.
+    pub fn delete(&self, id: &str) -> Result<(), RecordError> {
+        let recording = {
+            let mut map = self.map();
+            let recording = map
+                .get(id)
+                .map(|(_, r)| Arc::clone(r))
+                .ok_or_else(|| RecordError::NotFound(id.to_owned()))?;
+            if recording.state().is_active() {
+                return Err(RecordError::Active(id.to_owned()));
+            }
+            map.remove(id);
+            recording
+        };
+        std::fs::remove_dir_all(recording.dir())?;
+        Ok(())
+    }
+}

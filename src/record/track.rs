@@ -1,0 +1,515 @@
+//! One task per received track: RTP in, reorder and assemble, map to the recording's clock,
+//! write, flush every second, finalize on stop or when the participant leaves.
+//!
+//! The task reads the webrtc-rs track directly and owns its writer, so a packet never crosses
+//! another task or lock on its way to the file. It sleeps only until the next deadline (a
+//! reorder timeout, a PLI, a flush).
+
+use super::manifest::Kind;
+use super::ogg::{OggOpusWriter, PacketOutcome};
+use super::session::{TrackContext, TrackEntry};
+use super::webm::{WebmTrack, WebmWriter};
+use crate::media::clock::{FileTimeline, TrackClock};
+use crate::media::pli::PliPolicy;
+use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
+use crate::media::vp8::{Vp8Assembler, Vp8Event, Vp8Frame};
+use bytes::Bytes;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+/// How often buffered file bytes are pushed to the OS (bounds what a crash loses).
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How long a missing video packet is waited for (NACK retransmissions arrive within it).
+pub const VIDEO_REORDER: Duration = Duration::from_millis(300);
+/// How long a missing audio packet is waited for.
+pub const AUDIO_REORDER: Duration = Duration::from_millis(120);
+/// Opus pre-skip written in the files: libopus' encoder lookahead at 48 kHz, which is what
+/// WebRTC senders use, so decoded audio lines up with its RTP timestamps.
+pub const OPUS_PRE_SKIP: u16 = 312;
+/// Write buffer per file.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// What ended a track.
+enum End {
+    /// Stop requested at this instant.
+    Stop(Instant),
+    /// The participant left or the track ended at this instant.
+    Gone(Instant),
+}
+
+impl End {
+    fn at(&self) -> Instant {
+        match self {
+            Self::Stop(t) | Self::Gone(t) => *t,
+        }
+    }
+}
+
+/// What a pipeline does with the packets and deadlines of its track.
+trait Pipeline {
+    fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant);
+    fn tick(&mut self, ctx: &TrackContext, now: Instant) -> Option<PictureLossIndicationDue>;
+    fn next_deadline(&self) -> Option<Instant>;
+    fn flush(&mut self, ctx: &TrackContext);
+    fn finish(self, ctx: &TrackContext, end: Instant);
+}
+
+/// A PLI the pipeline wants sent.
+struct PictureLossIndicationDue(crate::media::pli::PliReason);
+
+/// Runs the recording of one track until the stop, the participant leaving or the track's end.
+pub async fn run(mut ctx: TrackContext, track: Arc<dyn TrackRemote>, ssrc: u32) {
+    let clock = TrackClock::new(
+        ctx.recording.clock(),
+        if ctx.entry.kind == Kind::Video {
+            90_000
+        } else {
+            48_000
+        },
+    );
+    match ctx.entry.kind {
+        Kind::Video => {
+            let pipeline =
+                VideoPipeline::new(clock, Instant::now(), ctx.recording.options().pli_interval);
+            drive(&mut ctx, track, ssrc, pipeline).await
+        }
+        Kind::Audio => drive(&mut ctx, track, ssrc, AudioPipeline::new(clock)).await,
+    }
+}
+
+async fn drive<P: Pipeline>(
+    ctx: &mut TrackContext,
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    mut pipeline: P,
+) {
+    let mut next_flush = Instant::now() + FLUSH_EVERY;
+    let end = loop {
+        if let Some(at) = *ctx.stop.borrow() {
+            break End::Stop(at);
+        }
+        let now = Instant::now();
+        if let Some(PictureLossIndicationDue(reason)) = pipeline.tick(ctx, now) {
+            send_pli(ctx, &track, ssrc, reason).await;
+        }
+        if now >= next_flush {
+            pipeline.flush(ctx);
+            next_flush = now + FLUSH_EVERY;
+        }
+        let wake = pipeline
+            .next_deadline()
+            .map_or(next_flush, |d| d.min(next_flush));
+        tokio::select! {
+            event = track.poll() => match event {
+                Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                    ctx.entry.stats.packets.fetch_add(1, Ordering::Relaxed);
+                    pipeline.packet(ctx, packet, Instant::now());
+                }
+                Some(TrackRemoteEvent::OnEnded) | Some(TrackRemoteEvent::OnError) | None => {
+                    break End::Gone(Instant::now());
+                }
+                Some(_) => {}
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = ctx.stop.changed() => {}
+            left = ctx.left.recv() => match left {
+                Ok(id) if id == ctx.entry.participant => break End::Gone(Instant::now()),
+                _ => {}
+            },
+        }
+    };
+    tracing::debug!(
+        file = %ctx.entry.file,
+        stopped = matches!(end, End::Stop(_)),
+        "track ends"
+    );
+    pipeline.finish(ctx, end.at());
+}
+
+async fn send_pli(
+    ctx: &TrackContext,
+    track: &Arc<dyn TrackRemote>,
+    ssrc: u32,
+    reason: crate::media::pli::PliReason,
+) {
+    tracing::debug!(file = %ctx.entry.file, ssrc, ?reason, "sending PLI");
+    ctx.entry.stats.plis.fetch_add(1, Ordering::Relaxed);
+    let pli = PictureLossIndication {
+        sender_ssrc: 0,
+        media_ssrc: ssrc,
+    };
+    if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
+        tracing::debug!(file = %ctx.entry.file, error = %e, "PLI not sent");
+    }
+}
+
+fn open(ctx: &TrackContext) -> std::io::Result<BufWriter<File>> {
+    let file = File::create(&ctx.path)?;
+    ctx.entry.stats.file_created.store(true, Ordering::Relaxed);
+    Ok(BufWriter::with_capacity(WRITE_BUFFER, file))
+}
+
+fn ms(seconds: f64) -> i64 {
+    (seconds * 1000.0).round() as i64
+}
+
+struct VideoPipeline {
+    assembler: Vp8Assembler,
+    pli: PliPolicy,
+    clock: TrackClock,
+    writer: Option<WebmWriter<BufWriter<File>>>,
+    timeline: Option<FileTimeline>,
+    last_ms: u64,
+    size: Option<(u16, u16)>,
+    failed: bool,
+}
+
+impl VideoPipeline {
+    fn new(clock: TrackClock, now: Instant, pli_interval: Option<Duration>) -> Self {
+        Self {
+            assembler: Vp8Assembler::new(VIDEO_REORDER),
+            pli: PliPolicy::new(now, pli_interval),
+            clock,
+            writer: None,
+            timeline: None,
+            last_ms: 0,
+            size: None,
+            failed: false,
+        }
+    }
+
+    fn drain(&mut self, ctx: &TrackContext, now: Instant) {
+        while let Some(event) = self.assembler.poll(now) {
+            self.event(ctx, event);
+        }
+    }
+
+    fn event(&mut self, ctx: &TrackContext, event: Vp8Event) {
+        match event {
+            Vp8Event::Frame(frame) => self.frame(ctx, frame),
+            Vp8Event::KeyframeNeeded { .. } => self.pli.frame_lost(),
+        }
+    }
+
+    fn frame(&mut self, ctx: &TrackContext, frame: Vp8Frame) {
+        if self.failed {
+            return;
+        }
+        let stats = &ctx.entry.stats;
+        let ext = frame.rtp_ts as i64;
+        let t = self.clock.map(ext, frame.first_arrival);
+        if let Some(stop) = *ctx.stop.borrow() {
+            if t > ctx.recording.clock().seconds(stop) {
+                return;
+            }
+        }
+        if self.writer.is_none() {
+            if !frame.keyframe {
+                return;
+            }
+            let (w, h) = frame.size.unwrap_or((0, 0));
+            let writer = open(ctx)
+                .map_err(super::webm::WebmError::from)
+                .and_then(|out| {
+                    WebmWriter::new(
+                        out,
+                        &[WebmTrack::Video {
+                            number: 1,
+                            width: u32::from(w),
+                            height: u32::from(h),
+                        }],
+                    )
+                });
+            match writer {
+                Ok(writer) => {
+                    self.writer = Some(writer);
+                    self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
+                    stats.start_offset_ms.store(ms(t), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    ctx.recording.track_error(&ctx.entry, &e);
+                    return;
+                }
+            }
+        }
+        let (Some(writer), Some(timeline)) = (self.writer.as_mut(), self.timeline.as_mut()) else {
+            return;
+        };
+        let position = timeline.position(ext, t, &self.clock);
+        if position < 0 {
+            return;
+        }
+        // 90 kHz → ms.
+        let offset = (position + 45) / 90;
+        let ts = (offset as u64).max(self.last_ms);
+        if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
+            if self.size != Some((w, h)) {
+                if self.size.is_some() {
+                    tracing::info!(file = %ctx.entry.file, w, h, "resolution changed");
+                }
+                self.size = Some((w, h));
+                writer.note_video_size(1, u32::from(w), u32::from(h));
+                stats.width.store(u32::from(w), Ordering::Relaxed);
+                stats.height.store(u32::from(h), Ordering::Relaxed);
+            }
+        }
+        match writer.write_frame(1, ts, frame.keyframe, &frame.data) {
+            Ok(()) => {
+                self.last_ms = ts;
+                stats.frames.fetch_add(1, Ordering::Relaxed);
+                if frame.keyframe {
+                    stats.keyframes.fetch_add(1, Ordering::Relaxed);
+                }
+                stats.bytes.store(writer.bytes_written(), Ordering::Relaxed);
+                stats.duration_ms.store(ts, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.failed = true;
+                ctx.recording.track_error(&ctx.entry, &e);
+            }
+        }
+    }
+
+    fn sync_loss(&self, entry: &TrackEntry) {
+        entry
+            .stats
+            .packets_lost
+            .store(self.assembler.packets_lost(), Ordering::Relaxed);
+    }
+}
+
+impl Pipeline for VideoPipeline {
+    fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
+        let h = &packet.header;
+        self.assembler.push(
+            h.sequence_number,
+            h.timestamp,
+            h.marker,
+            &packet.payload,
+            now,
+        );
+        self.drain(ctx, now);
+        self.sync_loss(&ctx.entry);
+    }
+
+    fn tick(&mut self, ctx: &TrackContext, now: Instant) -> Option<PictureLossIndicationDue> {
+        self.drain(ctx, now);
+        let awaiting = self.assembler.waiting_for_keyframe();
+        self.pli.poll(now, awaiting).map(PictureLossIndicationDue)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let pli = self
+            .pli
+            .next_deadline(self.assembler.waiting_for_keyframe());
+        match (self.assembler.next_deadline(), pli) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn flush(&mut self, ctx: &TrackContext) {
+        if let Some(writer) = self.writer.as_mut() {
+            if let Err(e) = writer.flush() {
+                self.failed = true;
+                ctx.recording.track_error(&ctx.entry, &e);
+            }
+        }
+    }
+
+    fn finish(mut self, ctx: &TrackContext, end: Instant) {
+        for event in self.assembler.finish() {
+            self.event(ctx, event);
+        }
+        self.sync_loss(&ctx.entry);
+        let (Some(writer), Some(timeline)) = (self.writer.take(), self.timeline.as_ref()) else {
+            return;
+        };
+        let live = ms(ctx.recording.clock().seconds(end) - timeline.first_t()).max(0) as u64;
+        let duration = live.max(self.last_ms + 1);
+        match writer.finalize(duration) {
+            Ok(out) => {
+                if let Ok(file) = out.into_inner() {
+                    if let Ok(meta) = file.metadata() {
+                        ctx.entry.stats.bytes.store(meta.len(), Ordering::Relaxed);
+                    }
+                    let _ = file.sync_all();
+                }
+                ctx.entry
+                    .stats
+                    .duration_ms
+                    .store(duration, Ordering::Relaxed);
+            }
+            Err(e) => ctx.recording.track_error(&ctx.entry, &e),
+        }
+    }
+}
+
+struct AudioPacket {
+    ts: u32,
+    payload: Bytes,
+    arrival: Instant,
+}
+
+struct AudioPipeline {
+    reorder: ReorderBuffer<AudioPacket>,
+    seq: SeqUnwrapper,
+    ts: TsUnwrapper,
+    clock: TrackClock,
+    writer: Option<OggOpusWriter<BufWriter<File>>>,
+    timeline: Option<FileTimeline>,
+    failed: bool,
+}
+
+impl AudioPipeline {
+    fn new(clock: TrackClock) -> Self {
+        Self {
+            reorder: ReorderBuffer::new(AUDIO_REORDER, 64),
+            seq: SeqUnwrapper::new(),
+            ts: TsUnwrapper::new(),
+            clock,
+            writer: None,
+            timeline: None,
+            failed: false,
+        }
+    }
+
+    fn released(&mut self, ctx: &TrackContext, released: Released<AudioPacket>) {
+        match released {
+            Released::Packet { item, .. } => self.write(ctx, item),
+            Released::Lost { count, .. } => {
+                ctx.entry
+                    .stats
+                    .packets_lost
+                    .fetch_add(count, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn write(&mut self, ctx: &TrackContext, packet: AudioPacket) {
+        if self.failed || packet.payload.is_empty() {
+            return;
+        }
+        let stats = &ctx.entry.stats;
+        let ext = self.ts.unwrap(packet.ts) as i64;
+        let t = self.clock.map(ext, packet.arrival);
+        if let Some(stop) = *ctx.stop.borrow() {
+            if t > ctx.recording.clock().seconds(stop) {
+                return;
+            }
+        }
+        if self.writer.is_none() {
+            let channels = if packet.payload[0] & 0x04 != 0 { 2 } else { 1 };
+            let serial = rand::random::<u32>();
+            let writer = open(ctx)
+                .map_err(super::ogg::OggError::from)
+                .and_then(|out| OggOpusWriter::new(out, serial, channels, OPUS_PRE_SKIP));
+            match writer {
+                Ok(writer) => {
+                    self.writer = Some(writer);
+                    self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
+                    stats.start_offset_ms.store(ms(t), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    ctx.recording.track_error(&ctx.entry, &e);
+                    return;
+                }
+            }
+        }
+        let (Some(writer), Some(timeline)) = (self.writer.as_mut(), self.timeline.as_mut()) else {
+            return;
+        };
+        let Ok(pts) = u64::try_from(timeline.position(ext, t, &self.clock)) else {
+            return;
+        };
+        match writer.write_packet(&packet.payload, pts) {
+            Ok(PacketOutcome::Written { .. }) => {
+                stats.frames.fetch_add(1, Ordering::Relaxed);
+                stats.bytes.store(writer.bytes_written(), Ordering::Relaxed);
+                stats
+                    .duration_ms
+                    .store(writer.duration_samples() / 48, Ordering::Relaxed);
+            }
+            Ok(PacketOutcome::Dropped(reason)) => {
+                tracing::trace!(file = %ctx.entry.file, ?reason, "audio packet dropped");
+            }
+            Err(e) => {
+                self.failed = true;
+                ctx.recording.track_error(&ctx.entry, &e);
+            }
+        }
+    }
+}
+
+impl Pipeline for AudioPipeline {
+    fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
+        let ext_seq = self.seq.unwrap(packet.header.sequence_number);
+        let item = AudioPacket {
+            ts: packet.header.timestamp,
+            payload: packet.payload,
+            arrival: now,
+        };
+        let _ = self.reorder.push(ext_seq, item, now);
+        self.tick(ctx, now);
+    }
+
+    fn tick(&mut self, ctx: &TrackContext, now: Instant) -> Option<PictureLossIndicationDue> {
+        while let Some(released) = self.reorder.pop(now) {
+            self.released(ctx, released);
+        }
+        None
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.reorder.next_deadline()
+    }
+
+    fn flush(&mut self, ctx: &TrackContext) {
+        if let Some(writer) = self.writer.as_mut() {
+            if let Err(e) = writer.flush() {
+                self.failed = true;
+                ctx.recording.track_error(&ctx.entry, &e);
+            }
+        }
+    }
+
+    fn finish(mut self, ctx: &TrackContext, end: Instant) {
+        let rest: Vec<Released<AudioPacket>> = self.reorder.drain().into_iter().collect();
+        for released in rest {
+            self.released(ctx, released);
+        }
+        let (Some(writer), Some(timeline)) = (self.writer.take(), self.timeline.as_ref()) else {
+            return;
+        };
+        let live = timeline
+            .position_at(ctx.recording.clock().seconds(end))
+            .max(0) as u64;
+        // The file's timeline counts the pre-skip samples (RFC 7845): ending at `live` played
+        // samples means a final granule of live + pre-skip.
+        let end_pts = live + u64::from(OPUS_PRE_SKIP);
+        let duration = writer.duration_samples();
+        match writer.finalize(Some(end_pts)) {
+            Ok(out) => {
+                if let Ok(file) = out.into_inner() {
+                    if let Ok(meta) = file.metadata() {
+                        ctx.entry.stats.bytes.store(meta.len(), Ordering::Relaxed);
+                    }
+                    let _ = file.sync_all();
+                }
+                let samples = duration.max(end_pts - u64::from(OPUS_PRE_SKIP));
+                ctx.entry
+                    .stats
+                    .duration_ms
+                    .store(samples / 48, Ordering::Relaxed);
+            }
+            Err(e) => ctx.recording.track_error(&ctx.entry, &e),
+        }
+    }
+}
