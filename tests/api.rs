@@ -1,0 +1,203 @@
+//! The recordings API's answers to bad and conflicting requests, over real HTTP, with a real
+//! publisher so recordings have files.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_limits_and_bad_requests() {
+    let srv = TestServer::start_with(|a| a.max_recordings = 2).await;
+    let pub1 = recbot::publish::start(&srv.base, "api", "p", None, clip(), factory(), false)
+        .await
+        .unwrap();
+
+    // Bad bodies: 400 with the SPEC's error shape.
+    for body in [
+        serde_json::json!({}),
+        serde_json::json!({"room": "bad room"}),
+        serde_json::json!({"room": "ok", "extra": 1}),
+        serde_json::json!({"room": 5}),
+        serde_json::json!({"room": "ok", "audio": "mp3"}),
+        serde_json::json!({"room": "ok", "pli_interval_ms": 5}),
+        serde_json::json!({"room": "ok", "max_duration_s": 0}),
+    ] {
+        let (status, err) = srv.post_json("/api/recordings", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {err}");
+        assert!(err["error"]["code"].is_string(), "{err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
+    let r = srv
+        .http
+        .post(srv.url("/api/recordings"))
+        .header("content-type", "application/json")
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let (status, rec) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "api"}))
+        .await;
+    assert_eq!(status, 201);
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let (status, err) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "api"}))
+        .await;
+    assert_eq!(status, 409, "{err}");
+    // The room need not exist yet; the concurrency limit answers 503.
+    let (status, other) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "empty"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "third"}))
+        .await;
+    assert_eq!(status, 503);
+
+    // Listing: newest first.
+    let (_, list) = srv.get_json("/api/recordings").await;
+    let ids: Vec<&str> = list["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![other["id"].as_str().unwrap(), id.as_str()]);
+
+    let (status, _) = srv.get_json("/api/recordings/nope").await;
+    assert_eq!(status, 404);
+    let r = srv
+        .http
+        .delete(srv.url(&format!("/api/recordings/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "delete while recording");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, live) = srv.get_json(&format!("/api/recordings/{id}")).await;
+    let file = live["files"][0]["name"]
+        .as_str()
+        .expect("a file while recording")
+        .to_owned();
+    // Downloads of a growing file work too.
+    let r = srv
+        .http
+        .get(srv.url(&format!("/api/recordings/{id}/files/{file}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Names that try to leave the folder: 404, whatever the encoding.
+    for name in [
+        "..",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "..%5C..%5Cwindows",
+        ".manifest.json.tmp",
+        "%2e%2e",
+        "nothing.webm",
+    ] {
+        let r = srv
+            .http
+            .get(srv.url(&format!("/api/recordings/{id}/files/{name}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{name}");
+    }
+    let r = srv
+        .http
+        .get(srv.url("/api/recordings/..%2F..%2F/files/manifest.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Stop twice: both answer the stopped recording.
+    let (s1, a) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    let (s2, b) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a["state"], "stopped");
+    assert_eq!(a, b);
+    let r = srv
+        .http
+        .delete(srv.url(&format!("/api/recordings/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(!srv.dir.path().join(&id).exists());
+    let (status, _) = srv.get_json(&format!("/api/recordings/{id}")).await;
+    assert_eq!(status, 404);
+
+    let r = srv.http.get(srv.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    pub1.leave().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_token_is_required_when_configured() {
+    let srv = TestServer::start_with(|a| a.api_token = Some("tok".into())).await;
+    let r = srv
+        .http
+        .get(srv.url("/api/recordings"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = srv
+        .http
+        .get(srv.url("/api/recordings"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = srv
+        .http
+        .get(srv.url("/api/recordings"))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = srv.http.get(srv.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = srv.http.get(srv.url("/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn unfinished_recordings_are_marked_failed_on_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec_dir = dir.path().join("20260101-000000-abcdef");
+    std::fs::create_dir_all(&rec_dir).unwrap();
+    std::fs::write(
+        rec_dir.join("manifest.json"),
+        serde_json::json!({
+            "id": "20260101-000000-abcdef", "room": "x", "state": "recording", "bot_peer": "b",
+            "started_at": "2026-01-01T00:00:00.000Z", "stopped_at": null, "error": null,
+            "stop_reason": null, "tracks": [], "files": []
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let path = dir.path().to_owned();
+    let srv = TestServer::start_with(move |a| a.recordings_dir = path).await;
+    let (status, rec) = srv.get_json("/api/recordings/20260101-000000-abcdef").await;
+    assert_eq!(status, 200);
+    assert_eq!(rec["state"], "failed");
+    assert_eq!(rec["stop_reason"], "interrupted");
+    srv.shutdown().await;
+}

@@ -1,0 +1,183 @@
+//! Shared helpers of the integration tests: a real server on an ephemeral loopback port,
+//! HTTP helpers, and the external checks (ffprobe/ffmpeg) that must fail under CI=true when
+//! the tool is missing.
+#![allow(dead_code)]
+
+use recbot::app::Server;
+use recbot::config::ServeArgs;
+use recbot::peer::{PeerConfig, PeerFactory};
+use recbot::publish::Clip;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+/// A running server with its own recordings folder.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RECBOT_TEST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut ServeArgs)) -> Self {
+        init_logs();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = ServeArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            recordings_dir: dir.path().to_owned(),
+            udp_bind: vec![IpAddr::from([127, 0, 0, 1])],
+            ..ServeArgs::default()
+        };
+        tweak(&mut args);
+        let config = args.validate().expect("valid config");
+        let server = Server::start(config).await.expect("server starts");
+        let base = format!("http://{}", server.addr);
+        Self {
+            server: Some(server),
+            base,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.base.trim_start_matches("http://"), path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// The test clips.
+pub fn clip() -> Arc<Clip> {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    Clip::load(Some(&data.join("clip.ivf")), Some(&data.join("tone.ogg"))).expect("clips load")
+}
+
+/// A factory for test publishers: loopback only.
+pub fn factory() -> Arc<PeerFactory> {
+    PeerFactory::new(PeerConfig::loopback())
+}
+
+fn tool_available(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("-version").output().is_ok();
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{tool} is required under CI=true but is not installed");
+        }
+        eprintln!("skipping the {tool} check: {tool} is not installed");
+    }
+    ok
+}
+
+/// Decodes `path` fully with ffmpeg and asserts it printed no error. Returns false when the
+/// tool is missing outside CI.
+pub fn ffmpeg_decodes_cleanly(path: &Path) -> bool {
+    if !tool_available("ffmpeg") {
+        return false;
+    }
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "ffmpeg reported errors for {}: {stderr}",
+        path.display()
+    );
+    true
+}
+
+/// ffprobe's format duration in seconds.
+pub fn ffprobe_duration(path: &Path) -> Option<f64> {
+    if !tool_available("ffprobe") {
+        return None;
+    }
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Writes `bytes` to a temp file named `name` in `dir` and returns its path.
+pub fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write");
+    path
+}
+
+/// Dominant frequency of `samples` (48 kHz) by counting zero crossings.
+pub fn zero_crossing_hz(samples: &[f32]) -> f64 {
+    let crossings = samples
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
+    crossings as f64 / 2.0 / (samples.len() as f64 / 48_000.0)
+}
+
+/// RMS of `samples`.
+pub fn rms(samples: &[f32]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples
+        .iter()
+        .map(|s| f64::from(*s) * f64::from(*s))
+        .sum::<f64>()
+        / samples.len() as f64)
+        .sqrt()
+}

@@ -1,0 +1,234 @@
+//! The signaling hub over real WebSockets: welcome, join/leave notices, relaying by `to` →
+//! `from`, and every bad input with its SPEC answer on a connection that stays open.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(srv: &TestServer, room: &str, name: &str) -> Ws {
+    let url = srv.ws_url(&format!("/rooms/{room}/ws?name={name}"));
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects")
+        .0
+}
+
+/// Next JSON text message (skipping pings), within 5 s.
+async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("stream open")
+            .expect("frame");
+        match frame {
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str()).expect("server sends JSON")
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn send_text(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.to_owned().into()))
+        .await
+        .expect("send");
+}
+
+#[tokio::test]
+async fn welcome_join_relay_leave() {
+    let srv = TestServer::start().await;
+    let mut a = connect(&srv, "r1", "alice").await;
+    let welcome_a = next_json(&mut a).await;
+    assert_eq!(welcome_a["type"], "welcome");
+    assert_eq!(welcome_a["room"], "r1");
+    assert_eq!(welcome_a["peers"], serde_json::json!([]));
+    assert!(welcome_a["ice_servers"].is_array());
+    let a_id = welcome_a["id"].as_str().unwrap().to_owned();
+
+    let mut b = connect(&srv, "r1", "bob").await;
+    let welcome_b = next_json(&mut b).await;
+    assert_eq!(welcome_b["peers"][0]["id"], a_id.as_str());
+    assert_eq!(welcome_b["peers"][0]["name"], "alice");
+    assert_eq!(welcome_b["peers"][0]["bot"], false);
+    let b_id = welcome_b["id"].as_str().unwrap().to_owned();
+    let joined = next_json(&mut a).await;
+    assert_eq!(joined["type"], "peer-joined");
+    assert_eq!(joined["peer"]["id"], b_id.as_str());
+
+    send_text(
+        &mut b,
+        &serde_json::json!({"type":"offer","to":a_id,"sdp":"v=0 fake"}).to_string(),
+    )
+    .await;
+    let offer = next_json(&mut a).await;
+    assert_eq!(
+        offer,
+        serde_json::json!({"type":"offer","from":b_id,"sdp":"v=0 fake"})
+    );
+    send_text(
+        &mut a,
+        &serde_json::json!({"type":"candidate","to":b_id,"candidate":{"candidate":""}}).to_string(),
+    )
+    .await;
+    let cand = next_json(&mut b).await;
+    assert_eq!(
+        cand,
+        serde_json::json!({"type":"candidate","from":a_id,"candidate":null})
+    );
+
+    // The rooms API lists both.
+    let (status, rooms) = srv.get_json("/api/rooms").await;
+    assert_eq!(status, 200);
+    assert_eq!(rooms["rooms"][0]["room"], "r1");
+    assert_eq!(rooms["rooms"][0]["peers"].as_array().unwrap().len(), 2);
+
+    send_text(&mut b, r#"{"type":"leave"}"#).await;
+    let left = next_json(&mut a).await;
+    assert_eq!(left, serde_json::json!({"type":"peer-left","id":b_id}));
+    match tokio::time::timeout(Duration::from_secs(5), b.next())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected close 1000, got {other:?}"),
+    }
+
+    // A vanished peer (socket dropped without leave) is announced too.
+    let mut c = connect(&srv, "r1", "carol").await;
+    let c_id = next_json(&mut c).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(next_json(&mut a).await["type"], "peer-joined");
+    drop(c);
+    let left = next_json(&mut a).await;
+    assert_eq!(left, serde_json::json!({"type":"peer-left","id":c_id}));
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_and_the_connection_stays_open() {
+    let srv = TestServer::start().await;
+    let mut a = connect(&srv, "r2", "alice").await;
+    let _ = next_json(&mut a).await;
+    let mut b = connect(&srv, "r2", "bob").await;
+    let b_id = next_json(&mut b).await["id"].as_str().unwrap().to_owned();
+    let _ = next_json(&mut a).await; // peer-joined
+
+    let cases: Vec<(String, &str, serde_json::Value)> = vec![
+        ("{not json".into(), "bad-message", serde_json::Value::Null),
+        (
+            r#"{"type":"dance","to":"x"}"#.into(),
+            "bad-message",
+            serde_json::json!({"type":"dance","to":"x"}),
+        ),
+        (
+            r#"{"to":"x"}"#.into(),
+            "bad-message",
+            serde_json::json!({"to":"x"}),
+        ),
+        (
+            r#"{"type":"offer","to":"x"}"#.into(),
+            "bad-message",
+            serde_json::json!({"type":"offer","to":"x"}),
+        ),
+        (
+            r#"{"type":"offer","to":7,"sdp":"v=0"}"#.into(),
+            "bad-message",
+            serde_json::json!({"type":"offer"}),
+        ),
+        (
+            r#"{"type":"offer","to":"nobody","sdp":"v=0"}"#.into(),
+            "unknown-peer",
+            serde_json::json!({"type":"offer","to":"nobody"}),
+        ),
+        (r#"[1,2,3]"#.into(), "bad-message", serde_json::Value::Null),
+        (
+            format!(
+                r#"{{"type":"offer","to":"{b_id}","sdp":"{}"}}"#,
+                "a".repeat(70 * 1024)
+            ),
+            "too-large",
+            serde_json::Value::Null,
+        ),
+    ];
+    for (text, code, reference) in cases {
+        send_text(&mut a, &text).await;
+        let reply = next_json(&mut a).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(
+            reply["code"],
+            code,
+            "for {}: {reply}",
+            &text[..text.len().min(60)]
+        );
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+        if !reference.is_null() {
+            assert_eq!(reply["ref"], reference);
+        }
+    }
+    a.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(next_json(&mut a).await["code"], "bad-message");
+
+    // Nothing reached bob, and alice can still talk to him.
+    send_text(
+        &mut a,
+        &serde_json::json!({"type":"answer","to":b_id,"sdp":"v=0"}).to_string(),
+    )
+    .await;
+    let got = next_json(&mut b).await;
+    assert_eq!(got["type"], "answer");
+    assert_eq!(got["sdp"], "v=0");
+    srv.shutdown().await;
+}
+
+#[tokio::test]
+async fn refused_before_the_upgrade() {
+    let srv = TestServer::start_with(|a| a.room_token = Some("s3cret".into())).await;
+    let url = srv.ws_url("/rooms/bad%20room/ws");
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 400),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    for query in ["", "?token=wrong"] {
+        let url = srv.ws_url(&format!("/rooms/ok/ws{query}"));
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 401)
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+    let url = srv.ws_url("/rooms/ok/ws?token=s3cret");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("right token joins");
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+
+    // A foreign browser origin is refused; the service's own origin is fine.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = srv
+        .ws_url("/rooms/ok/ws?token=s3cret")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("Origin", "http://evil.example".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    let mut req = srv
+        .ws_url("/rooms/ok/ws?token=s3cret")
+        .into_client_request()
+        .unwrap();
+    let own = srv.base.clone();
+    req.headers_mut().insert("Origin", own.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    srv.shutdown().await;
+}
