@@ -37,6 +37,9 @@ pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// Payload type recbot offers for VP8.
 pub const VP8_PAYLOAD_TYPE: u8 = 96;
 
+/// How long ICE waits for a better pair before nominating a peer-reflexive one.
+pub const PRFLX_ACCEPTANCE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Errors of the peer layer.
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -152,7 +155,10 @@ impl PeerFactory {
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(ice_servers)
             .build();
-        let mut settings = SettingEngineBuilder::new();
+        // A remote's checks often arrive before its trickled candidates, so the first pair is
+        // peer-reflexive; webrtc-rs's default waits a whole second before accepting one.
+        let mut settings =
+            SettingEngineBuilder::new().with_prflx_acceptance_min_wait(Some(PRFLX_ACCEPTANCE_WAIT));
         if self.config.udp_bind.iter().any(IpAddr::is_loopback) {
             settings = settings.with_include_loopback_candidate(true);
         }
