@@ -81,26 +81,20 @@ pub enum PublishError {
     Signal(String),
 }
 
-/// One video frame of a clip.
+/// One video frame or Opus packet of a clip.
 #[derive(Debug, Clone)]
-struct VideoFrame {
+struct ClipFrame {
     data: Bytes,
     duration: Duration,
+    /// A VP8 keyframe (always true for audio: any packet starts decoding).
     keyframe: bool,
-}
-
-/// One Opus packet of a clip.
-#[derive(Debug, Clone)]
-struct AudioPacket {
-    data: Bytes,
-    duration: Duration,
 }
 
 /// Media to publish, loaded once and shared by every publisher.
 #[derive(Debug, Default)]
 pub struct Clip {
-    video: Vec<VideoFrame>,
-    audio: Vec<AudioPacket>,
+    video: Vec<ClipFrame>,
+    audio: Vec<ClipFrame>,
 }
 
 impl Clip {
@@ -119,9 +113,10 @@ impl Clip {
                 .packets
                 .into_iter()
                 .filter(|p| p.samples > 0)
-                .map(|p| AudioPacket {
+                .map(|p| ClipFrame {
                     duration: Duration::from_micros(u64::from(p.samples) * 1_000_000 / 48_000),
                     data: Bytes::from(p.data),
+                    keyframe: true,
                 })
                 .collect();
             if clip.audio.is_empty() {
@@ -135,7 +130,7 @@ impl Clip {
     }
 }
 
-fn load_ivf(path: &Path) -> Result<Vec<VideoFrame>, PublishError> {
+fn load_ivf(path: &Path) -> Result<Vec<ClipFrame>, PublishError> {
     let err = |e: String| PublishError::Clip(path.to_owned(), e);
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let (mut reader, header) =
@@ -157,7 +152,7 @@ fn load_ivf(path: &Path) -> Result<Vec<VideoFrame>, PublishError> {
         let duration = header
             .pts_to_duration(next.saturating_sub(*pts).max(1))
             .unwrap_or(tick);
-        out.push(VideoFrame {
+        out.push(ClipFrame {
             keyframe: data.first().is_some_and(|b| b & 1 == 0),
             data: data.clone(),
             duration,
@@ -433,20 +428,19 @@ pub async fn start(
     let room_task = tokio::spawn(presence.run(in_rx, leave_rx.clone()));
     let _ = in_tx.send(welcome).await;
     let pumps = [
-        tokio::spawn(pump_video(
-            Arc::clone(&clip),
+        (clip.video.clone(), RtpCodecKind::Video),
+        (clip.audio.clone(), RtpCodecKind::Audio),
+    ]
+    .map(|(frames, kind)| {
+        tokio::spawn(pump(
+            frames,
+            kind,
             Arc::clone(&outlets),
             Arc::clone(&keyframe_wanted),
             Arc::clone(&stats),
             leave_rx.clone(),
-        )),
-        tokio::spawn(pump_audio(
-            Arc::clone(&clip),
-            Arc::clone(&outlets),
-            Arc::clone(&stats),
-            leave_rx.clone(),
-        )),
-    ];
+        ))
+    });
     let mut leave = leave_rx;
     let task = tokio::spawn(async move {
         tokio::pin!(room_task);
@@ -491,14 +485,17 @@ pub async fn start(
     })
 }
 
-async fn pump_video(
-    clip: Arc<Clip>,
+/// Sends `frames` to the outlets of `kind` at real-time pace, looping, until `leave`. When
+/// `keyframe_wanted` is raised, continues from the next keyframe, as an encoder would.
+async fn pump(
+    frames: Vec<ClipFrame>,
+    kind: RtpCodecKind,
     outlets: Arc<Mutex<Outlets>>,
     keyframe_wanted: Arc<AtomicBool>,
-    stats: Arc<PublishStats>,
+    sent: Arc<PublishStats>,
     leave: watch::Receiver<bool>,
 ) {
-    if clip.video.is_empty() {
+    if frames.is_empty() {
         return;
     }
     let start = tokio::time::Instant::now();
@@ -506,64 +503,40 @@ async fn pump_video(
     let mut index = 0usize;
     while !*leave.borrow() {
         tokio::time::sleep_until(start + clock).await;
-        if keyframe_wanted.swap(false, Ordering::Relaxed) && !clip.video[index].keyframe {
-            // Like an encoder asked for a keyframe: continue from the next one.
-            index = (index..clip.video.len())
+        if kind == RtpCodecKind::Video
+            && keyframe_wanted.swap(false, Ordering::Relaxed)
+            && !frames[index].keyframe
+        {
+            index = (index..frames.len())
                 .chain(0..index)
-                .find(|&i| clip.video[i].keyframe)
+                .find(|&i| frames[i].keyframe)
                 .unwrap_or(0);
         }
-        let frame = &clip.video[index];
+        let frame = &frames[index];
         let sample = Sample {
             data: frame.data.clone(),
             duration: frame.duration,
             ..Sample::new(Instant::now())
         };
-        let targets = outlets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .video
-            .clone();
-        for outlet in &targets {
-            outlet.write(&sample).await;
-        }
-        stats.video_frames.fetch_add(1, Ordering::Relaxed);
-        clock += frame.duration;
-        index = (index + 1) % clip.video.len();
-    }
-}
-
-async fn pump_audio(
-    clip: Arc<Clip>,
-    outlets: Arc<Mutex<Outlets>>,
-    stats: Arc<PublishStats>,
-    leave: watch::Receiver<bool>,
-) {
-    if clip.audio.is_empty() {
-        return;
-    }
-    let start = tokio::time::Instant::now();
-    let mut clock = Duration::ZERO;
-    let mut index = 0usize;
-    while !*leave.borrow() {
-        tokio::time::sleep_until(start + clock).await;
-        let packet = &clip.audio[index];
-        let sample = Sample {
-            data: packet.data.clone(),
-            duration: packet.duration,
-            ..Sample::new(Instant::now())
+        let targets = {
+            let outlets = outlets.lock().unwrap_or_else(|e| e.into_inner());
+            if kind == RtpCodecKind::Video {
+                outlets.video.clone()
+            } else {
+                outlets.audio.clone()
+            }
         };
-        let targets = outlets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .audio
-            .clone();
         for outlet in &targets {
             outlet.write(&sample).await;
         }
-        stats.audio_packets.fetch_add(1, Ordering::Relaxed);
-        clock += packet.duration;
-        index = (index + 1) % clip.audio.len();
+        let counter = if kind == RtpCodecKind::Video {
+            &sent.video_frames
+        } else {
+            &sent.audio_packets
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        clock += frame.duration;
+        index = (index + 1) % frames.len();
     }
 }
 

@@ -231,17 +231,20 @@ impl State {
         let offer = self.pc.create_offer(None).await?;
         self.pc.set_local_description(offer).await?;
         self.have_local_offer = true;
-        let sdp = self
-            .pc
-            .local_description()
-            .await
-            .map(|d| d.sdp)
-            .unwrap_or_default();
+        let sdp = self.local_sdp().await;
         self.sink.send(ClientMessage::Offer {
             to: self.remote.clone(),
             sdp,
         });
         Ok(())
+    }
+
+    async fn local_sdp(&self) -> String {
+        self.pc
+            .local_description()
+            .await
+            .map(|d| d.sdp)
+            .unwrap_or_default()
     }
 
     async fn on_offer(&mut self, sdp: String) -> Result<(), PeerError> {
@@ -263,12 +266,7 @@ impl State {
         self.flush_candidates().await;
         let answer = self.pc.create_answer(None).await?;
         self.pc.set_local_description(answer).await?;
-        let sdp = self
-            .pc
-            .local_description()
-            .await
-            .map(|d| d.sdp)
-            .unwrap_or_default();
+        let sdp = self.local_sdp().await;
         self.sink.send(ClientMessage::Answer {
             to: self.remote.clone(),
             sdp,

@@ -154,6 +154,34 @@ fn open(ctx: &TrackContext) -> std::io::Result<BufWriter<File>> {
     Ok(BufWriter::with_capacity(WRITE_BUFFER, file))
 }
 
+/// Creates the track's file with `make` and places its first sample (extended timestamp `ext`
+/// at recording time `t`). On failure the error is recorded and `None` returned.
+fn start_file<W, E: std::fmt::Display>(
+    ctx: &TrackContext,
+    ext: i64,
+    t: f64,
+    clock: &TrackClock,
+    make: impl FnOnce(BufWriter<File>) -> Result<W, E>,
+) -> Option<(W, FileTimeline)> {
+    let writer = match open(ctx) {
+        Ok(out) => make(out).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match writer {
+        Ok(writer) => {
+            ctx.entry
+                .stats
+                .start_offset_ms
+                .store(ms(t), Ordering::Relaxed);
+            Some((writer, FileTimeline::start(ext, t, clock)))
+        }
+        Err(e) => {
+            ctx.recording.track_error(&ctx.entry, &e);
+            None
+        }
+    }
+}
+
 fn ms(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
 }
@@ -213,27 +241,20 @@ impl VideoPipeline {
                 return;
             }
             let (w, h) = frame.size.unwrap_or((0, 0));
-            let writer = open(ctx)
-                .map_err(super::webm::WebmError::from)
-                .and_then(|out| {
-                    WebmWriter::new(
-                        out,
-                        &[WebmTrack::Video {
-                            number: 1,
-                            width: u32::from(w),
-                            height: u32::from(h),
-                        }],
-                    )
-                });
-            match writer {
-                Ok(writer) => {
+            let track = WebmTrack::Video {
+                number: 1,
+                width: u32::from(w),
+                height: u32::from(h),
+            };
+            match start_file(ctx, ext, t, &self.clock, |out| {
+                WebmWriter::new(out, &[track])
+            }) {
+                Some((writer, timeline)) => {
                     self.writer = Some(writer);
-                    self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
-                    stats.start_offset_ms.store(ms(t), Ordering::Relaxed);
+                    self.timeline = Some(timeline);
                 }
-                Err(e) => {
+                None => {
                     self.failed = true;
-                    ctx.recording.track_error(&ctx.entry, &e);
                     return;
                 }
             }
@@ -407,18 +428,15 @@ impl AudioPipeline {
         if self.writer.is_none() {
             let channels = if packet.payload[0] & 0x04 != 0 { 2 } else { 1 };
             let serial = rand::random::<u32>();
-            let writer = open(ctx)
-                .map_err(super::ogg::OggError::from)
-                .and_then(|out| OggOpusWriter::new(out, serial, channels, OPUS_PRE_SKIP));
-            match writer {
-                Ok(writer) => {
+            match start_file(ctx, ext, t, &self.clock, |out| {
+                OggOpusWriter::new(out, serial, channels, OPUS_PRE_SKIP)
+            }) {
+                Some((writer, timeline)) => {
                     self.writer = Some(writer);
-                    self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
-                    stats.start_offset_ms.store(ms(t), Ordering::Relaxed);
+                    self.timeline = Some(timeline);
                 }
-                Err(e) => {
+                None => {
                     self.failed = true;
-                    ctx.recording.track_error(&ctx.entry, &e);
                     return;
                 }
             }
