@@ -49,6 +49,7 @@ impl App {
             udp_ports: config.udp_ports,
             public_ips: args.public_ips.clone(),
             ice_servers: config.ice_servers.clone(),
+            outbound_loss: None,
         });
         Ok(Arc::new(Self {
             config,

@@ -163,19 +163,15 @@ async fn create_recording(
             "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
         ));
     }
-    match body.audio.as_deref() {
-        None | Some("ogg") => {}
-        Some("webm") => {
-            return Err(ApiError::bad_request(
-                "`audio: \"webm\"` (muxed audio and video) is not available yet; use \"ogg\"",
-            ))
-        }
+    let muxed = match body.audio.as_deref() {
+        None | Some("ogg") => false,
+        Some("webm") => true,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "`audio` must be \"ogg\" or \"webm\", got {other:?}"
             )))
         }
-    }
+    };
     let pli_interval = match body.pli_interval_ms {
         None | Some(0) => None,
         Some(ms) if ms < 100 => {
@@ -196,6 +192,7 @@ async fn create_recording(
         RecordOptions {
             pli_interval,
             max_duration,
+            muxed,
         },
     )?;
     Ok((StatusCode::CREATED, Json(recording.doc())))

@@ -65,11 +65,20 @@ impl Behaviour for Recorder {
                 return;
             }
         };
-        let Some(ctx) = self
-            .recording
-            .add_track(&peer.id, &peer.name, kind, extension)
-        else {
-            return;
+        let muxed = if self.recording.options().muxed {
+            self.recording.add_muxed_track(&peer.id, &peer.name, kind)
+        } else {
+            None
+        };
+        let (ctx, mux) = match muxed {
+            Some((ctx, mux)) => (ctx, Some(mux)),
+            None => match self
+                .recording
+                .add_track(&peer.id, &peer.name, kind, extension)
+            {
+                Some(ctx) => (ctx, None),
+                None => return,
+            },
         };
         tracing::info!(
             recording = %self.recording.id(),
@@ -79,7 +88,7 @@ impl Behaviour for Recorder {
             "track started"
         );
         let span = tracing::info_span!("track", file = %ctx.entry.file);
-        let task = tokio::spawn(track::run(ctx, track, ssrc).instrument(span));
+        let task = tokio::spawn(track::run(ctx, track, ssrc, mux).instrument(span));
         self.recording.keep_task(task);
     }
 

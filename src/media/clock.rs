@@ -1,16 +1,31 @@
-//! Mapping a track's RTP timestamps onto its recording's clock.
+//! One clock per recording: mapping each track's RTP timestamps onto it.
 //!
-//! The recording's clock is seconds since the create call was accepted. A track is placed on it
-//! by an anchor: an (extended RTP timestamp, recording time) pair, taken from the arrival of its
-//! first packet. From there on, time within the track follows the sender's RTP clock, so a
-//! file's own timestamps are exact sample counts and loss or DTX keep their time. If the RTP
-//! clock and arrival times disagree by more than [`REANCHOR_AFTER`] (a sender restarting its
-//! timestamps, a hostile jump), the track re-anchors to arrival so the timeline stays sane.
+//! The recording's clock is seconds since the create call was accepted ([`RecordingClock`]).
+//! A track reaches it in one of two ways ([`TrackClock`]):
+//! - **Sender reports** (RFC 3550 §6.4.1): an SR ties the sender's RTP clock to its wallclock
+//!   (NTP). All tracks of one participant share a [`SenderClock`], which maps that wallclock
+//!   onto the recording's clock with an offset estimated from arrivals (the largest
+//!   `ntp − arrival` seen: the sample that travelled fastest). Audio and video of one sender
+//!   therefore sit where the sender captured them, whatever their network delays.
+//! - **Arrival**, until the track's first SR: the first packet's arrival anchors the track, and
+//!   its RTP clock runs from there.
+//!
+//! Inside a file, positions are integer RTP differences ([`FileTimeline`]), so loss and DTX keep
+//! their time exactly. They are pulled back to the recording's clock only when they drift from it
+//! by more than [`MAX_FILE_DRIFT`], so drift between sender clocks does not accumulate. A
+//! track whose RTP time disagrees with arrival by more than [`REANCHOR_AFTER`] (a restarted or
+//! hostile sender) re-anchors to arrival.
 
 use std::time::{Duration, Instant};
 
 /// Disagreement between RTP time and arrival time that makes a track re-anchor.
 pub const REANCHOR_AFTER: Duration = Duration::from_secs(3);
+/// Largest disagreement between a file's own positions and the recording's clock before the
+/// file is re-aligned (by a gap, or by dropping what overlaps).
+pub const MAX_FILE_DRIFT: Duration = Duration::from_millis(30);
+/// How fast the sender-offset estimate may fall (seconds per second): lets it follow clock
+/// drift and route changes that lengthen the fastest path.
+pub const OFFSET_DECAY: f64 = 0.002;
 
 /// The clock of one recording: its zero instant.
 #[derive(Debug, Clone, Copy)]
@@ -34,13 +49,63 @@ impl RecordingClock {
     }
 }
 
+/// Converts a 64-bit NTP timestamp (32.32 fixed point) to seconds.
+pub fn ntp_seconds(ntp: u64) -> f64 {
+    (ntp >> 32) as f64 + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0
+}
+
+/// Maps one sender's wallclock (seconds, from its SRs) onto the recording's clock. Shared by
+/// all tracks of that sender.
+#[derive(Debug, Clone, Default)]
+pub struct SenderClock {
+    offset: Option<f64>,
+    last_arrival: f64,
+}
+
+impl SenderClock {
+    /// A sample stamped `ntp` (sender wallclock) arrived at recording time `arrival`.
+    pub fn observe(&mut self, ntp: f64, arrival: f64) {
+        let sample = ntp - arrival;
+        self.offset = Some(match self.offset {
+            None => sample,
+            Some(offset) => {
+                let elapsed = (arrival - self.last_arrival).max(0.0);
+                sample.max(offset - OFFSET_DECAY * elapsed)
+            }
+        });
+        self.last_arrival = self.last_arrival.max(arrival);
+    }
+
+    /// Recording time of sender wallclock `ntp`, once anything was observed.
+    pub fn to_recording(&self, ntp: f64) -> Option<f64> {
+        self.offset.map(|o| ntp - o)
+    }
+}
+
+/// A sender report as the track clock keeps it: its wallclock and extended RTP timestamp.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    ntp: f64,
+    ext: i64,
+}
+
 /// Maps one track's extended RTP timestamps to recording time.
 #[derive(Debug, Clone)]
 pub struct TrackClock {
     clock: RecordingClock,
     rate: f64,
     anchor: Option<(i64, f64)>,
+    report: Option<Report>,
+    last_ext: Option<i64>,
     reanchors: u32,
+    generation: u32,
+}
+
+/// A shared [`SenderClock`].
+pub type SharedSenderClock = std::sync::Arc<std::sync::Mutex<SenderClock>>;
+
+fn lock(sender: &SharedSenderClock) -> std::sync::MutexGuard<'_, SenderClock> {
+    sender.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl TrackClock {
@@ -50,14 +115,70 @@ impl TrackClock {
             clock,
             rate: f64::from(clock_rate.max(1)),
             anchor: None,
+            report: None,
+            last_ext: None,
             reanchors: 0,
+            generation: 0,
         }
     }
 
+    /// The track's RTP clock rate.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Takes a sender report of this track (`ntp`: 64-bit NTP, `rtp`: its RTP timestamp).
+    /// Ignored until a packet gave the extended timestamp space a reference.
+    pub fn on_sender_report(&mut self, ntp: u64, rtp: u32) {
+        let Some(last) = self.last_ext else {
+            return;
+        };
+        // Extend `rtp` next to the latest packet's timestamp (SRs are seconds apart).
+        let delta = i64::from(rtp.wrapping_sub(last as u32) as i32);
+        if self.report.is_none() {
+            tracing::debug!(
+                rate = self.rate,
+                "first sender report: track placed by wallclock"
+            );
+            self.generation += 1;
+        }
+        self.report = Some(Report {
+            ntp: ntp_seconds(ntp),
+            ext: last + delta,
+        });
+    }
+
+    /// Whether sender reports place this track.
+    pub fn synced(&self) -> bool {
+        self.report.is_some()
+    }
+
+    /// Changes whenever the mapping changes basis (first SR, a re-anchor).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
     /// Recording time (seconds) of the sample with extended RTP timestamp `ts`, which arrived at
-    /// `arrival`.
-    pub fn map(&mut self, ts: i64, arrival: Instant) -> f64 {
+    /// `arrival`, using `sender` once SRs exist.
+    pub fn map(&mut self, ts: i64, arrival: Instant, sender: &SharedSenderClock) -> f64 {
         let arrived = self.clock.seconds(arrival);
+        self.last_ext = Some(self.last_ext.map_or(ts, |l| l.max(ts)));
+        if let Some(report) = self.report {
+            let ntp = report.ntp + (ts - report.ext) as f64 / self.rate;
+            let mut sender = lock(sender);
+            sender.observe(ntp, arrived);
+            if let Some(t) = sender.to_recording(ntp) {
+                if (t - arrived).abs() <= REANCHOR_AFTER.as_secs_f64() {
+                    return t;
+                }
+            }
+            drop(sender);
+            tracing::warn!("sender report disagrees with arrival; falling back to arrival");
+            self.report = None;
+            self.anchor = None;
+            self.generation += 1;
+            self.reanchors += 1;
+        }
         let Some((ts0, t0)) = self.anchor else {
             self.anchor = Some((ts, arrived));
             return arrived;
@@ -71,9 +192,20 @@ impl TrackClock {
             );
             self.anchor = Some((ts, arrived));
             self.reanchors += 1;
+            self.generation += 1;
             return arrived;
         }
         t
+    }
+
+    /// Recording time of extended timestamp `ts` under the current mapping, without observing
+    /// anything (for placing a sample seen earlier).
+    pub fn time_of(&self, ts: i64, sender: &SharedSenderClock) -> Option<f64> {
+        if let Some(report) = self.report {
+            return lock(sender).to_recording(report.ntp + (ts - report.ext) as f64 / self.rate);
+        }
+        self.anchor
+            .map(|(ts0, t0)| t0 + (ts - ts0) as f64 / self.rate)
     }
 
     /// How often the track re-anchored.
@@ -82,66 +214,20 @@ impl TrackClock {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn follows_rtp_time_after_the_anchor() {
-        let zero = Instant::now();
-        let mut c = TrackClock::new(RecordingClock::new(zero), 48_000);
-        let t = c.map(1_000_000, zero + Duration::from_millis(250));
-        assert!((t - 0.25).abs() < 1e-9);
-        // 2 s later by RTP, arriving with 30 ms jitter: RTP time wins.
-        let t = c.map(1_000_000 + 96_000, zero + Duration::from_millis(2280));
-        assert!((t - 2.25).abs() < 1e-9);
-        assert_eq!(c.reanchors(), 0);
-    }
-
-    #[test]
-    fn file_positions_are_integer_rtp_differences() {
-        let zero = Instant::now();
-        let mut c = TrackClock::new(RecordingClock::new(zero), 48_000);
-        let t = c.map(5_000, zero + Duration::from_millis(7));
-        let mut f = FileTimeline::start(5_000, t, &c);
-        for i in 1..1000i64 {
-            let ext = 5_000 + 960 * i;
-            let t = c.map(
-                ext,
-                zero + Duration::from_millis(7 + 20 * i as u64 + (i % 3) as u64),
-            );
-            assert_eq!(f.position(ext, t, &c), 960 * i);
-        }
-        // A jump re-anchors: the position follows arrival time, then RTP again.
-        let t = c.map(10_000_000_000, zero + Duration::from_secs(21));
-        let p = f.position(10_000_000_000, t, &c);
-        assert_eq!(p, f.position_at(t));
-        assert_eq!(f.position(10_000_000_960, t + 0.02, &c), p + 960);
-    }
-
-    #[test]
-    fn re_anchors_on_a_jump() {
-        let zero = Instant::now();
-        let mut c = TrackClock::new(RecordingClock::new(zero), 90_000);
-        c.map(0, zero);
-        let t = c.map(90_000 * 3600, zero + Duration::from_secs(1));
-        assert!((t - 1.0).abs() < 1e-9);
-        assert_eq!(c.reanchors(), 1);
-    }
-}
-
 /// Where a file's samples sit: positions in RTP clock units since the file's first sample.
 ///
 /// Positions come from integer RTP timestamp differences, so consecutive packets never
-/// overlap or jitter by a rounding error; only when the track's clock re-anchors does the
-/// position jump, to the re-anchored recording time.
+/// overlap or jitter by a rounding error. When the track's mapping changes basis (its first
+/// SR), the file's start is re-placed on the recording's clock; when positions drift from the
+/// recording's clock by more than [`MAX_FILE_DRIFT`], they are pulled back to it.
 #[derive(Debug, Clone)]
 pub struct FileTimeline {
     first_ext: i64,
     first_t: f64,
     adjust: i64,
-    reanchors: u32,
+    generation: u32,
     rate: f64,
+    realigned: u32,
 }
 
 impl FileTimeline {
@@ -151,8 +237,9 @@ impl FileTimeline {
             first_ext: ext,
             first_t: t,
             adjust: 0,
-            reanchors: clock.reanchors(),
+            generation: clock.generation(),
             rate: clock.rate,
+            realigned: 0,
         }
     }
 
@@ -161,19 +248,153 @@ impl FileTimeline {
         self.first_t
     }
 
+    /// How often positions were pulled back to the recording's clock.
+    pub fn realigned(&self) -> u32 {
+        self.realigned
+    }
+
     /// Position (RTP units since the first sample) of the sample `ext` mapped to `t` by
-    /// `clock`. Negative for samples older than the first.
-    pub fn position(&mut self, ext: i64, t: f64, clock: &TrackClock) -> i64 {
-        if clock.reanchors() != self.reanchors {
-            self.reanchors = clock.reanchors();
-            let wanted = ((t - self.first_t) * self.rate).round() as i64;
-            self.adjust = wanted - (ext - self.first_ext);
+    /// `clock`. Negative for samples older than the first. Returns whether the file's start
+    /// moved (its first SR placed it anew).
+    pub fn position(
+        &mut self,
+        ext: i64,
+        t: f64,
+        clock: &TrackClock,
+        sender: &SharedSenderClock,
+    ) -> (i64, bool) {
+        let mut moved = false;
+        if clock.generation() != self.generation {
+            self.generation = clock.generation();
+            if clock.synced() && self.adjust == 0 {
+                if let Some(first_t) = clock.time_of(self.first_ext, sender) {
+                    self.first_t = first_t;
+                    moved = true;
+                }
+            }
         }
-        ext - self.first_ext + self.adjust
+        let position = ext - self.first_ext + self.adjust;
+        let wanted = ((t - self.first_t) * self.rate).round() as i64;
+        let limit = (MAX_FILE_DRIFT.as_secs_f64() * self.rate) as i64;
+        if (wanted - position).abs() > limit {
+            self.adjust += wanted - position;
+            self.realigned += 1;
+            return (wanted, moved);
+        }
+        (position, moved)
     }
 
     /// Position of recording time `t` (for the end of the file).
     pub fn position_at(&self, t: f64) -> i64 {
         ((t - self.first_t) * self.rate).round() as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender() -> SharedSenderClock {
+        SharedSenderClock::default()
+    }
+
+    #[test]
+    fn follows_rtp_time_after_the_anchor() {
+        let zero = Instant::now();
+        let s = sender();
+        let mut c = TrackClock::new(RecordingClock::new(zero), 48_000);
+        let t = c.map(1_000_000, zero + Duration::from_millis(250), &s);
+        assert!((t - 0.25).abs() < 1e-9);
+        // 2 s later by RTP, arriving with 30 ms jitter: RTP time wins.
+        let t = c.map(1_000_000 + 96_000, zero + Duration::from_millis(2280), &s);
+        assert!((t - 2.25).abs() < 1e-9);
+        assert_eq!(c.reanchors(), 0);
+    }
+
+    #[test]
+    fn file_positions_are_integer_rtp_differences() {
+        let zero = Instant::now();
+        let s = sender();
+        let mut c = TrackClock::new(RecordingClock::new(zero), 48_000);
+        let t = c.map(5_000, zero + Duration::from_millis(7), &s);
+        let mut f = FileTimeline::start(5_000, t, &c);
+        for i in 1..1000i64 {
+            let ext = 5_000 + 960 * i;
+            let arrival = zero + Duration::from_millis(7 + 20 * i as u64 + (i % 3) as u64);
+            let t = c.map(ext, arrival, &s);
+            assert_eq!(f.position(ext, t, &c, &s).0, 960 * i);
+        }
+        // A jump re-anchors: the position follows arrival time, then RTP again.
+        let t = c.map(10_000_000_000, zero + Duration::from_secs(21), &s);
+        let (p, _) = f.position(10_000_000_000, t, &c, &s);
+        assert_eq!(p, f.position_at(t));
+        assert_eq!(f.position(10_000_000_960, t + 0.02, &c, &s).0, p + 960);
+    }
+
+    #[test]
+    fn re_anchors_on_a_jump() {
+        let zero = Instant::now();
+        let s = sender();
+        let mut c = TrackClock::new(RecordingClock::new(zero), 90_000);
+        c.map(0, zero, &s);
+        let t = c.map(90_000 * 3600, zero + Duration::from_secs(1), &s);
+        assert!((t - 1.0).abs() < 1e-9);
+        assert_eq!(c.reanchors(), 1);
+    }
+
+    /// Audio and video of one sender, with different network delays and different RTP
+    /// offsets, land on the recording clock where the sender captured them.
+    #[test]
+    fn sender_reports_put_audio_and_video_on_one_timeline() {
+        let zero = Instant::now();
+        let s = sender();
+        let rc = RecordingClock::new(zero);
+        let mut audio = TrackClock::new(rc, 48_000);
+        let mut video = TrackClock::new(rc, 90_000);
+        // Sender wallclock 1000.0 s = recording time 0.5 s. Audio RTP 0 and video RTP 777_777
+        // both at wallclock 1000.0. Audio travels 20 ms, video 80 ms.
+        let sender_to_rec = |ntp: f64| ntp - 1000.0 + 0.5;
+        let at = |rec: f64| zero + Duration::from_secs_f64(rec);
+        let ntp = |secs: f64| (secs * 4_294_967_296.0) as u64;
+        for i in 0..100 {
+            let w = 1000.0 + 0.02 * f64::from(i);
+            audio.map(
+                (48_000.0 * (w - 1000.0)) as i64,
+                at(sender_to_rec(w) + 0.020),
+                &s,
+            );
+            video.map(
+                777_777 + (90_000.0 * (w - 1000.0)) as i64,
+                at(sender_to_rec(w) + 0.080),
+                &s,
+            );
+            if i == 10 {
+                audio.on_sender_report(ntp(w), (48_000.0 * (w - 1000.0)) as u32);
+                video.on_sender_report(ntp(w), 777_777 + (90_000.0 * (w - 1000.0)) as u32);
+            }
+        }
+        let w = 1003.0;
+        let ta = audio.map(144_000, at(sender_to_rec(w) + 0.020), &s);
+        let tv = video.map(777_777 + 270_000, at(sender_to_rec(w) + 0.080), &s);
+        // Same capture instant: same recording time (placed at the fastest path, +20 ms).
+        assert!((ta - tv).abs() < 1e-3, "audio {ta} video {tv}");
+        assert!((ta - (sender_to_rec(w) + 0.020)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_files_start_moves_to_the_sender_report_placement() {
+        let zero = Instant::now();
+        let s = sender();
+        let mut c = TrackClock::new(RecordingClock::new(zero), 48_000);
+        // Arrival anchoring with a slow first packet (+100 ms), then an SR says it was
+        // captured at recording time 1.0.
+        let t = c.map(0, zero + Duration::from_millis(1100), &s);
+        let mut f = FileTimeline::start(0, t, &c);
+        c.on_sender_report((1000u64) << 32, 0);
+        let t = c.map(960, zero + Duration::from_millis(1020), &s);
+        let (p, moved) = f.position(960, t, &c, &s);
+        assert!(moved);
+        assert_eq!(p, 960);
+        assert!((f.first_t() - 1.0).abs() < 1e-6, "{}", f.first_t());
     }
 }

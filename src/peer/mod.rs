@@ -65,6 +65,20 @@ pub struct PeerConfig {
     pub public_ips: Vec<IpAddr>,
     /// STUN/TURN servers.
     pub ice_servers: Vec<crate::signal::protocol::IceServer>,
+    /// Simulated network trouble on outgoing RTP (tests and `recbot publish --loss`).
+    pub outbound_loss: Option<LossSpec>,
+}
+
+/// Simulated loss and reordering of outgoing RTP, applied where packets leave (after the NACK
+/// responder and the pacer), so retransmissions cross it too: like a bad network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossSpec {
+    /// Fraction of RTP packets dropped (0..1).
+    pub drop: f64,
+    /// Fraction of RTP packets held back and sent after the next one.
+    pub reorder: f64,
+    /// Seed of the deterministic random sequence.
+    pub seed: u64,
 }
 
 impl PeerConfig {
@@ -83,6 +97,7 @@ impl PeerConfig {
             udp_ports: None,
             public_ips: vec![],
             ice_servers: vec![],
+            outbound_loss: None,
         }
     }
 }
@@ -140,8 +155,11 @@ impl PeerFactory {
         port: u16,
     ) -> Result<Pc, PeerError> {
         let mut media_engine = media_engine()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+        let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?
             .with(Slot::from(12_500), RtcpTap::default());
+        if let Some(loss) = self.config.outbound_loss {
+            registry = registry.with(Slot::from(500), LossInjector::new(loss));
+        }
         let ice_servers = self
             .config
             .ice_servers
@@ -271,6 +289,87 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for RtcpTap {
     fn poll_write(&mut self) -> Option<TaggedPacket> {
         self.write.pop_front()
     }
+}
+
+/// Drops and reorders outgoing RTP per a [`LossSpec`] (see there).
+pub struct LossInjector {
+    spec: LossSpec,
+    state: u64,
+    held: Option<TaggedPacket>,
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+    /// Packets dropped so far.
+    pub dropped: u64,
+}
+
+impl LossInjector {
+    /// An injector following `spec`.
+    pub fn new(spec: LossSpec) -> Self {
+        Self {
+            spec,
+            state: spec.seed | 1,
+            held: None,
+            read: VecDeque::new(),
+            write: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// xorshift64*: a uniform number in [0, 1).
+    fn next(&mut self) -> f64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        (self.state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for LossInjector {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if !matches!(msg.message.packet, Packet::Rtp(_)) {
+            self.write.push_back(msg);
+            return Ok(());
+        }
+        if self.next() < self.spec.drop {
+            self.dropped += 1;
+            return Ok(());
+        }
+        if self.held.is_none() && self.next() < self.spec.reorder {
+            self.held = Some(msg);
+            return Ok(());
+        }
+        self.write.push_back(msg);
+        if let Some(held) = self.held.take() {
+            self.write.push_back(held);
+        }
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for LossInjector {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 impl Interceptor for RtcpTap {

@@ -7,7 +7,9 @@
 use super::manifest::{
     format_time, write_manifest, FileDoc, Kind, RecordingDoc, State, StopReason, TrackDoc,
 };
-use crate::media::clock::RecordingClock;
+use super::mux::{Lane, MuxFile};
+use crate::media::clock::{RecordingClock, SharedSenderClock};
+use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -26,6 +28,8 @@ pub struct RecordOptions {
     pub pli_interval: Option<Duration>,
     /// Stop automatically after this long.
     pub max_duration: Option<Duration>,
+    /// Mux each participant's first VP8 and Opus track into one WebM (`"audio": "webm"`).
+    pub muxed: bool,
 }
 
 /// Live figures of one track, updated by its task and read by the API.
@@ -117,6 +121,8 @@ struct Inner {
     stop_reason: Option<StopReason>,
     tracks: Vec<Arc<TrackEntry>>,
     names_used: HashSet<String>,
+    senders: HashMap<String, SharedSenderClock>,
+    muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
 }
@@ -149,6 +155,44 @@ pub struct TrackContext {
     pub stop: watch::Receiver<Option<Instant>>,
     /// Ids of participants that left.
     pub left: broadcast::Receiver<String>,
+    /// The participant's wallclock mapping, shared by all its tracks.
+    pub sender: SharedSenderClock,
+}
+
+/// The first free `{stem}-{kind}-{n}.{extension}` of a recording.
+fn next_name(inner: &Inner, name: &str, participant: &str, kind: &str, extension: &str) -> String {
+    let stem = file_stem(name, participant);
+    (1..)
+        .map(|i| format!("{stem}-{kind}-{i}.{extension}"))
+        .find(|f| !inner.names_used.contains(f))
+        .unwrap_or_default()
+}
+
+impl Inner {
+    /// Adds a track entry writing to `file`; returns it with its participant's sender clock.
+    fn register(
+        &mut self,
+        participant: &str,
+        participant_name: &str,
+        kind: Kind,
+        file: String,
+    ) -> (Arc<TrackEntry>, SharedSenderClock) {
+        self.names_used.insert(file.clone());
+        let entry = Arc::new(TrackEntry {
+            id: format!("t{}", self.tracks.len() + 1),
+            participant: participant.to_owned(),
+            participant_name: participant_name.to_owned(),
+            kind,
+            file,
+            stats: TrackStats {
+                start_offset_ms: AtomicI64::new(i64::MIN),
+                ..TrackStats::default()
+            },
+        });
+        self.tracks.push(Arc::clone(&entry));
+        let sender = Arc::clone(self.senders.entry(participant.to_owned()).or_default());
+        (entry, sender)
+    }
 }
 
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
@@ -188,6 +232,8 @@ impl Recording {
                 stop_reason: None,
                 tracks: Vec::new(),
                 names_used: HashSet::new(),
+                senders: HashMap::new(),
+                muxes: HashMap::new(),
                 frozen: None,
             }),
             stop_tx: watch::Sender::new(None),
@@ -313,8 +359,9 @@ impl Recording {
         self.write_manifest();
     }
 
-    /// Registers a new track of `participant` and returns what its task needs, or `None` once
-    /// the recording is stopping (media after the stop request is not recorded).
+    /// Registers a new track of `participant` with a file of its own and returns what its task
+    /// needs, or `None` once the recording is stopping (media after the stop request is not
+    /// recorded).
     pub fn add_track(
         self: &Arc<Self>,
         participant: &str,
@@ -322,42 +369,76 @@ impl Recording {
         kind: Kind,
         extension: &str,
     ) -> Option<TrackContext> {
-        let entry = {
+        let (entry, sender) = {
             let mut inner = lock(&self.inner);
             if !matches!(inner.state, State::Starting | State::Recording) {
                 return None;
             }
-            let stem = file_stem(participant_name, participant);
             let kind_name = match kind {
                 Kind::Video => "video",
                 Kind::Audio => "audio",
             };
-            let file = (1..)
-                .map(|i| format!("{stem}-{kind_name}-{i}.{extension}"))
-                .find(|f| !inner.names_used.contains(f))?;
-            inner.names_used.insert(file.clone());
-            let entry = Arc::new(TrackEntry {
-                id: format!("t{}", inner.tracks.len() + 1),
-                participant: participant.to_owned(),
-                participant_name: participant_name.to_owned(),
-                kind,
-                file,
-                stats: TrackStats {
-                    start_offset_ms: AtomicI64::new(i64::MIN),
-                    ..TrackStats::default()
-                },
-            });
-            inner.tracks.push(Arc::clone(&entry));
-            entry
+            let file = next_name(&inner, participant_name, participant, kind_name, extension);
+            inner.register(participant, participant_name, kind, file)
         };
         self.write_manifest();
-        Some(TrackContext {
+        Some(self.context(entry, sender))
+    }
+
+    /// Registers a track in the participant's muxed file (`"audio": "webm"`). `None` when the
+    /// recording is stopping or the participant's file cannot take it (its lane is taken or
+    /// the file already started): then the track gets a file of its own.
+    pub fn add_muxed_track(
+        self: &Arc<Self>,
+        participant: &str,
+        participant_name: &str,
+        kind: Kind,
+    ) -> Option<(TrackContext, Arc<MuxFile>)> {
+        let lane = match kind {
+            Kind::Video => Lane::Video,
+            Kind::Audio => Lane::Audio,
+        };
+        let (entry, sender, mux) = {
+            let mut inner = lock(&self.inner);
+            if !matches!(inner.state, State::Starting | State::Recording) {
+                return None;
+            }
+            let mux = match inner.muxes.get(participant) {
+                Some(mux) if mux.can_attach(lane) => Arc::clone(mux),
+                Some(_) => return None,
+                None => {
+                    let name = next_name(&inner, participant_name, participant, "av", "webm");
+                    let mux = MuxFile::new(name.clone(), self.dir.join(&name));
+                    inner.names_used.insert(name);
+                    inner.muxes.insert(participant.to_owned(), Arc::clone(&mux));
+                    mux
+                }
+            };
+            let (entry, sender) =
+                inner.register(participant, participant_name, kind, mux.name().to_owned());
+            if !mux.attach(lane, Arc::clone(&entry)) {
+                inner.tracks.retain(|t| !Arc::ptr_eq(t, &entry));
+                return None;
+            }
+            (entry, sender, mux)
+        };
+        self.write_manifest();
+        Some((self.context(entry, sender), mux))
+    }
+
+    fn context(
+        self: &Arc<Self>,
+        entry: Arc<TrackEntry>,
+        sender: SharedSenderClock,
+    ) -> TrackContext {
+        TrackContext {
             recording: Arc::clone(self),
             path: self.dir.join(&entry.file),
             entry,
             stop: self.stop_tx.subscribe(),
             left: self.left_tx.subscribe(),
-        })
+            sender,
+        }
     }
 
     /// Keeps a track task so the stop can wait for it.

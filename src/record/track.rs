@@ -6,6 +6,7 @@
 //! reorder timeout, a PLI, a flush).
 
 use super::manifest::Kind;
+use super::mux::{Lane, MuxFile};
 use super::ogg::{OggOpusWriter, PacketOutcome};
 use super::session::{TrackContext, TrackEntry};
 use super::webm::{WebmTrack, WebmWriter};
@@ -15,6 +16,7 @@ use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
 use crate::media::vp8::{Vp8Assembler, Vp8Event, Vp8Frame};
 use bytes::Bytes;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use std::fs::File;
 use std::io::BufWriter;
 use std::sync::atomic::Ordering;
@@ -53,6 +55,7 @@ impl End {
 /// What a pipeline does with the packets and deadlines of its track.
 trait Pipeline {
     fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant);
+    fn clock(&mut self) -> &mut TrackClock;
     fn tick(&mut self, ctx: &TrackContext, now: Instant) -> Option<PictureLossIndicationDue>;
     fn next_deadline(&self) -> Option<Instant>;
     fn flush(&mut self, ctx: &TrackContext);
@@ -63,7 +66,13 @@ trait Pipeline {
 struct PictureLossIndicationDue(crate::media::pli::PliReason);
 
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
-pub async fn run(mut ctx: TrackContext, track: Arc<dyn TrackRemote>, ssrc: u32) {
+/// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
+pub async fn run(
+    mut ctx: TrackContext,
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    mux: Option<Arc<MuxFile>>,
+) {
     let clock = TrackClock::new(
         ctx.recording.clock(),
         if ctx.entry.kind == Kind::Video {
@@ -74,11 +83,16 @@ pub async fn run(mut ctx: TrackContext, track: Arc<dyn TrackRemote>, ssrc: u32) 
     );
     match ctx.entry.kind {
         Kind::Video => {
-            let pipeline =
+            let mut pipeline =
                 VideoPipeline::new(clock, Instant::now(), ctx.recording.options().pli_interval);
+            pipeline.mux = mux;
             drive(&mut ctx, track, ssrc, pipeline).await
         }
-        Kind::Audio => drive(&mut ctx, track, ssrc, AudioPipeline::new(clock)).await,
+        Kind::Audio => {
+            let mut pipeline = AudioPipeline::new(clock);
+            pipeline.mux = mux;
+            drive(&mut ctx, track, ssrc, pipeline).await
+        }
     }
 }
 
@@ -109,6 +123,15 @@ async fn drive<P: Pipeline>(
                 Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
                     ctx.entry.stats.packets.fetch_add(1, Ordering::Relaxed);
                     pipeline.packet(ctx, packet, Instant::now());
+                }
+                Some(TrackRemoteEvent::OnRtcpPacket(packets)) => {
+                    for packet in &packets {
+                        if let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() {
+                            if sr.ssrc == ssrc {
+                                pipeline.clock().on_sender_report(sr.ntp_time, sr.rtp_time);
+                            }
+                        }
+                    }
                 }
                 Some(TrackRemoteEvent::OnEnded) | Some(TrackRemoteEvent::OnError) | None => {
                     break End::Gone(Instant::now());
@@ -182,6 +205,47 @@ fn start_file<W, E: std::fmt::Display>(
     }
 }
 
+/// A writer that can push its buffered bytes to the OS.
+trait Flush {
+    fn flush_out(&mut self) -> Result<(), String>;
+}
+
+impl<W: std::io::Write + std::io::Seek> Flush for WebmWriter<W> {
+    fn flush_out(&mut self) -> Result<(), String> {
+        self.flush().map_err(|e| e.to_string())
+    }
+}
+
+impl<W: std::io::Write> Flush for OggOpusWriter<W> {
+    fn flush_out(&mut self) -> Result<(), String> {
+        self.flush().map_err(|e| e.to_string())
+    }
+}
+
+/// Flushes the track's own writer or its muxed file; a failure stops the track's writing.
+fn flush_output<F: Flush>(
+    ctx: &TrackContext,
+    writer: Option<&mut F>,
+    mux: Option<&MuxFile>,
+    failed: &mut bool,
+) {
+    let result = match (writer, mux) {
+        (Some(writer), _) => writer.flush_out(),
+        (None, Some(mux)) => mux.flush().map_err(|e| e.to_string()),
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = result {
+        *failed = true;
+        ctx.recording.track_error(&ctx.entry, &e);
+    }
+}
+
+fn finish_mux(ctx: &TrackContext, mux: &MuxFile, lane: Lane, end: Instant) {
+    if let Err(e) = mux.finish(lane, ctx.recording.clock().seconds(end)) {
+        ctx.recording.track_error(&ctx.entry, &e);
+    }
+}
+
 fn ms(seconds: f64) -> i64 {
     (seconds * 1000.0).round() as i64
 }
@@ -191,6 +255,7 @@ struct VideoPipeline {
     pli: PliPolicy,
     clock: TrackClock,
     writer: Option<WebmWriter<BufWriter<File>>>,
+    mux: Option<Arc<MuxFile>>,
     timeline: Option<FileTimeline>,
     last_ms: u64,
     size: Option<(u16, u16)>,
@@ -204,6 +269,7 @@ impl VideoPipeline {
             pli: PliPolicy::new(now, pli_interval),
             clock,
             writer: None,
+            mux: None,
             timeline: None,
             last_ms: 0,
             size: None,
@@ -230,13 +296,19 @@ impl VideoPipeline {
         }
         let stats = &ctx.entry.stats;
         let ext = frame.rtp_ts as i64;
-        let t = self.clock.map(ext, frame.first_arrival);
+        let t = self.clock.map(ext, frame.first_arrival, &ctx.sender);
         if let Some(stop) = *ctx.stop.borrow() {
             if t > ctx.recording.clock().seconds(stop) {
                 return;
             }
         }
-        if self.writer.is_none() {
+        if self.timeline.is_none() && self.mux.is_some() {
+            if !frame.keyframe {
+                return;
+            }
+            self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
+        }
+        if self.timeline.is_none() {
             if !frame.keyframe {
                 return;
             }
@@ -259,13 +331,33 @@ impl VideoPipeline {
                 }
             }
         }
-        let (Some(writer), Some(timeline)) = (self.writer.as_mut(), self.timeline.as_mut()) else {
+        let Some(timeline) = self.timeline.as_mut() else {
             return;
         };
-        let position = timeline.position(ext, t, &self.clock);
+        let (position, moved) = timeline.position(ext, t, &self.clock, &ctx.sender);
         if position < 0 {
             return;
         }
+        if let Some(mux) = &self.mux {
+            if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
+                stats.width.store(u32::from(w), Ordering::Relaxed);
+                stats.height.store(u32::from(h), Ordering::Relaxed);
+            }
+            let at = timeline.first_t() + position as f64 / 90_000.0;
+            if let Err(e) = mux.push_video(at, frame.keyframe, frame.size, frame.data) {
+                self.failed = true;
+                ctx.recording.track_error(&ctx.entry, &e);
+            }
+            return;
+        }
+        if moved {
+            stats
+                .start_offset_ms
+                .store(ms(timeline.first_t()), Ordering::Relaxed);
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
         // 90 kHz → ms.
         let offset = (position + 45) / 90;
         let ts = (offset as u64).max(self.last_ms);
@@ -306,6 +398,10 @@ impl VideoPipeline {
 }
 
 impl Pipeline for VideoPipeline {
+    fn clock(&mut self) -> &mut TrackClock {
+        &mut self.clock
+    }
+
     fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
         let h = &packet.header;
         self.assembler.push(
@@ -336,12 +432,12 @@ impl Pipeline for VideoPipeline {
     }
 
     fn flush(&mut self, ctx: &TrackContext) {
-        if let Some(writer) = self.writer.as_mut() {
-            if let Err(e) = writer.flush() {
-                self.failed = true;
-                ctx.recording.track_error(&ctx.entry, &e);
-            }
-        }
+        flush_output(
+            ctx,
+            self.writer.as_mut(),
+            self.mux.as_deref(),
+            &mut self.failed,
+        );
     }
 
     fn finish(mut self, ctx: &TrackContext, end: Instant) {
@@ -349,6 +445,10 @@ impl Pipeline for VideoPipeline {
             self.event(ctx, event);
         }
         self.sync_loss(&ctx.entry);
+        if let Some(mux) = self.mux.take() {
+            finish_mux(ctx, &mux, Lane::Video, end);
+            return;
+        }
         let (Some(writer), Some(timeline)) = (self.writer.take(), self.timeline.as_ref()) else {
             return;
         };
@@ -384,6 +484,7 @@ struct AudioPipeline {
     ts: TsUnwrapper,
     clock: TrackClock,
     writer: Option<OggOpusWriter<BufWriter<File>>>,
+    mux: Option<Arc<MuxFile>>,
     timeline: Option<FileTimeline>,
     failed: bool,
 }
@@ -396,6 +497,7 @@ impl AudioPipeline {
             ts: TsUnwrapper::new(),
             clock,
             writer: None,
+            mux: None,
             timeline: None,
             failed: false,
         }
@@ -419,14 +521,17 @@ impl AudioPipeline {
         }
         let stats = &ctx.entry.stats;
         let ext = self.ts.unwrap(packet.ts) as i64;
-        let t = self.clock.map(ext, packet.arrival);
+        let t = self.clock.map(ext, packet.arrival, &ctx.sender);
         if let Some(stop) = *ctx.stop.borrow() {
             if t > ctx.recording.clock().seconds(stop) {
                 return;
             }
         }
-        if self.writer.is_none() {
-            let channels = if packet.payload[0] & 0x04 != 0 { 2 } else { 1 };
+        let channels = if packet.payload[0] & 0x04 != 0 { 2 } else { 1 };
+        if self.timeline.is_none() && self.mux.is_some() {
+            self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
+        }
+        if self.timeline.is_none() {
             let serial = rand::random::<u32>();
             match start_file(ctx, ext, t, &self.clock, |out| {
                 OggOpusWriter::new(out, serial, channels, OPUS_PRE_SKIP)
@@ -441,10 +546,29 @@ impl AudioPipeline {
                 }
             }
         }
-        let (Some(writer), Some(timeline)) = (self.writer.as_mut(), self.timeline.as_mut()) else {
+        let Some(timeline) = self.timeline.as_mut() else {
             return;
         };
-        let Ok(pts) = u64::try_from(timeline.position(ext, t, &self.clock)) else {
+        let (position, moved) = timeline.position(ext, t, &self.clock, &ctx.sender);
+        if let Some(mux) = &self.mux {
+            if position >= 0 {
+                let at = timeline.first_t() + position as f64 / 48_000.0;
+                if let Err(e) = mux.push_audio(at, channels, packet.payload, packet.arrival) {
+                    self.failed = true;
+                    ctx.recording.track_error(&ctx.entry, &e);
+                }
+            }
+            return;
+        }
+        if moved {
+            stats
+                .start_offset_ms
+                .store(ms(timeline.first_t()), Ordering::Relaxed);
+        }
+        let Some(writer) = self.writer.as_mut() else {
+            return;
+        };
+        let Ok(pts) = u64::try_from(position) else {
             return;
         };
         match writer.write_packet(&packet.payload, pts) {
@@ -467,6 +591,10 @@ impl AudioPipeline {
 }
 
 impl Pipeline for AudioPipeline {
+    fn clock(&mut self) -> &mut TrackClock {
+        &mut self.clock
+    }
+
     fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
         let ext_seq = self.seq.unwrap(packet.header.sequence_number);
         let item = AudioPacket {
@@ -490,18 +618,22 @@ impl Pipeline for AudioPipeline {
     }
 
     fn flush(&mut self, ctx: &TrackContext) {
-        if let Some(writer) = self.writer.as_mut() {
-            if let Err(e) = writer.flush() {
-                self.failed = true;
-                ctx.recording.track_error(&ctx.entry, &e);
-            }
-        }
+        flush_output(
+            ctx,
+            self.writer.as_mut(),
+            self.mux.as_deref(),
+            &mut self.failed,
+        );
     }
 
     fn finish(mut self, ctx: &TrackContext, end: Instant) {
         let rest: Vec<Released<AudioPacket>> = self.reorder.drain().into_iter().collect();
         for released in rest {
             self.released(ctx, released);
+        }
+        if let Some(mux) = self.mux.take() {
+            finish_mux(ctx, &mux, Lane::Audio, end);
+            return;
         }
         let (Some(writer), Some(timeline)) = (self.writer.take(), self.timeline.as_ref()) else {
             return;
