@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -65,6 +66,20 @@ pub struct PublishArgs {
     /// Connect to every peer, not only to bots.
     #[arg(long)]
     pub mesh: bool,
+    /// Simulate a bad network: drop this fraction of outgoing RTP packets (e.g. 0.05).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+}
+
+/// How a publisher behaves.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Room token.
+    pub token: Option<String>,
+    /// Connect to every peer, not only to bots.
+    pub mesh: bool,
+    /// Ignore keyframe requests (keep the clip's own pace; audio and video stay in step).
+    pub ignore_keyframe_requests: bool,
 }
 
 /// Errors of the publisher.
@@ -88,10 +103,12 @@ struct ClipFrame {
     duration: Duration,
     /// A VP8 keyframe (always true for audio: any packet starts decoding).
     keyframe: bool,
+    /// Not sent (DTX): time passes and the RTP timestamp jumps over it.
+    skip: bool,
 }
 
 /// Media to publish, loaded once and shared by every publisher.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Clip {
     video: Vec<ClipFrame>,
     audio: Vec<ClipFrame>,
@@ -117,6 +134,7 @@ impl Clip {
                     duration: Duration::from_micros(u64::from(p.samples) * 1_000_000 / 48_000),
                     data: Bytes::from(p.data),
                     keyframe: true,
+                    skip: false,
                 })
                 .collect();
             if clip.audio.is_empty() {
@@ -127,6 +145,42 @@ impl Clip {
             return Err(PublishError::NoMedia);
         }
         Ok(Arc::new(clip))
+    }
+
+    /// Like [`load`](Self::load) with several IVF clips played one after the other (sizes may
+    /// differ: a resolution change mid-stream).
+    pub fn load_sequence(
+        videos: &[&Path],
+        audio: Option<&Path>,
+    ) -> Result<Arc<Self>, PublishError> {
+        let mut clip = Self::load(None, audio)
+            .map(|c| (*c).clone())
+            .unwrap_or_default();
+        for path in videos {
+            clip.video.extend(load_ivf(path)?);
+        }
+        if clip.video.is_empty() && clip.audio.is_empty() {
+            return Err(PublishError::NoMedia);
+        }
+        Ok(Arc::new(clip))
+    }
+
+    /// A copy in which the audio packets from `from` for `length` (clip time) are not sent,
+    /// as a sender in DTX would do: the RTP timestamps jump over the silence.
+    pub fn with_audio_gap(&self, from: Duration, length: Duration) -> Arc<Self> {
+        let mut clip = self.clone();
+        let mut at = Duration::ZERO;
+        for frame in &mut clip.audio {
+            frame.skip = at >= from && at < from + length;
+            at += frame.duration;
+        }
+        Arc::new(clip)
+    }
+
+    /// Length of the video and of the audio loop.
+    pub fn lengths(&self) -> (Duration, Duration) {
+        let sum = |v: &[ClipFrame]| v.iter().map(|f| f.duration).sum();
+        (sum(&self.video), sum(&self.audio))
     }
 }
 
@@ -153,6 +207,7 @@ fn load_ivf(path: &Path) -> Result<Vec<ClipFrame>, PublishError> {
             .pts_to_duration(next.saturating_sub(*pts).max(1))
             .unwrap_or(tick);
         out.push(ClipFrame {
+            skip: false,
             keyframe: data.first().is_some_and(|b| b & 1 == 0),
             data: data.clone(),
             duration,
@@ -175,36 +230,92 @@ pub struct PublishStats {
     pub keyframe_requests: AtomicU64,
 }
 
-/// Local tracks of one connection.
+/// How an outlet puts frames on the wire.
+enum Wire {
+    /// webrtc-rs packetizes (VP8).
+    Sample(Arc<TrackLocalStaticSample>),
+    /// One RTP packet per Opus packet, numbered here, so that DTX can jump the timestamp
+    /// without skipping sequence numbers (webrtc-rs's sample writer skips both).
+    Rtp {
+        track: Arc<TrackLocalStaticRTP>,
+        /// Next sequence number and timestamp.
+        next: Mutex<(u16, u32)>,
+    },
+}
+
+/// Local track of one connection.
 struct Outlet {
-    track: Arc<TrackLocalStaticSample>,
+    wire: Wire,
     sender: Arc<dyn RtpSender>,
     ssrc: u32,
     payload_type: Mutex<Option<u8>>,
 }
 
 impl Outlet {
-    async fn write(&self, sample: &Sample) {
+    async fn payload_type(&self) -> Option<u8> {
         let cached = *self.payload_type.lock().unwrap_or_else(|e| e.into_inner());
-        let pt = match cached {
-            Some(pt) => pt,
-            None => {
-                let Ok(params) = self.sender.get_parameters().await else {
+        if cached.is_some() {
+            return cached;
+        }
+        let params = self.sender.get_parameters().await.ok()?;
+        let pt = params
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)?;
+        *self.payload_type.lock().unwrap_or_else(|e| e.into_inner()) = Some(pt);
+        Some(pt)
+    }
+
+    /// Sends `frame`, after `skipped` of media that was not sent (DTX).
+    async fn write(&self, frame: &ClipFrame, skipped: Duration) {
+        // Errors mean "not connected yet" or "closed": the frame is simply not sent, but the
+        // RTP clock runs on as a live sender's would.
+        let pt = self.payload_type().await;
+        match &self.wire {
+            Wire::Sample(track) => {
+                let Some(pt) = pt else {
                     return;
                 };
-                let Some(pt) = params.rtp_parameters.codecs.first().map(|c| c.payload_type) else {
-                    return;
+                let sample = Sample {
+                    data: frame.data.clone(),
+                    duration: frame.duration,
+                    ..Sample::new(Instant::now())
                 };
-                *self.payload_type.lock().unwrap_or_else(|e| e.into_inner()) = Some(pt);
-                pt
+                let _ = track
+                    .sample_writer(self.ssrc, pt)
+                    .write_sample(&sample)
+                    .await;
             }
-        };
-        // Errors mean "not connected yet" or "closed": the frame is simply not sent.
-        let _ = self
-            .track
-            .sample_writer(self.ssrc, pt)
-            .write_sample(sample)
-            .await;
+            Wire::Rtp { track, next } => {
+                let samples = |d: Duration| (d.as_micros() * 48 / 1000) as u32;
+                let (seq, ts) = {
+                    let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let ts = next.1.wrapping_add(samples(skipped));
+                    let seq = next.0;
+                    *next = (
+                        seq.wrapping_add(1),
+                        ts.wrapping_add(samples(frame.duration)),
+                    );
+                    (seq, ts)
+                };
+                let Some(pt) = pt else {
+                    return;
+                };
+                let packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: pt,
+                        sequence_number: seq,
+                        timestamp: ts,
+                        ssrc: self.ssrc,
+                        ..Default::default()
+                    },
+                    payload: frame.data.clone(),
+                };
+                let _ = track.write_rtp(packet).await;
+            }
+        }
     }
 }
 
@@ -250,23 +361,36 @@ impl Publisher {
         } else {
             "audio"
         };
-        let track = Arc::new(TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "recbot-publish".into(),
-                format!("{label}-{ssrc:08x}"),
-                label.into(),
-                kind,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: codec(kind),
+        let description = MediaStreamTrack::new(
+            "recbot-publish".into(),
+            format!("{label}-{ssrc:08x}"),
+            label.into(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
                     ..Default::default()
-                }],
-            ),
-        )?);
+                },
+                codec: codec(kind),
+                ..Default::default()
+            }],
+        );
+        if kind == RtpCodecKind::Audio {
+            let track = Arc::new(TrackLocalStaticRTP::new(description));
+            let sender = pc
+                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await?;
+            return Ok(Arc::new(Outlet {
+                wire: Wire::Rtp {
+                    track,
+                    next: Mutex::new((rand::random(), rand::random())),
+                },
+                sender,
+                ssrc,
+                payload_type: Mutex::new(None),
+            }));
+        }
+        let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), description)?);
         let sender = pc
             .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
             .await?;
@@ -289,7 +413,7 @@ impl Publisher {
             });
         }
         Ok(Arc::new(Outlet {
-            track,
+            wire: Wire::Sample(track),
             sender,
             ssrc,
             payload_type: Mutex::new(None),
@@ -378,12 +502,12 @@ pub async fn start(
     server: &str,
     room: &str,
     name: &str,
-    token: Option<&str>,
     clip: Arc<Clip>,
     factory: Arc<PeerFactory>,
-    mesh: bool,
+    options: PublishOptions,
 ) -> Result<PublisherHandle, PublishError> {
-    let url = ws_url(server, room, name, token);
+    let url = ws_url(server, room, name, options.token.as_deref());
+    let mesh = options.mesh;
     let (ws, _) = tokio_tungstenite::connect_async(&url)
         .await
         .map_err(|e| PublishError::Signal(e.to_string()))?;
@@ -432,11 +556,16 @@ pub async fn start(
         (clip.audio.clone(), RtpCodecKind::Audio),
     ]
     .map(|(frames, kind)| {
+        let keyframes = if options.ignore_keyframe_requests {
+            Arc::new(AtomicBool::new(false))
+        } else {
+            Arc::clone(&keyframe_wanted)
+        };
         tokio::spawn(pump(
             frames,
             kind,
             Arc::clone(&outlets),
-            Arc::clone(&keyframe_wanted),
+            keyframes,
             Arc::clone(&stats),
             leave_rx.clone(),
         ))
@@ -501,7 +630,14 @@ async fn pump(
     let start = tokio::time::Instant::now();
     let mut clock = Duration::ZERO;
     let mut index = 0usize;
+    let mut skipped = Duration::ZERO;
     while !*leave.borrow() {
+        if frames[index].skip {
+            skipped += frames[index].duration;
+            clock += frames[index].duration;
+            index = (index + 1) % frames.len();
+            continue;
+        }
         tokio::time::sleep_until(start + clock).await;
         if kind == RtpCodecKind::Video
             && keyframe_wanted.swap(false, Ordering::Relaxed)
@@ -513,11 +649,7 @@ async fn pump(
                 .unwrap_or(0);
         }
         let frame = &frames[index];
-        let sample = Sample {
-            data: frame.data.clone(),
-            duration: frame.duration,
-            ..Sample::new(Instant::now())
-        };
+        let gap = std::mem::take(&mut skipped);
         let targets = {
             let outlets = outlets.lock().unwrap_or_else(|e| e.into_inner());
             if kind == RtpCodecKind::Video {
@@ -527,7 +659,7 @@ async fn pump(
             }
         };
         for outlet in &targets {
-            outlet.write(&sample).await;
+            outlet.write(frame, gap).await;
         }
         let counter = if kind == RtpCodecKind::Video {
             &sent.video_frames
@@ -543,7 +675,20 @@ async fn pump(
 /// The `recbot publish` command: runs `count` publishers until Ctrl-C or `--duration`.
 pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
     let clip = Clip::load(args.video.as_deref(), args.audio.as_deref())?;
-    let factory = PeerFactory::new(PeerConfig::loopback_and_all());
+    let mut config = PeerConfig::loopback_and_all();
+    if args.loss > 0.0 {
+        config.outbound_loss = Some(crate::peer::LossSpec {
+            drop: args.loss.min(1.0),
+            reorder: args.loss.min(1.0),
+            seed: rand::random(),
+        });
+    }
+    let factory = PeerFactory::new(config);
+    let options = PublishOptions {
+        token: args.token.clone(),
+        mesh: args.mesh,
+        ignore_keyframe_requests: false,
+    };
     let mut handles = Vec::new();
     for i in 0..args.count.max(1) {
         let name = if args.count > 1 {
@@ -555,10 +700,9 @@ pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
             &args.server,
             &args.room,
             &name,
-            args.token.as_deref(),
             Arc::clone(&clip),
             Arc::clone(&factory),
-            args.mesh,
+            options.clone(),
         )
         .await?;
         tracing::info!(peer = %handle.id, name, room = %args.room, "publishing");

@@ -40,10 +40,9 @@ async fn records_present_and_late_publishers_to_webm_and_ogg() {
         &srv.base,
         "demo",
         "alice",
-        None,
         clip.clone(),
         factory.clone(),
-        false,
+        Default::default(),
     )
     .await
     .expect("alice joins");
@@ -51,10 +50,9 @@ async fn records_present_and_late_publishers_to_webm_and_ogg() {
         &srv.base,
         "demo",
         "bob",
-        None,
         clip.clone(),
         factory.clone(),
-        false,
+        Default::default(),
     )
     .await
     .expect("bob joins");
@@ -73,10 +71,9 @@ async fn records_present_and_late_publishers_to_webm_and_ogg() {
         &srv.base,
         "demo",
         "carol",
-        None,
         clip.clone(),
         factory.clone(),
-        false,
+        Default::default(),
     )
     .await
     .expect("carol joins");
