@@ -32,6 +32,18 @@ pub enum Command {
     Serve(ServeArgs),
     /// Join a room as ordinary peer(s) and send pre-encoded VP8 and Opus at real-time pace.
     Publish(crate::publish::PublishArgs),
+    /// Repair recordings left unfinished by a crash: a recording folder, or a recordings
+    /// directory (every unfinished recording in it). What `serve` does at start.
+    Repair {
+        /// A recording folder or the recordings directory.
+        dir: PathBuf,
+    },
+    /// Print what a recording file holds: codec, duration, frames, keyframes, cues, gaps.
+    Inspect {
+        /// WebM or Ogg files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Log output format.

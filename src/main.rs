@@ -7,7 +7,9 @@ use std::process::ExitCode;
 fn init_logging(format: LogFormat, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -32,6 +34,27 @@ async fn main() -> ExitCode {
             }
         }
         Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::Repair { dir }) => {
+            init_logging(LogFormat::Text, "warn");
+            recbot::record::store::repair_command(&dir)
+        }
+        Some(Command::Inspect { files }) => {
+            let mut failed = false;
+            for file in files {
+                match recbot::record::inspect::inspect(&file) {
+                    Ok(report) => println!("{report}"),
+                    Err(e) => {
+                        eprintln!("{}: {e}", file.display());
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         None => serve(cli.serve).await,
     }
 }

@@ -4,7 +4,9 @@
 //! two concurrent requests for the same room cannot both win. On start, recordings whose
 //! manifest says they were still running are marked `failed` / `interrupted`; their files stay.
 
-use super::manifest::{read_manifest, write_manifest, State, StopReason};
+use super::inspect::inspect;
+use super::manifest::{read_manifest, write_manifest, FileDoc, RecordingDoc, State, StopReason};
+use super::repair::{repair_dir, RepairError, RepairOutcome};
 use super::session::{RecordOptions, Recording};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,99 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Repairs a recording's files in place (seekable again; a no-op for final files), marks it
+/// `failed` / `interrupted` if a crash left it active, and rewrites its manifest with the
+/// files' real figures.
+pub fn recover(
+    dir: &Path,
+    doc: &mut RecordingDoc,
+) -> Vec<(String, Result<RepairOutcome, RepairError>)> {
+    let outcomes = repair_dir(dir);
+    for (name, outcome) in &outcomes {
+        match outcome {
+            Ok(o) => tracing::info!(recording = %doc.id, file = %name, outcome = ?o, "repaired"),
+            Err(e) => {
+                tracing::error!(recording = %doc.id, file = %name, error = %e, "not repaired")
+            }
+        }
+    }
+    if doc.state.is_active() {
+        doc.state = State::Failed;
+        doc.stop_reason = Some(StopReason::Interrupted);
+        doc.error =
+            Some("the service stopped while recording; files repaired up to the last flush".into());
+    }
+    let listed: Vec<String> = doc.files.iter().map(|f| f.name.clone()).collect();
+    for track in &mut doc.tracks {
+        let path = dir.join(&track.file);
+        let Ok(report) = inspect(&path) else {
+            continue;
+        };
+        track.bytes = report.bytes;
+        if let Some(d) = report.duration_ms {
+            track.duration_ms = d.max(0.0).round() as u64;
+        }
+        if !listed.contains(&track.file) {
+            doc.files.push(FileDoc {
+                name: track.file.clone(),
+                bytes: report.bytes,
+                url: format!("/api/recordings/{}/files/{}", doc.id, track.file),
+            });
+        }
+    }
+    for file in &mut doc.files {
+        if let Ok(meta) = std::fs::metadata(dir.join(&file.name)) {
+            file.bytes = meta.len();
+        }
+    }
+    if let Err(e) = write_manifest(dir, doc) {
+        tracing::error!(recording = %doc.id, error = %e, "manifest rewrite failed");
+    }
+    outcomes
+}
+
+/// `recbot repair DIR`: recovers the recording in `dir` if it is one, else every recording
+/// below it that a crash left unfinished. Prints what it did; fails if a file could not be
+/// repaired.
+pub fn repair_command(dir: &Path) -> std::process::ExitCode {
+    let folders: Vec<std::path::PathBuf> = if dir.join(super::manifest::MANIFEST_FILE).is_file() {
+        vec![dir.to_owned()]
+    } else {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut failed = false;
+    for folder in folders {
+        let Ok(mut doc) = read_manifest(&folder) else {
+            continue;
+        };
+        if !doc.state.is_active() && folder != dir {
+            continue;
+        }
+        for (name, outcome) in recover(&folder, &mut doc) {
+            match outcome {
+                Ok(o) => println!("{}: {name}: {o:?}", folder.display()),
+                Err(e) => {
+                    failed = true;
+                    println!("{}: {name}: {e}", folder.display());
+                }
+            }
+        }
+    }
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
 impl RecordingStore {
     /// Opens `dir`, loading every recording found there; unfinished ones become `failed`.
     pub fn open(dir: &Path, max_active: usize) -> Result<Arc<Self>, RecordError> {
@@ -85,17 +180,7 @@ impl RecordingStore {
             };
             if doc.state.is_active() {
                 tracing::warn!(recording = %doc.id, "found unfinished after a restart: marked failed");
-                doc.state = State::Failed;
-                doc.stop_reason = Some(StopReason::Interrupted);
-                doc.error = Some("the service stopped while recording".into());
-                for file in &mut doc.files {
-                    if let Ok(meta) = std::fs::metadata(path.join(&file.name)) {
-                        file.bytes = meta.len();
-                    }
-                }
-                if let Err(e) = write_manifest(&path, &doc) {
-                    tracing::error!(recording = %doc.id, error = %e, "manifest rewrite failed");
-                }
+                recover(&path, &mut doc);
             }
             map.insert(doc.id.clone(), Recording::from_doc(doc, path));
         }

@@ -196,6 +196,8 @@ fn start_file<W, E: std::fmt::Display>(
                 .stats
                 .start_offset_ms
                 .store(ms(t), Ordering::Relaxed);
+            // On disk at once, so a crash leaves the file listed and placed.
+            ctx.recording.write_manifest();
             Some((writer, FileTimeline::start(ext, t, clock)))
         }
         Err(e) => {
@@ -344,9 +346,13 @@ impl VideoPipeline {
                 stats.height.store(u32::from(h), Ordering::Relaxed);
             }
             let at = timeline.first_t() + position as f64 / 90_000.0;
-            if let Err(e) = mux.push_video(at, frame.keyframe, frame.size, frame.data) {
-                self.failed = true;
-                ctx.recording.track_error(&ctx.entry, &e);
+            match mux.push_video(at, frame.keyframe, frame.size, frame.data) {
+                Ok(Some(_started)) => ctx.recording.write_manifest(),
+                Ok(None) => {}
+                Err(e) => {
+                    self.failed = true;
+                    ctx.recording.track_error(&ctx.entry, &e);
+                }
             }
             return;
         }
@@ -553,9 +559,13 @@ impl AudioPipeline {
         if let Some(mux) = &self.mux {
             if position >= 0 {
                 let at = timeline.first_t() + position as f64 / 48_000.0;
-                if let Err(e) = mux.push_audio(at, channels, packet.payload, packet.arrival) {
-                    self.failed = true;
-                    ctx.recording.track_error(&ctx.entry, &e);
+                match mux.push_audio(at, channels, packet.payload, packet.arrival) {
+                    Ok(Some(_started)) => ctx.recording.write_manifest(),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failed = true;
+                        ctx.recording.track_error(&ctx.entry, &e);
+                    }
                 }
             }
             return;

@@ -111,8 +111,8 @@ fn tool_available(tool: &str) -> bool {
     ok
 }
 
-/// Decodes `path` fully with ffmpeg and asserts it printed no error. Returns false when the
-/// tool is missing outside CI.
+/// Decodes `path` fully with ffmpeg and asserts it printed no error; a WebM is also checked by
+/// `mkvinfo --check-mode`. Returns false when ffmpeg is missing outside CI.
 pub fn ffmpeg_decodes_cleanly(path: &Path) -> bool {
     if !tool_available("ffmpeg") {
         return false;
@@ -129,6 +129,25 @@ pub fn ffmpeg_decodes_cleanly(path: &Path) -> bool {
         "ffmpeg reported errors for {}: {stderr}",
         path.display()
     );
+    if path.extension().is_some_and(|e| e == "webm") && tool_available("mkvinfo") {
+        let out = Command::new("mkvinfo")
+            .args(["--all", "--check-mode"])
+            .arg(path)
+            .output()
+            .expect("mkvinfo runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let bad: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.contains("Error") || l.contains("Warning") || l.contains("nknown element")
+            })
+            .collect();
+        assert!(
+            out.status.success() && bad.is_empty(),
+            "mkvinfo complains about {}: {bad:?}",
+            path.display()
+        );
+    }
     true
 }
 
