@@ -573,9 +573,13 @@ pub async fn start(
     let mut leave = leave_rx;
     let task = tokio::spawn(async move {
         tokio::pin!(room_task);
+        let mut room_ended = false;
         loop {
             tokio::select! {
-                _ = &mut room_task => break,
+                _ = &mut room_task => {
+                    room_ended = true;
+                    break;
+                }
                 frame = ws_rx.next() => match frame {
                     Some(Ok(Message::Text(text))) => {
                         if let Ok(message) = serde_json::from_str::<ServerMessage>(text.as_str()) {
@@ -600,7 +604,9 @@ pub async fn start(
             }
         }
         drop(in_tx);
-        let _ = tokio::time::timeout(Duration::from_secs(3), room_task).await;
+        if !room_ended {
+            let _ = tokio::time::timeout(Duration::from_secs(3), room_task).await;
+        }
         for pump in pumps {
             pump.abort();
         }

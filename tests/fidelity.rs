@@ -356,6 +356,10 @@ async fn silence_without_packets_keeps_its_time() {
         (duration - live).abs() <= 0.050,
         "duration {duration} vs live {live}"
     );
+    println!(
+        "dtx: silence {runs:?} s (2 s sent as no packets); duration {duration:.3} s vs live {live:.3} s (error {:.1} ms)",
+        (duration - live) * 1000.0
+    );
     let played = pcm.len() as f64 / 48_000.0;
     assert!(
         (played - duration).abs() <= 0.025,
@@ -367,28 +371,26 @@ async fn silence_without_packets_keeps_its_time() {
     srv.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
-    let srv = TestServer::start().await;
-    let clip = clip();
+/// Records one publisher whose outgoing RTP loses `drop` (and reorders as many) and checks the
+/// video: only complete, original frames, starting on a keyframe, duration = live time.
+/// Returns (frames written, packets, packets lost, keyframe requests).
+async fn lossy_run(srv: &TestServer, room: &str, drop: f64, seed: u64) -> (usize, u64, u64, u64) {
     let originals: HashSet<Vec<u8>> = {
-        let mut reader =
-            recbot::media::ivf::IvfReader::new(std::fs::File::open(data("clip.ivf")).unwrap())
-                .unwrap()
-                .0;
+        let file = std::fs::File::open(data("clip.ivf")).unwrap();
+        let mut reader = recbot::media::ivf::IvfReader::new(file).unwrap().0;
         std::iter::from_fn(|| reader.next_frame().unwrap().map(|f| f.data)).collect()
     };
     let mut config = PeerConfig::loopback();
     config.outbound_loss = Some(LossSpec {
-        drop: 0.05,
+        drop,
         reorder: 0.05,
-        seed: 7,
+        seed,
     });
     let (doc, files, publisher) = record(
-        &srv,
-        "lossy",
-        serde_json::json!({"room": "lossy"}),
-        clip,
+        srv,
+        room,
+        serde_json::json!({"room": room}),
+        clip(),
         PeerFactory::new(config),
         Default::default(),
         6.0,
@@ -398,25 +400,17 @@ async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
     let bytes = file(&files, video["file"].as_str().unwrap());
     let info = read_webm(std::io::Cursor::new(bytes)).unwrap();
     assert!(info.blocks[0].keyframe);
-    assert!(info.blocks.len() > 60, "{} frames", info.blocks.len());
+    assert!(info.blocks.len() > 30, "{} frames", info.blocks.len());
     for (i, block) in info.blocks.iter().enumerate() {
         assert!(
             originals.contains(&block.data),
-            "frame {i} is not a frame that was sent"
+            "{room}: frame {i} is not a frame that was sent"
         );
     }
     let requests = publisher
         .stats
         .keyframe_requests
         .load(std::sync::atomic::Ordering::Relaxed);
-    println!(
-        "lossy: {} frames written, packets {} lost {} keyframe requests {}",
-        info.blocks.len(),
-        video["packets"],
-        video["packets_lost"],
-        requests
-    );
-    assert!(requests >= 1, "PLIs were sent");
     let duration = video["duration_ms"].as_f64().unwrap();
     let live = seconds_between(
         doc["started_at"].as_str().unwrap(),
@@ -425,7 +419,7 @@ async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
         - video["start_offset_ms"].as_f64().unwrap();
     assert!(
         (duration - live).abs() <= 50.0,
-        "duration {duration} vs live {live}"
+        "{room}: duration {duration} vs live {live}"
     );
     let work = tempfile::tempdir().unwrap();
     ffmpeg_decodes_cleanly(&save(work.path(), "v.webm", bytes));
@@ -435,7 +429,35 @@ async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
         "a.ogg",
         file(&files, audio["file"].as_str().unwrap()),
     ));
+    println!(
+        "{room} ({:.0}% drop): {} frames written, video packets {} lost {}, keyframe requests {requests}, duration error {:.1} ms",
+        drop * 100.0,
+        info.blocks.len(),
+        video["packets"],
+        video["packets_lost"],
+        duration - live
+    );
     publisher.leave().await;
+    (
+        info.blocks.len(),
+        video["packets"].as_u64().unwrap(),
+        video["packets_lost"].as_u64().unwrap(),
+        requests,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
+    let srv = TestServer::start().await;
+    // 5 %: NACK retransmissions recover it. 25 %: retransmissions are lost too, so frames are
+    // dropped until the next keyframe and PLIs are sent on loss.
+    let (light, heavy) = tokio::join!(
+        lossy_run(&srv, "lossy5", 0.05, 7),
+        lossy_run(&srv, "lossy25", 0.25, 11)
+    );
+    assert!(light.3 >= 1, "the initial PLI was sent");
+    assert!(heavy.2 > 0, "heavy loss is not all recovered: {heavy:?}");
+    assert!(heavy.3 >= 2, "PLIs on loss: {heavy:?}");
     srv.shutdown().await;
 }
 

@@ -23,6 +23,10 @@ pub const REANCHOR_AFTER: Duration = Duration::from_secs(3);
 /// Largest disagreement between a file's own positions and the recording's clock before the
 /// file is re-aligned (by a gap, or by dropping what overlaps).
 pub const MAX_FILE_DRIFT: Duration = Duration::from_millis(30);
+/// While a file is younger than this, a disagreement with the recording's clock moves the
+/// file's start instead of its positions: it comes from the sender-offset estimate settling
+/// (its first fast packet), not from drift.
+pub const PLACEMENT_WINDOW: Duration = Duration::from_secs(10);
 /// How fast the sender-offset estimate may fall (seconds per second): lets it follow clock
 /// drift and route changes that lengthen the fastest path.
 pub const OFFSET_DECAY: f64 = 0.002;
@@ -277,6 +281,14 @@ impl FileTimeline {
         let wanted = ((t - self.first_t) * self.rate).round() as i64;
         let limit = (MAX_FILE_DRIFT.as_secs_f64() * self.rate) as i64;
         if (wanted - position).abs() > limit {
+            let by_ms = (wanted - position) as f64 * 1000.0 / self.rate;
+            if clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64 {
+                // Still settling: the file starts elsewhere; its positions stay exact.
+                self.first_t += (wanted - position) as f64 / self.rate;
+                tracing::debug!(by_ms, "file start re-placed on the recording clock");
+                return (position, true);
+            }
+            tracing::debug!(by_ms, "file re-aligned to the recording clock");
             self.adjust += wanted - position;
             self.realigned += 1;
             return (wanted, moved);

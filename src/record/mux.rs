@@ -399,8 +399,8 @@ impl Inner {
             Lane::Video => VIDEO,
             Lane::Audio => AUDIO,
         };
-        // Per track, timestamps never go back (late items are moved up to the last one).
-        let ts = item.ts_ms.max(attached.last_ts).max(0);
+        // Per track, timestamps strictly increase (a late item goes 1 ms after the last one).
+        let ts = item.ts_ms.max(attached.last_ts + 1).max(0);
         if let Err(e) = writer.write_frame(number, ts as u64, item.keyframe, &item.data) {
             if matches!(e, WebmError::NonMonotonic { .. }) {
                 return Ok(());

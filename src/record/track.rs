@@ -260,6 +260,7 @@ struct VideoPipeline {
     mux: Option<Arc<MuxFile>>,
     timeline: Option<FileTimeline>,
     last_ms: u64,
+    wrote_any: bool,
     size: Option<(u16, u16)>,
     failed: bool,
 }
@@ -274,6 +275,7 @@ impl VideoPipeline {
             mux: None,
             timeline: None,
             last_ms: 0,
+            wrote_any: false,
             size: None,
             failed: false,
         }
@@ -366,7 +368,13 @@ impl VideoPipeline {
         };
         // 90 kHz → ms.
         let offset = (position + 45) / 90;
-        let ts = (offset as u64).max(self.last_ms);
+        // Strictly increasing: a frame placed at or before the previous one (a re-alignment
+        // pulled the file back) goes 1 ms after it.
+        let ts = if self.wrote_any {
+            (offset as u64).max(self.last_ms + 1)
+        } else {
+            offset as u64
+        };
         if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
             if self.size != Some((w, h)) {
                 if self.size.is_some() {
@@ -381,6 +389,7 @@ impl VideoPipeline {
         match writer.write_frame(1, ts, frame.keyframe, &frame.data) {
             Ok(()) => {
                 self.last_ms = ts;
+                self.wrote_any = true;
                 stats.frames.fetch_add(1, Ordering::Relaxed);
                 if frame.keyframe {
                     stats.keyframes.fetch_add(1, Ordering::Relaxed);
