@@ -1,8 +1,10 @@
 //! The HTTP surface (SPEC §4): recordings, rooms, health, metrics, the page at `/`, and the
 //! room WebSocket route; with token and origin checks in front.
 
+pub mod bots;
 pub mod error;
 pub mod files;
+pub mod web;
 
 use crate::app::App;
 use crate::bot::recorder;
@@ -13,7 +15,7 @@ use crate::signal::protocol::valid_room_name;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
@@ -45,6 +47,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/recordings/{id}/files/{name}", get(get_file))
         .route("/api/rooms", get(list_rooms))
         .route("/metrics", get(metrics))
+        .merge(bots::routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             require_api_token,
@@ -57,7 +60,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
-        .route("/", get(index))
+        .merge(web::routes())
+        .merge(crate::signal::whip::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -273,8 +277,4 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
          # HELP recbot_recordings Recordings known (any state).\n# TYPE recbot_recordings gauge\nrecbot_recordings {total}\n"
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }

@@ -3,6 +3,7 @@
 
 use super::Behaviour;
 use crate::app::App;
+use crate::media::source::RemoteSource;
 use crate::peer::negotiation::Role;
 use crate::peer::{Pc, PeerError};
 use crate::record::manifest::{Kind, StopReason};
@@ -88,7 +89,8 @@ impl Behaviour for Recorder {
             "track started"
         );
         let span = tracing::info_span!("track", file = %ctx.entry.file);
-        let task = tokio::spawn(track::run(ctx, track, ssrc, mux).instrument(span));
+        let task =
+            tokio::spawn(track::run(ctx, RemoteSource::new(track, ssrc), mux).instrument(span));
         self.recording.keep_task(task);
     }
 

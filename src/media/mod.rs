@@ -5,4 +5,5 @@ pub mod clock;
 pub mod ivf;
 pub mod pli;
 pub mod rtp;
+pub mod source;
 pub mod vp8;

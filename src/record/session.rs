@@ -157,6 +157,8 @@ pub struct TrackContext {
     pub left: broadcast::Receiver<String>,
     /// The participant's wallclock mapping, shared by all its tracks.
     pub sender: SharedSenderClock,
+    /// Receives every audio payload as it arrives (a voicemail bot listens for silence).
+    pub audio_tap: Option<tokio::sync::mpsc::Sender<(Instant, bytes::Bytes)>>,
 }
 
 /// The first free `{stem}-{kind}-{n}.{extension}` of a recording.
@@ -438,6 +440,7 @@ impl Recording {
             stop: self.stop_tx.subscribe(),
             left: self.left_tx.subscribe(),
             sender,
+            audio_tap: None,
         }
     }
 

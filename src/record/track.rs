@@ -13,16 +13,14 @@ use super::webm::{WebmTrack, WebmWriter};
 use crate::media::clock::{FileTimeline, TrackClock};
 use crate::media::pli::PliPolicy;
 use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
+use crate::media::source::{MediaSource, SourceEvent};
 use crate::media::vp8::{Vp8Assembler, Vp8Event, Vp8Frame};
 use bytes::Bytes;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtcp::sender_report::SenderReport;
 use std::fs::File;
 use std::io::BufWriter;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 /// How often buffered file bytes are pushed to the OS (bounds what a crash loses).
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -67,12 +65,7 @@ struct PictureLossIndicationDue(crate::media::pli::PliReason);
 
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
 /// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
-pub async fn run(
-    mut ctx: TrackContext,
-    track: Arc<dyn TrackRemote>,
-    ssrc: u32,
-    mux: Option<Arc<MuxFile>>,
-) {
+pub async fn run<S: MediaSource>(mut ctx: TrackContext, source: S, mux: Option<Arc<MuxFile>>) {
     let clock = TrackClock::new(
         ctx.recording.clock(),
         if ctx.entry.kind == Kind::Video {
@@ -86,20 +79,19 @@ pub async fn run(
             let mut pipeline =
                 VideoPipeline::new(clock, Instant::now(), ctx.recording.options().pli_interval);
             pipeline.mux = mux;
-            drive(&mut ctx, track, ssrc, pipeline).await
+            drive(&mut ctx, source, pipeline).await
         }
         Kind::Audio => {
             let mut pipeline = AudioPipeline::new(clock);
             pipeline.mux = mux;
-            drive(&mut ctx, track, ssrc, pipeline).await
+            drive(&mut ctx, source, pipeline).await
         }
     }
 }
 
-async fn drive<P: Pipeline>(
+async fn drive<S: MediaSource, P: Pipeline>(
     ctx: &mut TrackContext,
-    track: Arc<dyn TrackRemote>,
-    ssrc: u32,
+    mut source: S,
     mut pipeline: P,
 ) {
     let mut next_flush = Instant::now() + FLUSH_EVERY;
@@ -109,7 +101,9 @@ async fn drive<P: Pipeline>(
         }
         let now = Instant::now();
         if let Some(PictureLossIndicationDue(reason)) = pipeline.tick(ctx, now) {
-            send_pli(ctx, &track, ssrc, reason).await;
+            tracing::debug!(file = %ctx.entry.file, ?reason, "sending PLI");
+            ctx.entry.stats.plis.fetch_add(1, Ordering::Relaxed);
+            source.request_keyframe().await;
         }
         if now >= next_flush {
             pipeline.flush(ctx);
@@ -119,24 +113,18 @@ async fn drive<P: Pipeline>(
             .next_deadline()
             .map_or(next_flush, |d| d.min(next_flush));
         tokio::select! {
-            event = track.poll() => match event {
-                Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+            event = source.next() => match event {
+                Some(SourceEvent::Rtp(packet)) => {
                     ctx.entry.stats.packets.fetch_add(1, Ordering::Relaxed);
                     pipeline.packet(ctx, packet, Instant::now());
                 }
-                Some(TrackRemoteEvent::OnRtcpPacket(packets)) => {
-                    for packet in &packets {
-                        if let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() {
-                            if sr.ssrc == ssrc {
-                                pipeline.clock().on_sender_report(sr.ntp_time, sr.rtp_time);
-                            }
-                        }
-                    }
+                Some(SourceEvent::SenderReport { ntp, rtp }) => {
+                    pipeline.clock().on_sender_report(ntp, rtp);
                 }
-                Some(TrackRemoteEvent::OnEnded) | Some(TrackRemoteEvent::OnError) | None => {
-                    break End::Gone(Instant::now());
+                Some(SourceEvent::Missed(n)) => {
+                    tracing::warn!(file = %ctx.entry.file, missed = n, "track task fell behind");
                 }
-                Some(_) => {}
+                None => break End::Gone(Instant::now()),
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = ctx.stop.changed() => {}
@@ -152,23 +140,6 @@ async fn drive<P: Pipeline>(
         "track ends"
     );
     pipeline.finish(ctx, end.at());
-}
-
-async fn send_pli(
-    ctx: &TrackContext,
-    track: &Arc<dyn TrackRemote>,
-    ssrc: u32,
-    reason: crate::media::pli::PliReason,
-) {
-    tracing::debug!(file = %ctx.entry.file, ssrc, ?reason, "sending PLI");
-    ctx.entry.stats.plis.fetch_add(1, Ordering::Relaxed);
-    let pli = PictureLossIndication {
-        sender_ssrc: 0,
-        media_ssrc: ssrc,
-    };
-    if let Err(e) = track.write_rtcp(vec![Box::new(pli)]).await {
-        tracing::debug!(file = %ctx.entry.file, error = %e, "PLI not sent");
-    }
 }
 
 fn open(ctx: &TrackContext) -> std::io::Result<BufWriter<File>> {
@@ -615,6 +586,10 @@ impl Pipeline for AudioPipeline {
     }
 
     fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
+        if let Some(tap) = &ctx.audio_tap {
+            // Best effort: a listener that cannot keep up misses packets, the file does not.
+            let _ = tap.try_send((now, packet.payload.clone()));
+        }
         let ext_seq = self.seq.unwrap(packet.header.sequence_number);
         let item = AudioPacket {
             ts: packet.header.timestamp,

@@ -2,4 +2,5 @@
 
 pub mod hub;
 pub mod protocol;
+pub mod whip;
 pub mod ws;
