@@ -9,6 +9,7 @@
 
 use crate::media::ivf::IvfReader;
 use crate::peer::negotiation::Role;
+use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
 use crate::peer::room::{Behaviour, RoomPeer};
 use crate::peer::{Pc, PeerConfig, PeerError, PeerFactory};
 use crate::record::ogg::read_ogg_opus;
@@ -17,24 +18,14 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use clap::Args;
 use futures::{SinkExt, StreamExt};
-use rtc::media::Sample;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
-use webrtc::rtp_transceiver::RtpSender;
 
 /// Options of `recbot publish`.
 #[derive(Debug, Clone, Args)]
@@ -96,22 +87,11 @@ pub enum PublishError {
     Signal(String),
 }
 
-/// One video frame or Opus packet of a clip.
-#[derive(Debug, Clone)]
-struct ClipFrame {
-    data: Bytes,
-    duration: Duration,
-    /// A VP8 keyframe (always true for audio: any packet starts decoding).
-    keyframe: bool,
-    /// Not sent (DTX): time passes and the RTP timestamp jumps over it.
-    skip: bool,
-}
-
 /// Media to publish, loaded once and shared by every publisher.
 #[derive(Debug, Default, Clone)]
 pub struct Clip {
-    video: Vec<ClipFrame>,
-    audio: Vec<ClipFrame>,
+    video: Vec<MediaFrame>,
+    audio: Vec<MediaFrame>,
 }
 
 impl Clip {
@@ -130,7 +110,7 @@ impl Clip {
                 .packets
                 .into_iter()
                 .filter(|p| p.samples > 0)
-                .map(|p| ClipFrame {
+                .map(|p| MediaFrame {
                     duration: Duration::from_micros(u64::from(p.samples) * 1_000_000 / 48_000),
                     data: Bytes::from(p.data),
                     keyframe: true,
@@ -179,12 +159,12 @@ impl Clip {
 
     /// Length of the video and of the audio loop.
     pub fn lengths(&self) -> (Duration, Duration) {
-        let sum = |v: &[ClipFrame]| v.iter().map(|f| f.duration).sum();
+        let sum = |v: &[MediaFrame]| v.iter().map(|f| f.duration).sum();
         (sum(&self.video), sum(&self.audio))
     }
 }
 
-fn load_ivf(path: &Path) -> Result<Vec<ClipFrame>, PublishError> {
+fn load_ivf(path: &Path) -> Result<Vec<MediaFrame>, PublishError> {
     let err = |e: String| PublishError::Clip(path.to_owned(), e);
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let (mut reader, header) =
@@ -206,7 +186,7 @@ fn load_ivf(path: &Path) -> Result<Vec<ClipFrame>, PublishError> {
         let duration = header
             .pts_to_duration(next.saturating_sub(*pts).max(1))
             .unwrap_or(tick);
-        out.push(ClipFrame {
+        out.push(MediaFrame {
             skip: false,
             keyframe: data.first().is_some_and(|b| b & 1 == 0),
             data: data.clone(),
@@ -223,201 +203,40 @@ fn load_ivf(path: &Path) -> Result<Vec<ClipFrame>, PublishError> {
 #[derive(Debug, Default)]
 pub struct PublishStats {
     /// Video frames handed to connections.
-    pub video_frames: AtomicU64,
+    pub video_frames: Arc<AtomicU64>,
     /// Audio packets handed to connections.
-    pub audio_packets: AtomicU64,
+    pub audio_packets: Arc<AtomicU64>,
     /// Keyframe requests received.
     pub keyframe_requests: AtomicU64,
-}
-
-/// How an outlet puts frames on the wire.
-enum Wire {
-    /// webrtc-rs packetizes (VP8).
-    Sample(Arc<TrackLocalStaticSample>),
-    /// One RTP packet per Opus packet, numbered here, so that DTX can jump the timestamp
-    /// without skipping sequence numbers (webrtc-rs's sample writer skips both).
-    Rtp {
-        track: Arc<TrackLocalStaticRTP>,
-        /// Next sequence number and timestamp.
-        next: Mutex<(u16, u32)>,
-    },
-}
-
-/// Local track of one connection.
-struct Outlet {
-    wire: Wire,
-    sender: Arc<dyn RtpSender>,
-    ssrc: u32,
-    payload_type: Mutex<Option<u8>>,
-}
-
-impl Outlet {
-    async fn payload_type(&self) -> Option<u8> {
-        let cached = *self.payload_type.lock().unwrap_or_else(|e| e.into_inner());
-        if cached.is_some() {
-            return cached;
-        }
-        let params = self.sender.get_parameters().await.ok()?;
-        let pt = params
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.payload_type)?;
-        *self.payload_type.lock().unwrap_or_else(|e| e.into_inner()) = Some(pt);
-        Some(pt)
-    }
-
-    /// Sends `frame`, after `skipped` of media that was not sent (DTX).
-    async fn write(&self, frame: &ClipFrame, skipped: Duration) {
-        // Errors mean "not connected yet" or "closed": the frame is simply not sent, but the
-        // RTP clock runs on as a live sender's would.
-        let pt = self.payload_type().await;
-        match &self.wire {
-            Wire::Sample(track) => {
-                let Some(pt) = pt else {
-                    return;
-                };
-                let sample = Sample {
-                    data: frame.data.clone(),
-                    duration: frame.duration,
-                    ..Sample::new(Instant::now())
-                };
-                let _ = track
-                    .sample_writer(self.ssrc, pt)
-                    .write_sample(&sample)
-                    .await;
-            }
-            Wire::Rtp { track, next } => {
-                let samples = |d: Duration| (d.as_micros() * 48 / 1000) as u32;
-                let (seq, ts) = {
-                    let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
-                    let ts = next.1.wrapping_add(samples(skipped));
-                    let seq = next.0;
-                    *next = (
-                        seq.wrapping_add(1),
-                        ts.wrapping_add(samples(frame.duration)),
-                    );
-                    (seq, ts)
-                };
-                let Some(pt) = pt else {
-                    return;
-                };
-                let packet = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: pt,
-                        sequence_number: seq,
-                        timestamp: ts,
-                        ssrc: self.ssrc,
-                        ..Default::default()
-                    },
-                    payload: frame.data.clone(),
-                };
-                let _ = track.write_rtp(packet).await;
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Outlets {
-    video: Vec<Arc<Outlet>>,
-    audio: Vec<Arc<Outlet>>,
 }
 
 /// The publisher's behaviour in the room.
 struct Publisher {
     clip: Arc<Clip>,
     mesh: bool,
-    outlets: Arc<Mutex<Outlets>>,
+    outlets: SharedOutlets,
     keyframe_wanted: Arc<AtomicBool>,
     stats: Arc<PublishStats>,
 }
 
-fn codec(kind: RtpCodecKind) -> RTCRtpCodec {
-    match kind {
-        RtpCodecKind::Video => RTCRtpCodec {
-            mime_type: "video/VP8".into(),
-            clock_rate: 90_000,
-            channels: 0,
-            sdp_fmtp_line: String::new(),
-            rtcp_feedback: vec![],
-        },
-        _ => RTCRtpCodec {
-            mime_type: "audio/opus".into(),
-            clock_rate: 48_000,
-            channels: 2,
-            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
-            rtcp_feedback: vec![],
-        },
-    }
-}
-
 impl Publisher {
-    async fn add(&self, pc: &Pc, kind: RtpCodecKind) -> Result<Arc<Outlet>, PeerError> {
-        let ssrc = rand::random::<u32>();
-        let label = if kind == RtpCodecKind::Video {
-            "video"
-        } else {
-            "audio"
-        };
-        let description = MediaStreamTrack::new(
-            "recbot-publish".into(),
-            format!("{label}-{ssrc:08x}"),
-            label.into(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec(kind),
-                ..Default::default()
-            }],
-        );
-        if kind == RtpCodecKind::Audio {
-            let track = Arc::new(TrackLocalStaticRTP::new(description));
-            let sender = pc
-                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-                .await?;
-            return Ok(Arc::new(Outlet {
-                wire: Wire::Rtp {
-                    track,
-                    next: Mutex::new((rand::random(), rand::random())),
-                },
-                sender,
-                ssrc,
-                payload_type: Mutex::new(None),
-            }));
-        }
-        let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), description)?);
-        let sender = pc
-            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-            .await?;
-        if kind == RtpCodecKind::Video {
-            // Keyframe requests arrive as RTCP on the sent track.
+    async fn add(&self, pc: &Pc, peer: &str, kind: RtpCodecKind) -> Result<(), PeerError> {
+        let callback: Option<Arc<dyn Fn() + Send + Sync>> = if kind == RtpCodecKind::Video {
             let wanted = Arc::clone(&self.keyframe_wanted);
             let stats = Arc::clone(&self.stats);
-            let events = Arc::clone(&track);
-            tokio::spawn(async move {
-                while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = events.poll().await {
-                    let asks = packets.iter().any(|p| {
-                        let any = p.as_any();
-                        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                    });
-                    if asks {
-                        stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                        wanted.store(true, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-        Ok(Arc::new(Outlet {
-            wire: Wire::Sample(track),
-            sender,
-            ssrc,
-            payload_type: Mutex::new(None),
-        }))
+            Some(Arc::new(move || {
+                stats.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                wanted.store(true, Ordering::Relaxed);
+            }))
+        } else {
+            None
+        };
+        let outlet = Outlet::add(pc, kind, "recbot-publish", callback).await?;
+        self.outlets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(peer, outlet);
+        Ok(())
     }
 }
 
@@ -427,20 +246,13 @@ impl Behaviour for Publisher {
         self.mesh || peer.bot
     }
 
-    async fn setup(&self, _peer: &PeerInfo, pc: &Pc, _role: Role) -> Result<(), PeerError> {
-        let video = if self.clip.video.is_empty() {
-            None
-        } else {
-            Some(self.add(pc, RtpCodecKind::Video).await?)
-        };
-        let audio = if self.clip.audio.is_empty() {
-            None
-        } else {
-            Some(self.add(pc, RtpCodecKind::Audio).await?)
-        };
-        let mut outlets = self.outlets.lock().unwrap_or_else(|e| e.into_inner());
-        outlets.video.extend(video);
-        outlets.audio.extend(audio);
+    async fn setup(&self, peer: &PeerInfo, pc: &Pc, _role: Role) -> Result<(), PeerError> {
+        if !self.clip.video.is_empty() {
+            self.add(pc, &peer.id, RtpCodecKind::Video).await?;
+        }
+        if !self.clip.audio.is_empty() {
+            self.add(pc, &peer.id, RtpCodecKind::Audio).await?;
+        }
         // A new viewer needs a keyframe to start decoding.
         self.keyframe_wanted.store(true, Ordering::Relaxed);
         Ok(())
@@ -530,7 +342,7 @@ pub async fn start(
     };
     let id = id.clone();
     let stats = Arc::new(PublishStats::default());
-    let outlets = Arc::new(Mutex::new(Outlets::default()));
+    let outlets: SharedOutlets = Arc::default();
     let keyframe_wanted = Arc::new(AtomicBool::new(false));
     let behaviour = Arc::new(Publisher {
         clip: Arc::clone(&clip),
@@ -552,21 +364,21 @@ pub async fn start(
     let room_task = tokio::spawn(presence.run(in_rx, leave_rx.clone()));
     let _ = in_tx.send(welcome).await;
     let pumps = [
-        (clip.video.clone(), RtpCodecKind::Video),
-        (clip.audio.clone(), RtpCodecKind::Audio),
+        (&clip.video, RtpCodecKind::Video, &stats.video_frames),
+        (&clip.audio, RtpCodecKind::Audio, &stats.audio_packets),
     ]
-    .map(|(frames, kind)| {
-        let keyframes = if options.ignore_keyframe_requests {
-            Arc::new(AtomicBool::new(false))
-        } else {
-            Arc::clone(&keyframe_wanted)
-        };
+    .map(|(frames, kind, sent)| {
+        let follow = kind == RtpCodecKind::Video && !options.ignore_keyframe_requests;
+        let frames: Arc<[MediaFrame]> = frames.as_slice().into();
         tokio::spawn(pump(
             frames,
-            kind,
             Arc::clone(&outlets),
-            keyframes,
-            Arc::clone(&stats),
+            PumpOptions {
+                kind,
+                looping: true,
+                keyframe_wanted: follow.then(|| Arc::clone(&keyframe_wanted)),
+                sent: Arc::clone(sent),
+            },
             leave_rx.clone(),
         ))
     });
@@ -620,64 +432,6 @@ pub async fn start(
     })
 }
 
-/// Sends `frames` to the outlets of `kind` at real-time pace, looping, until `leave`. When
-/// `keyframe_wanted` is raised, continues from the next keyframe, as an encoder would.
-async fn pump(
-    frames: Vec<ClipFrame>,
-    kind: RtpCodecKind,
-    outlets: Arc<Mutex<Outlets>>,
-    keyframe_wanted: Arc<AtomicBool>,
-    sent: Arc<PublishStats>,
-    leave: watch::Receiver<bool>,
-) {
-    if frames.is_empty() {
-        return;
-    }
-    let start = tokio::time::Instant::now();
-    let mut clock = Duration::ZERO;
-    let mut index = 0usize;
-    let mut skipped = Duration::ZERO;
-    while !*leave.borrow() {
-        if frames[index].skip {
-            skipped += frames[index].duration;
-            clock += frames[index].duration;
-            index = (index + 1) % frames.len();
-            continue;
-        }
-        tokio::time::sleep_until(start + clock).await;
-        if kind == RtpCodecKind::Video
-            && keyframe_wanted.swap(false, Ordering::Relaxed)
-            && !frames[index].keyframe
-        {
-            index = (index..frames.len())
-                .chain(0..index)
-                .find(|&i| frames[i].keyframe)
-                .unwrap_or(0);
-        }
-        let frame = &frames[index];
-        let gap = std::mem::take(&mut skipped);
-        let targets = {
-            let outlets = outlets.lock().unwrap_or_else(|e| e.into_inner());
-            if kind == RtpCodecKind::Video {
-                outlets.video.clone()
-            } else {
-                outlets.audio.clone()
-            }
-        };
-        for outlet in &targets {
-            outlet.write(frame, gap).await;
-        }
-        let counter = if kind == RtpCodecKind::Video {
-            &sent.video_frames
-        } else {
-            &sent.audio_packets
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        clock += frame.duration;
-        index = (index + 1) % frames.len();
-    }
-}
-
 /// The `recbot publish` command: runs `count` publishers until Ctrl-C or `--duration`.
 pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
     let clip = Clip::load(args.video.as_deref(), args.audio.as_deref())?;
@@ -687,6 +441,7 @@ pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
             drop: args.loss.min(1.0),
             reorder: args.loss.min(1.0),
             seed: rand::random(),
+            sticky: false,
         });
     }
     let factory = PeerFactory::new(config);

@@ -374,7 +374,13 @@ async fn silence_without_packets_keeps_its_time() {
 /// Records one publisher whose outgoing RTP loses `drop` (and reorders as many) and checks the
 /// video: only complete, original frames, starting on a keyframe, duration = live time.
 /// Returns (frames written, packets, packets lost, keyframe requests).
-async fn lossy_run(srv: &TestServer, room: &str, drop: f64, seed: u64) -> (usize, u64, u64, u64) {
+async fn lossy_run(
+    srv: &TestServer,
+    room: &str,
+    drop: f64,
+    sticky: bool,
+    seed: u64,
+) -> (usize, u64, u64, u64) {
     let originals: HashSet<Vec<u8>> = {
         let file = std::fs::File::open(data("clip.ivf")).unwrap();
         let mut reader = recbot::media::ivf::IvfReader::new(file).unwrap().0;
@@ -385,6 +391,7 @@ async fn lossy_run(srv: &TestServer, room: &str, drop: f64, seed: u64) -> (usize
         drop,
         reorder: 0.05,
         seed,
+        sticky,
     });
     let (doc, files, publisher) = record(
         srv,
@@ -430,7 +437,7 @@ async fn lossy_run(srv: &TestServer, room: &str, drop: f64, seed: u64) -> (usize
         file(&files, audio["file"].as_str().unwrap()),
     ));
     println!(
-        "{room} ({:.0}% drop): {} frames written, video packets {} lost {}, keyframe requests {requests}, duration error {:.1} ms",
+        "{room} ({:.0}% drop, sticky {sticky}): {} frames written, video packets {} lost {}, keyframe requests {requests}, duration error {:.1} ms",
         drop * 100.0,
         info.blocks.len(),
         video["packets"],
@@ -449,11 +456,11 @@ async fn lossy_run(srv: &TestServer, room: &str, drop: f64, seed: u64) -> (usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
     let srv = TestServer::start().await;
-    // 5 %: NACK retransmissions recover it. 25 %: retransmissions are lost too, so frames are
-    // dropped until the next keyframe and PLIs are sent on loss.
+    // 5 %: NACK retransmissions recover it. 5 % sticky: retransmissions of a lost packet are
+    // lost too, so frames are dropped until the next keyframe and PLIs are sent on loss.
     let (light, heavy) = tokio::join!(
-        lossy_run(&srv, "lossy5", 0.05, 7),
-        lossy_run(&srv, "lossy25", 0.25, 11)
+        lossy_run(&srv, "lossy", 0.05, false, 7),
+        lossy_run(&srv, "lossy-sticky", 0.05, true, 11)
     );
     assert!(light.3 >= 1, "the initial PLI was sent");
     assert!(heavy.2 > 0, "heavy loss is not all recovered: {heavy:?}");

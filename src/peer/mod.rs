@@ -8,6 +8,7 @@
 //! signaling state machine (perfect negotiation, trickle ICE).
 
 pub mod negotiation;
+pub mod outlet;
 pub mod room;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
@@ -79,6 +80,9 @@ pub struct LossSpec {
     pub reorder: f64,
     /// Seed of the deterministic random sequence.
     pub seed: u64,
+    /// A dropped packet stays lost: its retransmissions are dropped too (loss that NACK
+    /// cannot recover).
+    pub sticky: bool,
 }
 
 impl PeerConfig {
@@ -298,6 +302,8 @@ pub struct LossInjector {
     held: Option<TaggedPacket>,
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    /// (SSRC, sequence number) of packets dropped for good (sticky mode), bounded.
+    lost: VecDeque<(u32, u16)>,
     /// Packets dropped so far.
     pub dropped: u64,
 }
@@ -311,6 +317,7 @@ impl LossInjector {
             held: None,
             read: VecDeque::new(),
             write: VecDeque::new(),
+            lost: VecDeque::new(),
             dropped: 0,
         }
     }
@@ -341,12 +348,23 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for LossInjector {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        if !matches!(msg.message.packet, Packet::Rtp(_)) {
+        let Packet::Rtp(rtp) = &msg.message.packet else {
             self.write.push_back(msg);
+            return Ok(());
+        };
+        let key = (rtp.header.ssrc, rtp.header.sequence_number);
+        if self.spec.sticky && self.lost.contains(&key) {
+            self.dropped += 1;
             return Ok(());
         }
         if self.next() < self.spec.drop {
             self.dropped += 1;
+            if self.spec.sticky {
+                if self.lost.len() >= 4096 {
+                    self.lost.pop_front();
+                }
+                self.lost.push_back(key);
+            }
             return Ok(());
         }
         if self.held.is_none() && self.next() < self.spec.reorder {
