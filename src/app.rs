@@ -50,6 +50,7 @@ impl App {
             public_ips: args.public_ips.clone(),
             ice_servers: config.ice_servers.clone(),
             outbound_loss: None,
+            loopback_candidates_only: args.loopback_candidates_only,
         });
         Ok(Arc::new(Self {
             config,

@@ -115,6 +115,9 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RECBOT_LOG", default_value = "info")]
     pub log: String,
+    /// Use only loopback ICE candidates of remote peers (for tests with a local browser).
+    #[arg(long, env = "RECBOT_LOOPBACK_CANDIDATES_ONLY", hide = true)]
+    pub loopback_candidates_only: bool,
 }
 
 impl Default for ServeArgs {
@@ -142,6 +145,7 @@ impl Default for ServeArgs {
                 max_peers_per_room: 64,
                 log_format: LogFormat::Text,
                 log: "info".into(),
+                loopback_candidates_only: false,
             },
         }
     }

@@ -68,6 +68,9 @@ pub struct PeerConfig {
     pub ice_servers: Vec<crate::signal::protocol::IceServer>,
     /// Simulated network trouble on outgoing RTP (tests and `recbot publish --loss`).
     pub outbound_loss: Option<LossSpec>,
+    /// Ignore remote ICE candidates that are not loopback addresses (tests with a browser on
+    /// the same machine: connectivity checks stay on 127.0.0.1).
+    pub loopback_candidates_only: bool,
 }
 
 /// Simulated loss and reordering of outgoing RTP, applied where packets leave (after the NACK
@@ -102,6 +105,7 @@ impl PeerConfig {
             public_ips: vec![],
             ice_servers: vec![],
             outbound_loss: None,
+            loopback_candidates_only: false,
         }
     }
 }

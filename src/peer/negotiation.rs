@@ -133,6 +133,7 @@ impl Link {
             pc: Arc::clone(&pc),
             sink,
             polite,
+            loopback_only: factory.config().loopback_candidates_only,
             have_local_offer: false,
             have_remote_description: false,
             pending_candidates: Vec::new(),
@@ -203,6 +204,7 @@ struct State {
     pc: Pc,
     sink: Arc<dyn SignalSink>,
     polite: bool,
+    loopback_only: bool,
     have_local_offer: bool,
     have_remote_description: bool,
     pending_candidates: Vec<Candidate>,
@@ -309,6 +311,10 @@ impl State {
     }
 
     async fn add_candidate(&self, candidate: Candidate) {
+        if self.loopback_only && !is_loopback_candidate(&candidate.candidate) {
+            tracing::debug!(remote = %self.remote, "non-loopback candidate ignored");
+            return;
+        }
         let init = RTCIceCandidateInit {
             candidate: candidate.candidate,
             sdp_mid: candidate.sdp_mid,
@@ -319,5 +325,34 @@ impl State {
         if let Err(e) = self.pc.add_ice_candidate(init).await {
             tracing::debug!(remote = %self.remote, error = %e, "remote candidate refused");
         }
+    }
+}
+
+/// Whether an ICE candidate line (`candidate:F C proto prio ADDRESS port typ ...`) names a
+/// loopback address.
+pub fn is_loopback_candidate(line: &str) -> bool {
+    line.split_whitespace()
+        .nth(4)
+        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_candidates() {
+        assert!(is_loopback_candidate(
+            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host"
+        ));
+        assert!(is_loopback_candidate("candidate:1 1 UDP 1 ::1 5 typ host"));
+        assert!(!is_loopback_candidate(
+            "candidate:1 1 udp 2130706431 10.0.0.2 50000 typ host"
+        ));
+        assert!(!is_loopback_candidate(
+            "candidate:1 1 udp 1 abcd.local 5 typ host"
+        ));
+        assert!(!is_loopback_candidate("garbage"));
     }
 }
