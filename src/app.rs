@@ -20,6 +20,8 @@ pub struct App {
     pub factory: Arc<PeerFactory>,
     /// All recordings.
     pub store: Arc<RecordingStore>,
+    /// WHIP publishers' sessions.
+    pub whip: Arc<crate::signal::whip::WhipSessions>,
     /// Turns true when the service shuts down (WebSocket sessions close on it).
     pub shutdown: watch::Sender<bool>,
 }
@@ -57,6 +59,7 @@ impl App {
             hub,
             factory,
             store,
+            whip: Arc::default(),
             shutdown: watch::Sender::new(false),
         }))
     }

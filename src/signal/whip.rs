@@ -4,6 +4,10 @@ use crate::app::App;
 use axum::Router;
 use std::sync::Arc;
 
+/// The WHIP sessions of the service.
+#[derive(Default)]
+pub struct WhipSessions {}
+
 /// Routes of WHIP ingest.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
