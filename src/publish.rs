@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::RTCSessionDescription;
 
 /// Options of `recbot publish`.
 #[derive(Debug, Clone, Args)]
@@ -57,6 +58,10 @@ pub struct PublishArgs {
     /// Connect to every peer, not only to bots.
     #[arg(long)]
     pub mesh: bool,
+    /// Publish over WHIP to this endpoint instead of the WebSocket signaling
+    /// (e.g. `http://127.0.0.1:8080/rooms/demo/whip`); `--room` is then ignored.
+    #[arg(long)]
+    pub whip: Option<String>,
     /// Simulate a bad network: drop this fraction of outgoing RTP packets (e.g. 0.05).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
@@ -291,22 +296,24 @@ fn ws_url(server: &str, room: &str, name: &str, token: Option<&str>) -> String {
     } else {
         base.to_owned()
     };
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect()
-    };
-    let mut url = format!("{base}/rooms/{room}/ws?name={}", enc(name));
+    let mut url = format!("{base}/rooms/{room}/ws?name={}", encode_query(name));
     if let Some(token) = token {
-        url.push_str(&format!("&token={}", enc(token)));
+        url.push_str(&format!("&token={}", encode_query(token)));
     }
     url
+}
+
+/// Percent-encodes a query value.
+fn encode_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Joins `room` on `server` as `name` and starts sending `clip`.
@@ -363,25 +370,13 @@ pub async fn start(
     let presence = RoomPeer::new(me, factory, behaviour, out_tx);
     let room_task = tokio::spawn(presence.run(in_rx, leave_rx.clone()));
     let _ = in_tx.send(welcome).await;
-    let pumps = [
-        (&clip.video, RtpCodecKind::Video, &stats.video_frames),
-        (&clip.audio, RtpCodecKind::Audio, &stats.audio_packets),
-    ]
-    .map(|(frames, kind, sent)| {
-        let follow = kind == RtpCodecKind::Video && !options.ignore_keyframe_requests;
-        let frames: Arc<[MediaFrame]> = frames.as_slice().into();
-        tokio::spawn(pump(
-            frames,
-            Arc::clone(&outlets),
-            PumpOptions {
-                kind,
-                looping: true,
-                keyframe_wanted: follow.then(|| Arc::clone(&keyframe_wanted)),
-                sent: Arc::clone(sent),
-            },
-            leave_rx.clone(),
-        ))
-    });
+    let pumps = spawn_pumps(
+        &clip,
+        &outlets,
+        (!options.ignore_keyframe_requests).then(|| Arc::clone(&keyframe_wanted)),
+        &stats,
+        &leave_rx,
+    );
     let mut leave = leave_rx;
     let task = tokio::spawn(async move {
         tokio::pin!(room_task);
@@ -432,6 +427,167 @@ pub async fn start(
     })
 }
 
+/// Starts the pumps playing `clip` (video and audio, looping) to `outlets`.
+fn spawn_pumps(
+    clip: &Clip,
+    outlets: &SharedOutlets,
+    keyframe_wanted: Option<Arc<AtomicBool>>,
+    stats: &PublishStats,
+    leave: &watch::Receiver<bool>,
+) -> [tokio::task::JoinHandle<()>; 2] {
+    [
+        (&clip.video, RtpCodecKind::Video, &stats.video_frames),
+        (&clip.audio, RtpCodecKind::Audio, &stats.audio_packets),
+    ]
+    .map(|(frames, kind, sent)| {
+        let frames: Arc<[MediaFrame]> = frames.as_slice().into();
+        tokio::spawn(pump(
+            frames,
+            Arc::clone(outlets),
+            PumpOptions {
+                kind,
+                looping: true,
+                keyframe_wanted: keyframe_wanted
+                    .clone()
+                    .filter(|_| kind == RtpCodecKind::Video),
+                sent: Arc::clone(sent),
+            },
+            leave.clone(),
+        ))
+    })
+}
+
+/// Signals the end of ICE gathering of a WHIP client's connection.
+struct WhipClientHandler {
+    gathered: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl webrtc::peer_connection::PeerConnectionEventHandler for WhipClientHandler {
+    async fn on_ice_gathering_state_change(
+        &self,
+        state: webrtc::peer_connection::RTCIceGatheringState,
+    ) {
+        if state == webrtc::peer_connection::RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+}
+
+/// Publishes `clip` to a WHIP endpoint (`url`, e.g. `http://host/rooms/R/whip?name=N`):
+/// one offer with every candidate in it, the answer from the `201`, `DELETE` on the session's
+/// Location when leaving. Plain HTTP only.
+pub async fn start_whip(
+    url: &str,
+    token: Option<&str>,
+    clip: Arc<Clip>,
+    factory: Arc<PeerFactory>,
+) -> Result<PublisherHandle, PublishError> {
+    let signal = |e: &dyn std::fmt::Display| PublishError::Signal(e.to_string());
+    let (gathered, mut gathered_rx) = watch::channel(false);
+    let pc = factory
+        .build(Arc::new(WhipClientHandler { gathered }))
+        .await
+        .map_err(|e| signal(&e))?;
+    let stats = Arc::new(PublishStats::default());
+    let outlets: SharedOutlets = Arc::default();
+    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+    let publisher = Publisher {
+        clip: Arc::clone(&clip),
+        mesh: false,
+        outlets: Arc::clone(&outlets),
+        keyframe_wanted: Arc::clone(&keyframe_wanted),
+        stats: Arc::clone(&stats),
+    };
+    for (frames, kind) in [
+        (&clip.video, RtpCodecKind::Video),
+        (&clip.audio, RtpCodecKind::Audio),
+    ] {
+        if !frames.is_empty() {
+            publisher
+                .add(&pc, "whip", kind)
+                .await
+                .map_err(|e| signal(&e))?;
+        }
+    }
+    let offer = pc.create_offer(None).await.map_err(|e| signal(&e))?;
+    pc.set_local_description(offer)
+        .await
+        .map_err(|e| signal(&e))?;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        crate::util::until_true(&mut gathered_rx),
+    )
+    .await;
+    let sdp = pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| PublishError::Signal("no local offer".into()))?;
+    let http = reqwest::Client::new();
+    let mut request = http
+        .post(url)
+        .header("content-type", "application/sdp")
+        .body(sdp);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| signal(&e))?;
+    if response.status() != reqwest::StatusCode::CREATED {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let _ = pc.close().await;
+        return Err(PublishError::Signal(format!(
+            "WHIP answered {status}: {body}"
+        )));
+    }
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| PublishError::Signal("WHIP answer without Location".into()))?;
+    let session = response.url().join(&location).map_err(|e| signal(&e))?;
+    let answer = response.text().await.map_err(|e| signal(&e))?;
+    let answer = RTCSessionDescription::answer(answer).map_err(|e| signal(&e))?;
+    pc.set_remote_description(answer)
+        .await
+        .map_err(|e| signal(&e))?;
+    let (leave_tx, leave_rx) = watch::channel(false);
+    let pumps = spawn_pumps(
+        &clip,
+        &outlets,
+        Some(Arc::clone(&keyframe_wanted)),
+        &stats,
+        &leave_rx,
+    );
+    let id = session
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .unwrap_or_default()
+        .to_owned();
+    let token = token.map(str::to_owned);
+    let mut leave = leave_rx;
+    let task = tokio::spawn(async move {
+        crate::util::until_true(&mut leave).await;
+        for pump in pumps {
+            pump.abort();
+        }
+        let mut request = http.delete(session);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let _ = request.send().await;
+        let _ = pc.close().await;
+    });
+    Ok(PublisherHandle {
+        id,
+        stats,
+        leave: leave_tx,
+        task,
+    })
+}
+
 /// The `recbot publish` command: runs `count` publishers until Ctrl-C or `--duration`.
 pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
     let clip = Clip::load(args.video.as_deref(), args.audio.as_deref())?;
@@ -457,15 +613,30 @@ pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
         } else {
             args.name.clone()
         };
-        let handle = start(
-            &args.server,
-            &args.room,
-            &name,
-            Arc::clone(&clip),
-            Arc::clone(&factory),
-            options.clone(),
-        )
-        .await?;
+        let handle = match &args.whip {
+            Some(url) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let url = format!("{url}{sep}name={}", encode_query(&name));
+                start_whip(
+                    &url,
+                    args.token.as_deref(),
+                    Arc::clone(&clip),
+                    Arc::clone(&factory),
+                )
+                .await?
+            }
+            None => {
+                start(
+                    &args.server,
+                    &args.room,
+                    &name,
+                    Arc::clone(&clip),
+                    Arc::clone(&factory),
+                    options.clone(),
+                )
+                .await?
+            }
+        };
         tracing::info!(peer = %handle.id, name, room = %args.room, "publishing");
         handles.push(handle);
     }

@@ -3,7 +3,7 @@
 
 use super::Behaviour;
 use crate::app::App;
-use crate::media::source::RemoteSource;
+use crate::media::source::{MediaSource, RemoteSource};
 use crate::peer::negotiation::Role;
 use crate::peer::{Pc, PeerError};
 use crate::record::manifest::{Kind, StopReason};
@@ -58,45 +58,87 @@ impl Behaviour for Recorder {
             .await
             .map(|c| c.mime_type.to_ascii_lowercase())
             .unwrap_or_default();
-        let (kind, extension) = match mime.as_str() {
-            "video/vp8" => (Kind::Video, "webm"),
-            "audio/opus" => (Kind::Audio, "ogg"),
-            other => {
-                tracing::warn!(peer = %peer.id, codec = other, "codec not recordable; ignored");
-                return;
-            }
-        };
-        let muxed = if self.recording.options().muxed {
-            self.recording.add_muxed_track(&peer.id, &peer.name, kind)
-        } else {
-            None
-        };
-        let (ctx, mux) = match muxed {
-            Some((ctx, mux)) => (ctx, Some(mux)),
-            None => match self
-                .recording
-                .add_track(&peer.id, &peer.name, kind, extension)
-            {
-                Some(ctx) => (ctx, None),
-                None => return,
-            },
-        };
-        tracing::info!(
-            recording = %self.recording.id(),
-            peer = %peer.id,
-            file = %ctx.entry.file,
-            ssrc,
-            "track started"
-        );
-        let span = tracing::info_span!("track", file = %ctx.entry.file);
-        let task =
-            tokio::spawn(track::run(ctx, RemoteSource::new(track, ssrc), mux).instrument(span));
-        self.recording.keep_task(task);
+        record(&self.recording, peer, &mime, RemoteSource::new(track, ssrc));
     }
 
     async fn peer_left(&self, peer: &PeerInfo) {
         self.recording.participant_left(&peer.id);
     }
+}
+
+/// Records one track of `peer` (codec `mime`) read from `source`, in the recording's chosen
+/// layout (own file, or the participant's muxed file).
+fn record<S: MediaSource + 'static>(
+    recording: &Arc<Recording>,
+    peer: &PeerInfo,
+    mime: &str,
+    source: S,
+) {
+    let (kind, extension) = match mime {
+        "video/vp8" => (Kind::Video, "webm"),
+        "audio/opus" => (Kind::Audio, "ogg"),
+        other => {
+            tracing::warn!(peer = %peer.id, codec = other, "codec not recordable; ignored");
+            return;
+        }
+    };
+    let muxed = if recording.options().muxed {
+        recording.add_muxed_track(&peer.id, &peer.name, kind)
+    } else {
+        None
+    };
+    let (ctx, mux) = match muxed {
+        Some((ctx, mux)) => (ctx, Some(mux)),
+        None => match recording.add_track(&peer.id, &peer.name, kind, extension) {
+            Some(ctx) => (ctx, None),
+            None => return,
+        },
+    };
+    tracing::info!(
+        recording = %recording.id(),
+        peer = %peer.id,
+        file = %ctx.entry.file,
+        "track started"
+    );
+    let span = tracing::info_span!("track", file = %ctx.entry.file);
+    let task = tokio::spawn(track::run(ctx, source, mux).instrument(span));
+    recording.keep_task(task);
+}
+
+/// Records the WHIP publishers of the recording's room: those present now and those that
+/// start later, until the recording stops.
+fn record_whip(app: &Arc<App>, recording: &Arc<Recording>) {
+    // Subscribed before the snapshot, so no track falls between; one seen in both is
+    // recorded once.
+    let mut announcements = app.whip.announcements();
+    let mut seen: Vec<Arc<crate::media::source::Relay>> = Vec::new();
+    let mut take = move |recording: &Arc<Recording>, track: crate::signal::whip::WhipTrack| {
+        if seen.iter().any(|r| Arc::ptr_eq(r, &track.relay)) {
+            return;
+        }
+        record(recording, &track.peer, &track.mime, track.relay.subscribe());
+        seen.push(track.relay);
+    };
+    for track in app.whip.tracks_of(recording.room()) {
+        take(recording, track);
+    }
+    let recording = Arc::clone(recording);
+    let mut leave = recording.leave_signal();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                announced = announcements.recv() => match announced {
+                    Ok(track) if track.room == recording.room() => take(&recording, track),
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "WHIP announcements missed");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                _ = crate::util::until_true(&mut leave) => break,
+            }
+        }
+    });
 }
 
 /// Errors of starting a recording.
@@ -136,6 +178,7 @@ pub fn start(
         }
     };
     recording.set_recording(&peer);
+    record_whip(app, &recording);
     app.hub.broadcast(
         room,
         &ServerMessage::Recording {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 /// Events a consumer of one track sees.
@@ -90,10 +90,13 @@ impl MediaSource for RemoteSource {
 pub const RELAY_BUFFER: usize = 1024;
 
 /// One received track fanned out to any number of consumers. The owner reads the track and
-/// calls [`publish`](Self::publish); consumers [`subscribe`](Self::subscribe).
+/// calls [`publish`](Self::publish); consumers [`subscribe`](Self::subscribe). The track's
+/// end is explicit ([`close`](Self::close)), so clones of the relay held elsewhere cannot keep
+/// consumers waiting.
 pub struct Relay {
     events: broadcast::Sender<SourceEvent>,
     keyframes: mpsc::Sender<()>,
+    closed: watch::Sender<bool>,
 }
 
 impl Relay {
@@ -104,6 +107,7 @@ impl Relay {
             Arc::new(Self {
                 events: broadcast::Sender::new(RELAY_BUFFER),
                 keyframes,
+                closed: watch::Sender::new(false),
             }),
             rx,
         )
@@ -119,20 +123,32 @@ impl Relay {
         RelaySource {
             events: self.events.subscribe(),
             keyframes: self.keyframes.clone(),
+            closed: self.closed.subscribe(),
         }
+    }
+
+    /// The track ended: consumers get what was published, then the end.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 }
 
-/// A consumer of a [`Relay`]. Ends when the relay is dropped.
+/// A consumer of a [`Relay`]. Ends when the relay is closed or dropped.
 pub struct RelaySource {
     events: broadcast::Receiver<SourceEvent>,
     keyframes: mpsc::Sender<()>,
+    closed: watch::Receiver<bool>,
 }
 
 #[async_trait]
 impl MediaSource for RelaySource {
     async fn next(&mut self) -> Option<SourceEvent> {
-        match self.events.recv().await {
+        let received = tokio::select! {
+            biased;
+            received = self.events.recv() => received,
+            _ = crate::util::until_true(&mut self.closed) => return None,
+        };
+        match received {
             Ok(event) => Some(event),
             Err(broadcast::error::RecvError::Lagged(n)) => Some(SourceEvent::Missed(n)),
             Err(broadcast::error::RecvError::Closed) => None,
@@ -169,11 +185,15 @@ mod tests {
             relay.publish(SourceEvent::Missed(0));
         }
         assert!(matches!(a.next().await, Some(SourceEvent::Missed(5))));
-        drop(relay);
+        relay.close();
         let mut rest = 0;
         while b.next().await.is_some() {
             rest += 1;
         }
-        assert!(rest > 0);
+        assert!(rest > 0, "what was published before the end still arrives");
+        assert!(
+            relay.subscribe().next().await.is_none(),
+            "a late consumer ends at once"
+        );
     }
 }

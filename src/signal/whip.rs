@@ -1,14 +1,373 @@
-//! WHIP ingest (RFC 9725, SPEC §3): `POST /rooms/{room}/whip`.
+//! WHIP ingest (RFC 9725, SPEC §3): `POST /rooms/{room}/whip` with an SDP offer.
+//!
+//! A WHIP session is a publisher whose media ends at the server. Its connection answers the
+//! offer with every local candidate in the SDP (no trickle: `PATCH` answers 405). It joins the
+//! room as a member with `whip: true`, which nobody negotiates with. Each track it sends is
+//! read by one task and fanned out through a [`Relay`]. The room's recording, present or
+//! future, subscribes to it ([`WhipSessions::tracks_of`], [`WhipSessions::announcements`]).
+//! `DELETE` on the session's Location ends it, and so does a failed connection.
 
+use super::hub::{MemberKind, Membership};
+use super::protocol::{valid_room_name, PeerInfo};
+use crate::api::error::ApiError;
+use crate::api::{bearer, secret_matches};
 use crate::app::App;
+use crate::media::source::{MediaSource, Relay, RemoteSource};
+use crate::peer::{Pc, PeerError};
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use axum::Router;
-use std::sync::Arc;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+};
+
+/// How long the answer waits for local candidates to be gathered.
+pub const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One track a WHIP publisher sends, as recordings subscribe to it.
+#[derive(Clone)]
+pub struct WhipTrack {
+    /// The publisher, as the room sees it.
+    pub peer: PeerInfo,
+    /// The room.
+    pub room: String,
+    /// video | audio.
+    pub kind: RtpCodecKind,
+    /// `video/vp8` or `audio/opus`.
+    pub mime: String,
+    /// The fan-out of its packets.
+    pub relay: Arc<Relay>,
+}
+
+struct Session {
+    room: String,
+    peer: PeerInfo,
+    pc: Pc,
+    tracks: Vec<WhipTrack>,
+    end: watch::Sender<bool>,
+}
 
 /// The WHIP sessions of the service.
-#[derive(Default)]
-pub struct WhipSessions {}
+pub struct WhipSessions {
+    sessions: Mutex<HashMap<String, Session>>,
+    announce: broadcast::Sender<WhipTrack>,
+}
+
+impl Default for WhipSessions {
+    fn default() -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            announce: broadcast::Sender::new(64),
+        }
+    }
+}
+
+impl WhipSessions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tracks WHIP publishers send in `room` now.
+    pub fn tracks_of(&self, room: &str) -> Vec<WhipTrack> {
+        self.lock()
+            .values()
+            .filter(|s| s.room == room)
+            .flat_map(|s| s.tracks.iter().cloned())
+            .collect()
+    }
+
+    /// Every WHIP track that starts from now on, in any room.
+    pub fn announcements(&self) -> broadcast::Receiver<WhipTrack> {
+        self.announce.subscribe()
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn add_track(&self, session: &str, track: WhipTrack) {
+        let mut sessions = self.lock();
+        if let Some(s) = sessions.get_mut(session) {
+            s.tracks.push(track.clone());
+            let _ = self.announce.send(track);
+        }
+    }
+
+    /// Ends a session: closes its connection; its relays end, so do recordings of it.
+    fn end(&self, id: &str) -> bool {
+        let Some(session) = self.lock().remove(id) else {
+            return false;
+        };
+        session.end.send_replace(true);
+        let pc = session.pc;
+        tokio::spawn(async move {
+            let _ = pc.close().await;
+        });
+        tracing::info!(room = %session.room, peer = %session.peer.id, "WHIP session ended");
+        true
+    }
+}
 
 /// Routes of WHIP ingest.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
+        .route("/rooms/{room}/whip", post(create))
+        .route(
+            "/rooms/{room}/whip/{id}",
+            axum::routing::delete(delete).patch(patch),
+        )
+}
+
+/// Query of the WHIP endpoint.
+#[derive(Debug, Deserialize)]
+pub struct WhipQuery {
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+fn check_room_token(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    if let Some(expected) = &app.config.args.room_token {
+        if !bearer(headers).is_some_and(|t| secret_matches(t, expected)) {
+            return Err(ApiError::unauthorized(
+                "a valid `Authorization: Bearer <room token>` is required",
+            ));
+        }
+    }
+    Ok(())
+}
+
+struct Handler {
+    app: Arc<App>,
+    session: String,
+    peer: PeerInfo,
+    room: String,
+    gathered: watch::Sender<bool>,
+    end: watch::Receiver<bool>,
+}
+
+#[async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if matches!(
+            state,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+        ) {
+            self.app.whip.end(&self.session);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+            return;
+        };
+        let kind = track.kind().await;
+        let mime = track
+            .codec(ssrc)
+            .await
+            .map(|c| c.mime_type.to_ascii_lowercase())
+            .unwrap_or_default();
+        let (relay, mut keyframes) = Relay::new();
+        self.app.whip.add_track(
+            &self.session,
+            WhipTrack {
+                peer: self.peer.clone(),
+                room: self.room.clone(),
+                kind,
+                mime,
+                relay: Arc::clone(&relay),
+            },
+        );
+        let mut end = self.end.clone();
+        tokio::spawn(async move {
+            let mut source = RemoteSource::new(track, ssrc);
+            loop {
+                tokio::select! {
+                    event = source.next() => match event {
+                        Some(event) => relay.publish(event),
+                        None => break,
+                    },
+                    Some(()) = keyframes.recv() => source.request_keyframe().await,
+                    _ = crate::util::until_true(&mut end) => break,
+                }
+            }
+            relay.close();
+        });
+    }
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(query): Query<WhipQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !valid_room_name(&room) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad-room",
+            "room must be 1-64 characters of A-Z a-z 0-9 _ -",
+        ));
+    }
+    check_room_token(&app, &headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/sdp") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "the body must be an SDP offer with Content-Type: application/sdp",
+        ));
+    }
+    let sdp = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the SDP offer is not UTF-8"))?
+        .to_owned();
+    if !sdp.starts_with("v=0") {
+        return Err(ApiError::bad_request("the body is not an SDP offer"));
+    }
+    let offer = RTCSessionDescription::offer(sdp)
+        .map_err(|e| ApiError::bad_request(format!("bad SDP offer: {e}")))?;
+
+    let (membership, _welcome, mut queue) = app
+        .hub
+        .join(
+            &room,
+            query.name.as_deref().unwrap_or("whip"),
+            MemberKind::Whip,
+        )
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string()))?;
+    let session = crate::signal::hub::new_peer_id();
+    let peer = membership.info().clone();
+    let (gathered, mut gathered_rx) = watch::channel(false);
+    let (end, end_rx) = watch::channel(false);
+    let handler = Arc::new(Handler {
+        app: Arc::clone(&app),
+        session: session.clone(),
+        peer: peer.clone(),
+        room: room.clone(),
+        gathered,
+        end: end_rx.clone(),
+    });
+    let pc = app.factory.build(handler).await.map_err(peer_error)?;
+    let answer = async {
+        pc.set_remote_description(offer).await?;
+        let answer = pc.create_answer(None).await?;
+        pc.set_local_description(answer).await?;
+        Ok::<(), webrtc::error::Error>(())
+    }
+    .await;
+    if let Err(e) = answer {
+        let _ = pc.close().await;
+        return Err(ApiError::bad_request(format!(
+            "the offer cannot be answered: {e}"
+        )));
+    }
+    let _ = tokio::time::timeout(GATHER_TIMEOUT, crate::util::until_true(&mut gathered_rx)).await;
+    let Some(local) = pc.local_description().await else {
+        let _ = pc.close().await;
+        return Err(peer_error(PeerError::BadSdp("no local description".into())));
+    };
+    app.whip.lock().insert(
+        session.clone(),
+        Session {
+            room: room.clone(),
+            peer: peer.clone(),
+            pc: Arc::clone(&pc),
+            tracks: Vec::new(),
+            end,
+        },
+    );
+    // The membership lives as long as the session; its queue is drained (nobody negotiates
+    // with a WHIP peer, but room notices still arrive).
+    let mut end_rx = end_rx;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = queue.recv() => if message.is_none() { break },
+                _ = crate::util::until_true(&mut end_rx) => break,
+            }
+        }
+        drop::<Membership>(membership);
+    });
+    tracing::info!(room, peer = %peer.id, session, "WHIP session started");
+    let location = format!("/rooms/{room}/whip/{session}");
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        local.sdp,
+    )
+        .into_response())
+}
+
+fn peer_error(e: PeerError) -> ApiError {
+    tracing::error!(error = %e, "WHIP connection failed");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "peer-error",
+        e.to_string(),
+    )
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    Path((_room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    check_room_token(&app, &headers)?;
+    if app.whip.end(&id) {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::not_found(format!("no WHIP session `{id}`")))
+    }
+}
+
+async fn patch(
+    State(app): State<Arc<App>>,
+    Path((_room, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_room_token(&app, &headers)?;
+    if app.whip.lock().contains_key(&id) {
+        // Trickle ICE is not supported: the answer carried every candidate.
+        Ok((
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "DELETE")],
+            axum::Json(serde_json::json!({"error": {
+                "code": "method-not-allowed",
+                "message": "trickle ICE (PATCH) is not supported: the answer has every candidate"
+            }})),
+        )
+            .into_response())
+    } else {
+        Err(ApiError::not_found(format!("no WHIP session `{id}`")))
+    }
 }
