@@ -22,6 +22,8 @@ pub struct App {
     pub store: Arc<RecordingStore>,
     /// WHIP publishers' sessions.
     pub whip: Arc<crate::signal::whip::WhipSessions>,
+    /// Free space of the recordings directory.
+    pub disk: Arc<crate::record::disk::DiskGuard>,
     /// Turns true when the service shuts down (WebSocket sessions close on it).
     pub shutdown: watch::Sender<bool>,
 }
@@ -43,9 +45,19 @@ pub enum ServeError {
 impl App {
     /// Builds the shared state (loads existing recordings).
     pub fn new(config: ServerConfig) -> Result<Arc<Self>, ServeError> {
+        // Counters count from the start, not from the first scrape.
+        let _ = crate::telemetry::handle();
         let args = &config.args;
         let store = RecordingStore::open(&args.recordings_dir, args.max_recordings)?;
-        let hub = Hub::new(config.ice_servers.clone(), args.max_peers_per_room);
+        let disk = Arc::new(crate::record::disk::DiskGuard::new(
+            &args.recordings_dir,
+            args.min_free_disk_mb.saturating_mul(1024 * 1024),
+        ));
+        let hub = Hub::new(
+            config.ice_servers.clone(),
+            args.max_peers_per_room,
+            args.max_rooms,
+        );
         let factory = PeerFactory::new(PeerConfig {
             udp_bind: args.udp_bind.clone(),
             udp_ports: config.udp_ports,
@@ -60,6 +72,7 @@ impl App {
             factory,
             store,
             whip: Arc::default(),
+            disk,
             shutdown: watch::Sender::new(false),
         }))
     }
@@ -97,13 +110,17 @@ impl Server {
             })
             .await
         });
+        tokio::spawn(guard_disk(Arc::clone(&app)));
         tracing::info!(%addr, "listening");
+        // Under systemd (Type=notify): ready now. A no-op elsewhere.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         Ok(Self { addr, app, task })
     }
 
     /// Stops every active recording cleanly (files finalized, manifests written), closes the
     /// WebSocket sessions, and waits for the HTTP server to finish.
     pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         let active = self.app.store.active();
         tracing::info!(recordings = active.len(), "shutting down");
         let stops = active.iter().map(|recording| {
@@ -118,6 +135,29 @@ impl Server {
                 tracing::warn!("HTTP connections did not close in time");
                 Ok(())
             }
+        }
+    }
+}
+
+/// Every [`CHECK_EVERY`](crate::record::disk::CHECK_EVERY): when free space is low, stops
+/// every active recording cleanly (`failed` / `disk-full`), keeping what was written.
+async fn guard_disk(app: Arc<App>) {
+    let mut shutdown = app.shutdown.subscribe();
+    let mut tick = tokio::time::interval(crate::record::disk::CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::util::until_true(&mut shutdown) => return,
+        }
+        if !app.disk.refresh() {
+            continue;
+        }
+        for recording in app.store.active() {
+            tracing::error!(recording = %recording.id(), "disk full: stopping the recording");
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                crate::bot::recorder::stop(&app, &recording, StopReason::DiskFull).await;
+            });
         }
     }
 }

@@ -109,6 +109,16 @@ pub struct ServeArgs {
     /// Most peers in one room.
     #[arg(long, env = "RECBOT_MAX_PEERS_PER_ROOM", default_value_t = 64)]
     pub max_peers_per_room: usize,
+    /// Most rooms at once.
+    #[arg(long, env = "RECBOT_MAX_ROOMS", default_value_t = 1000)]
+    pub max_rooms: usize,
+    /// Longest recording, in seconds (a request's `max_duration_s` may only shorten it).
+    #[arg(long, env = "RECBOT_MAX_RECORDING_S", default_value_t = 86_400)]
+    pub max_recording_s: u64,
+    /// Free disk space (MiB) below which active recordings are stopped cleanly and new ones
+    /// refused with 507.
+    #[arg(long, env = "RECBOT_MIN_FREE_DISK_MB", default_value_t = 512)]
+    pub min_free_disk_mb: u64,
     /// Log format.
     #[arg(long, env = "RECBOT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -143,6 +153,9 @@ impl Default for ServeArgs {
                 turn_credential: None,
                 max_recordings: 16,
                 max_peers_per_room: 64,
+                max_rooms: 1000,
+                max_recording_s: 86_400,
+                min_free_disk_mb: 512,
                 log_format: LogFormat::Text,
                 log: "info".into(),
                 loopback_candidates_only: false,
@@ -213,6 +226,12 @@ impl ServeArgs {
         }
         if self.max_peers_per_room == 0 {
             return Err(ConfigError::ZeroLimit("--max-peers-per-room"));
+        }
+        if self.max_rooms == 0 {
+            return Err(ConfigError::ZeroLimit("--max-rooms"));
+        }
+        if self.max_recording_s == 0 {
+            return Err(ConfigError::ZeroLimit("--max-recording-s"));
         }
         let udp_ports = match &self.udp_ports {
             None => None,

@@ -17,4 +17,5 @@ pub mod peer;
 pub mod publish;
 pub mod record;
 pub mod signal;
+pub mod telemetry;
 pub mod util;

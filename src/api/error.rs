@@ -79,6 +79,9 @@ impl From<StartError> for ApiError {
             StartError::Join(e) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string())
             }
+            e @ StartError::DiskFull(_) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk-full", e.to_string())
+            }
         }
     }
 }

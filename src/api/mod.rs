@@ -266,15 +266,24 @@ async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "rooms": rooms }))
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    use crate::telemetry as t;
+    let Some(handle) = t::handle() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics-unavailable",
+            "another metrics recorder is installed in this process",
+        )
+        .into_response();
+    };
     let (rooms, peers) = app.hub.counts();
-    let active = app.store.active().len();
-    let total = app.store.list().len();
-    let body = format!(
-        "# HELP recbot_rooms Rooms with at least one peer.\n# TYPE recbot_rooms gauge\nrecbot_rooms {rooms}\n\
-         # HELP recbot_peers Peers in all rooms.\n# TYPE recbot_peers gauge\nrecbot_peers {peers}\n\
-         # HELP recbot_recordings_active Recordings in progress.\n# TYPE recbot_recordings_active gauge\nrecbot_recordings_active {active}\n\
-         # HELP recbot_recordings Recordings known (any state).\n# TYPE recbot_recordings gauge\nrecbot_recordings {total}\n"
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    metrics::gauge!(t::ROOMS).set(rooms as f64);
+    metrics::gauge!(t::PEERS).set(peers as f64);
+    metrics::gauge!(t::RECORDINGS_ACTIVE).set(app.store.active().len() as f64);
+    metrics::gauge!(t::WHIP_SESSIONS).set(app.whip.len() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
 }

@@ -150,6 +150,9 @@ pub enum StartError {
     /// The recorder could not join the room.
     #[error("the recorder could not join: {0}")]
     Join(#[from] crate::signal::hub::JoinError),
+    /// Free disk space is below the threshold.
+    #[error("not enough free disk space for a new recording ({0} bytes free)")]
+    DiskFull(u64),
 }
 
 /// Starts recording `room`: creates the recording, sends the recorder bot in, tells the room.
@@ -158,7 +161,11 @@ pub fn start(
     room: &str,
     options: RecordOptions,
 ) -> Result<Arc<Recording>, StartError> {
-    let max_duration = options.max_duration;
+    if app.disk.is_low() {
+        return Err(StartError::DiskFull(app.disk.free()));
+    }
+    let cap = std::time::Duration::from_secs(app.config.args.max_recording_s);
+    let max_duration = Some(options.max_duration.map_or(cap, |d| d.min(cap)));
     let recording = app.store.create(room, options)?;
     let behaviour = Arc::new(Recorder {
         recording: Arc::clone(&recording),
@@ -187,6 +194,7 @@ pub fn start(
             peer: peer.clone(),
         },
     );
+    metrics::counter!(crate::telemetry::RECORDINGS_STARTED).increment(1);
     tracing::info!(recording = %recording.id(), room, peer = %peer, "recording started");
     if let Some(limit) = max_duration {
         let app = Arc::clone(app);

@@ -501,11 +501,20 @@ impl Recording {
         }
         {
             let mut inner = lock(&self.inner);
-            inner.state = State::Stopped;
+            // A recording cut short by the disk or an error ends `failed`, with what it has.
+            inner.state = match reason {
+                StopReason::DiskFull | StopReason::Error => State::Failed,
+                _ => State::Stopped,
+            };
+            if reason == StopReason::DiskFull && inner.error.is_none() {
+                inner.error = Some("disk full: stopped cleanly, files kept".into());
+            }
         }
         self.write_manifest();
         self.leave_tx.send_replace(true);
         self.done_tx.send_replace(true);
+        metrics::histogram!(crate::telemetry::FINALIZE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         tracing::info!(
             recording = %self.id,
             finalize_ms = started.elapsed().as_millis() as u64,
@@ -517,6 +526,7 @@ impl Recording {
     /// Records a write error of one track (the others go on).
     pub fn track_error(&self, track: &TrackEntry, error: &dyn std::fmt::Display) {
         tracing::error!(recording = %self.id, file = %track.file, %error, "track write failed");
+        metrics::counter!(crate::telemetry::WRITE_ERRORS).increment(1);
         let mut inner = lock(&self.inner);
         if inner.error.is_none() {
             inner.error = Some(format!("{}: {error}", track.file));

@@ -79,13 +79,69 @@ pub async fn run<S: MediaSource>(mut ctx: TrackContext, source: S, mux: Option<A
             let mut pipeline =
                 VideoPipeline::new(clock, Instant::now(), ctx.recording.options().pli_interval);
             pipeline.mux = mux;
-            drive(&mut ctx, source, pipeline).await
+            drive(&mut ctx, source, pipeline, true).await
         }
         Kind::Audio => {
             let mut pipeline = AudioPipeline::new(clock);
+            let shares_file = mux.is_some();
             pipeline.mux = mux;
-            drive(&mut ctx, source, pipeline).await
+            drive(&mut ctx, source, pipeline, !shares_file).await
         }
+    }
+}
+
+/// What a track task last added to the process-wide counters.
+#[derive(Default)]
+struct Reported {
+    /// Whether this track reports its file's bytes (not the audio lane of a muxed file, whose
+    /// video lane reports the same file).
+    bytes_are_mine: bool,
+    packets: u64,
+    lost: u64,
+    bytes: u64,
+    frames: u64,
+    keyframes: u64,
+    plis: u64,
+}
+
+impl Reported {
+    /// Adds what the track did since the last call to the metrics counters.
+    fn report(&mut self, stats: &super::session::TrackStats) {
+        use crate::telemetry as t;
+        let add = |name: &'static str, last: &mut u64, now: u64| {
+            if now > *last {
+                metrics::counter!(name).increment(now - *last);
+                *last = now;
+            }
+        };
+        add(
+            t::RTP_PACKETS,
+            &mut self.packets,
+            stats.packets.load(Ordering::Relaxed),
+        );
+        add(
+            t::RTP_LOST,
+            &mut self.lost,
+            stats.packets_lost.load(Ordering::Relaxed),
+        );
+        if self.bytes_are_mine {
+            add(
+                t::BYTES_WRITTEN,
+                &mut self.bytes,
+                stats.bytes.load(Ordering::Relaxed),
+            );
+        }
+        add(
+            t::FRAMES_WRITTEN,
+            &mut self.frames,
+            stats.frames.load(Ordering::Relaxed),
+        );
+        add(
+            t::KEYFRAMES,
+            &mut self.keyframes,
+            stats.keyframes.load(Ordering::Relaxed),
+        );
+        add(t::PLIS, &mut self.plis, stats.plis.load(Ordering::Relaxed));
     }
 }
 
@@ -93,7 +149,12 @@ async fn drive<S: MediaSource, P: Pipeline>(
     ctx: &mut TrackContext,
     mut source: S,
     mut pipeline: P,
+    bytes_are_mine: bool,
 ) {
+    let mut reported = Reported {
+        bytes_are_mine,
+        ..Reported::default()
+    };
     let mut next_flush = Instant::now() + FLUSH_EVERY;
     let end = loop {
         if let Some(at) = *ctx.stop.borrow() {
@@ -107,6 +168,7 @@ async fn drive<S: MediaSource, P: Pipeline>(
         }
         if now >= next_flush {
             pipeline.flush(ctx);
+            reported.report(&ctx.entry.stats);
             next_flush = now + FLUSH_EVERY;
         }
         let wake = pipeline
@@ -140,6 +202,7 @@ async fn drive<S: MediaSource, P: Pipeline>(
         "track ends"
     );
     pipeline.finish(ctx, end.at());
+    reported.report(&ctx.entry.stats);
 }
 
 fn open(ctx: &TrackContext) -> std::io::Result<BufWriter<File>> {

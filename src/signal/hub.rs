@@ -42,6 +42,7 @@ pub struct Hub {
     rooms: Mutex<HashMap<String, Room>>,
     ice_servers: Vec<IceServer>,
     max_peers_per_room: usize,
+    max_rooms: usize,
 }
 
 /// Why a join was refused.
@@ -50,6 +51,9 @@ pub enum JoinError {
     /// The room already has the configured maximum of peers.
     #[error("room {0} is full")]
     RoomFull(String),
+    /// The service already has the configured maximum of rooms.
+    #[error("too many rooms")]
+    TooManyRooms,
 }
 
 /// A member's place in a room. Dropping it leaves the room (others get `peer-left`).
@@ -70,13 +74,32 @@ pub fn new_peer_id() -> String {
 }
 
 impl Hub {
-    /// A hub that hands `ice_servers` to every client in its `welcome`.
-    pub fn new(ice_servers: Vec<IceServer>, max_peers_per_room: usize) -> Arc<Self> {
+    /// A hub that hands `ice_servers` to every client in its `welcome`, with at most
+    /// `max_peers_per_room` peers per room and `max_rooms` rooms.
+    pub fn new(
+        ice_servers: Vec<IceServer>,
+        max_peers_per_room: usize,
+        max_rooms: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             ice_servers,
             max_peers_per_room: max_peers_per_room.max(1),
+            max_rooms: max_rooms.max(1),
         })
+    }
+
+    /// Whether `room` can take one more peer now (exists with space, or can be created).
+    pub fn has_room_for(&self, room: &str) -> Result<(), JoinError> {
+        let rooms = self.rooms();
+        match rooms.get(room) {
+            Some(r) if r.members.len() >= self.max_peers_per_room => {
+                Err(JoinError::RoomFull(room.to_owned()))
+            }
+            Some(_) => Ok(()),
+            None if rooms.len() >= self.max_rooms => Err(JoinError::TooManyRooms),
+            None => Ok(()),
+        }
     }
 
     fn rooms(&self) -> MutexGuard<'_, HashMap<String, Room>> {
@@ -101,6 +124,9 @@ impl Hub {
         };
         let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
         let mut rooms = self.rooms();
+        if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
+            return Err(JoinError::TooManyRooms);
+        }
         let entry = rooms.entry(room.to_owned()).or_default();
         if entry.members.len() >= self.max_peers_per_room {
             if entry.members.is_empty() {
@@ -312,7 +338,7 @@ mod tests {
 
     #[test]
     fn join_relay_leave() {
-        let hub = Hub::new(vec![], 10);
+        let hub = Hub::new(vec![], 10, 10);
         let (a, _, mut arx) = hub.join("r", "alice", MemberKind::Client).unwrap();
         let (b, welcome, mut brx) = hub.join("r", "bob", MemberKind::Client).unwrap();
         match welcome {
@@ -353,7 +379,7 @@ mod tests {
 
     #[test]
     fn whip_peers_are_not_negotiable_and_rooms_have_a_limit() {
-        let hub = Hub::new(vec![], 2);
+        let hub = Hub::new(vec![], 2, 10);
         let (w, _, _wrx) = hub.join("r", "cam", MemberKind::Whip).unwrap();
         let (c, _, _crx) = hub.join("r", "c", MemberKind::Client).unwrap();
         let err = c
@@ -367,11 +393,18 @@ mod tests {
             hub.join("r", "x", MemberKind::Client),
             Err(JoinError::RoomFull(_))
         ));
+        let small = Hub::new(vec![], 2, 1);
+        let (_a, _, _arx) = small.join("one", "a", MemberKind::Client).unwrap();
+        assert_eq!(small.has_room_for("two"), Err(JoinError::TooManyRooms));
+        assert!(matches!(
+            small.join("two", "b", MemberKind::Client),
+            Err(JoinError::TooManyRooms)
+        ));
     }
 
     #[test]
     fn a_member_whose_queue_is_full_is_dropped() {
-        let hub = Hub::new(vec![], 10);
+        let hub = Hub::new(vec![], 10, 10);
         let (slow, _, _slow_rx) = hub.join("r", "slow", MemberKind::Client).unwrap();
         let (fast, _, mut fast_rx) = hub.join("r", "fast", MemberKind::Client).unwrap();
         for _ in 0..=MEMBER_QUEUE {

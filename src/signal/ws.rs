@@ -71,13 +71,9 @@ pub async fn handler(
             return ApiError::unauthorized("a valid room `token` is required").into_response();
         }
     }
-    if app.hub.peers(&room).len() >= app.config.args.max_peers_per_room {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "room-full",
-            "the room is full",
-        )
-        .into_response();
+    if let Err(e) = app.hub.has_room_for(&room) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string())
+            .into_response();
     }
     let name = query.name.unwrap_or_default();
     ws.max_message_size(HARD_FRAME_LIMIT)
@@ -85,6 +81,22 @@ pub async fn handler(
         .read_buffer_size(4096)
         .write_buffer_size(0)
         .on_upgrade(move |socket| session(socket, app, room, name))
+}
+
+/// Counts an open WebSocket session in the metrics for as long as it lives.
+struct ConnectionGauge;
+
+impl ConnectionGauge {
+    fn new() -> Self {
+        metrics::gauge!(crate::telemetry::WS_CONNECTIONS).increment(1.0);
+        Self
+    }
+}
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::telemetry::WS_CONNECTIONS).decrement(1.0);
+    }
 }
 
 /// A token bucket.
@@ -136,6 +148,7 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
         }
     };
     let peer = membership.id().to_owned();
+    let _connected = ConnectionGauge::new();
     if !send(&mut socket, &welcome).await {
         return;
     }

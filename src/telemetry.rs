@@ -1,0 +1,79 @@
+//! Metrics in Prometheus text format (`GET /metrics`), through the `metrics` facade and
+//! `metrics-exporter-prometheus`.
+//!
+//! Counters are fed in batches (a track task adds its figures when it flushes, about once a
+//! second, and when it ends), so the packet path does no metrics work. Gauges are set when
+//! `/metrics` is scraped. The recorder is process-wide: several servers in one process (tests)
+//! share it.
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Rooms with at least one peer (gauge).
+pub const ROOMS: &str = "recbot_rooms";
+/// Peers in all rooms (gauge).
+pub const PEERS: &str = "recbot_peers";
+/// Open signaling WebSocket connections (gauge).
+pub const WS_CONNECTIONS: &str = "recbot_ws_connections";
+/// Recordings in progress (gauge).
+pub const RECORDINGS_ACTIVE: &str = "recbot_recordings_active";
+/// WHIP sessions (gauge).
+pub const WHIP_SESSIONS: &str = "recbot_whip_sessions";
+/// Recordings started (counter).
+pub const RECORDINGS_STARTED: &str = "recbot_recordings_started_total";
+/// Bytes written to recording files (counter).
+pub const BYTES_WRITTEN: &str = "recbot_bytes_written_total";
+/// RTP packets received by recordings (counter).
+pub const RTP_PACKETS: &str = "recbot_rtp_packets_total";
+/// RTP packets never recovered (counter).
+pub const RTP_LOST: &str = "recbot_rtp_packets_lost_total";
+/// Frames and packets written (counter).
+pub const FRAMES_WRITTEN: &str = "recbot_frames_written_total";
+/// Keyframes written (counter).
+pub const KEYFRAMES: &str = "recbot_keyframes_total";
+/// PLIs sent (counter).
+pub const PLIS: &str = "recbot_plis_sent_total";
+/// Write errors of recording files (counter).
+pub const WRITE_ERRORS: &str = "recbot_write_errors_total";
+/// Time to finalize a recording on stop, seconds (histogram).
+pub const FINALIZE_SECONDS: &str = "recbot_finalize_seconds";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns its handle, or `None` if another
+/// recorder was installed first.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(ROOMS, "Rooms with at least one peer.");
+    describe_gauge!(PEERS, "Peers in all rooms.");
+    describe_gauge!(WS_CONNECTIONS, "Open signaling WebSocket connections.");
+    describe_gauge!(RECORDINGS_ACTIVE, "Recordings in progress.");
+    describe_gauge!(WHIP_SESSIONS, "WHIP publishers connected.");
+    describe_counter!(RECORDINGS_STARTED, "Recordings started.");
+    describe_counter!(
+        BYTES_WRITTEN,
+        Unit::Bytes,
+        "Bytes written to recording files."
+    );
+    describe_counter!(RTP_PACKETS, "RTP packets received by recordings.");
+    describe_counter!(RTP_LOST, "RTP packets never recovered.");
+    describe_counter!(FRAMES_WRITTEN, "Video frames and audio packets written.");
+    describe_counter!(KEYFRAMES, "Video keyframes written.");
+    describe_counter!(PLIS, "Picture loss indications sent.");
+    describe_counter!(WRITE_ERRORS, "Failed writes to recording files.");
+    describe_histogram!(
+        FINALIZE_SECONDS,
+        Unit::Seconds,
+        "Time to finalize a stopped recording."
+    );
+}
