@@ -12,6 +12,8 @@ pub mod api;
 pub mod app;
 pub mod bot;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod media;
 pub mod peer;
 pub mod publish;

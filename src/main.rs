@@ -61,6 +61,8 @@ async fn main() -> ExitCode {
 
 async fn serve(args: recbot::config::ServeArgs) -> ExitCode {
     init_logging(args.log_format, &args.log);
+    let files = recbot::util::raise_open_files_limit();
+    tracing::debug!(?files, "open files limit");
     let config = match args.validate() {
         Ok(config) => config,
         Err(e) => {

@@ -19,6 +19,8 @@ pub const WS_CONNECTIONS: &str = "recbot_ws_connections";
 pub const RECORDINGS_ACTIVE: &str = "recbot_recordings_active";
 /// WHIP sessions (gauge).
 pub const WHIP_SESSIONS: &str = "recbot_whip_sessions";
+/// Live tokio tasks of the process (gauge).
+pub const TASKS: &str = "recbot_tokio_tasks";
 /// Recordings started (counter).
 pub const RECORDINGS_STARTED: &str = "recbot_recordings_started_total";
 /// Bytes written to recording files (counter).
@@ -59,6 +61,7 @@ fn describe() {
     describe_gauge!(WS_CONNECTIONS, "Open signaling WebSocket connections.");
     describe_gauge!(RECORDINGS_ACTIVE, "Recordings in progress.");
     describe_gauge!(WHIP_SESSIONS, "WHIP publishers connected.");
+    describe_gauge!(TASKS, "Live tokio tasks of the process.");
     describe_counter!(RECORDINGS_STARTED, "Recordings started.");
     describe_counter!(
         BYTES_WRITTEN,

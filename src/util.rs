@@ -9,3 +9,17 @@ pub async fn until_true(flag: &mut watch::Receiver<bool>) {
         std::future::pending::<()>().await;
     }
 }
+
+/// Raises the soft limit of open files to the hard limit (each peer, socket and file takes
+/// one). Returns the soft limit in force afterwards.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if setrlimit(Resource::Nofile, limit.clone()).is_err() {
+            return getrlimit(Resource::Nofile).current;
+        }
+    }
+    limit.current
+}

@@ -281,6 +281,10 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     metrics::gauge!(t::PEERS).set(peers as f64);
     metrics::gauge!(t::RECORDINGS_ACTIVE).set(app.store.active().len() as f64);
     metrics::gauge!(t::WHIP_SESSIONS).set(app.whip.len() as f64);
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics::gauge!(t::TASKS).set(tasks as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),

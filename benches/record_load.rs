@@ -1,0 +1,283 @@
+//! Load bench: N publishers (VP8 640x480 30 fps ~1 Mbit/s + Opus ~32 kbit/s, from files) in
+//! one room, recorded for S seconds by a real `recbot serve` process. Prints, for the server
+//! process alone: CPU seconds per stream-minute, peak RSS and RSS per participant, RTP packets
+//! per second, frames written against frames expected, packets lost, time from the create call
+//! to the first keyframe on disk (all participants present), and time to finalize on stop.
+//!
+//! Run: `cargo bench --bench record_load` (N_LIST=1,10,50,100 SECONDS=30 by default).
+//! Needs ffmpeg (libvpx, libopus) to make the clips once, into target/bench-media/.
+
+use recbot::peer::{PeerConfig, PeerFactory};
+use recbot::publish::{Clip, PublishOptions};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn clips() -> (PathBuf, PathBuf) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-media");
+    std::fs::create_dir_all(&dir).unwrap();
+    let video = dir.join("vga-1mbit.ivf");
+    let audio = dir.join("voice-32k.ogg");
+    let run = |args: &[&str]| {
+        let ok = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y"])
+            .args(args)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(
+            ok,
+            "ffmpeg (with libvpx and libopus) is needed to make the bench clips"
+        );
+    };
+    if !video.exists() {
+        run(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x480:rate=30",
+            "-t",
+            "10",
+            "-c:v",
+            "libvpx",
+            "-b:v",
+            "1M",
+            "-minrate",
+            "1M",
+            "-maxrate",
+            "1M",
+            "-g",
+            "60",
+            "-auto-alt-ref",
+            "0",
+            "-lag-in-frames",
+            "0",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            video.to_str().unwrap(),
+        ]);
+    }
+    if !audio.exists() {
+        run(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=300:sample_rate=48000",
+            "-t",
+            "10",
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "32k",
+            "-frame_duration",
+            "20",
+            audio.to_str().unwrap(),
+        ]);
+    }
+    (video, audio)
+}
+
+/// CPU ticks (user + system) of a process.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn ticks_per_second() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output();
+    out.ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(max_peers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_recbot"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--udp-bind",
+                "127.0.0.1",
+            ])
+            .args(["--log-format", "json", "--log", "warn,recbot::app=info"])
+            .args(["--max-peers-per-room", &max_peers.to_string()])
+            .arg("--recordings-dir")
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            let line = lines.next().unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["fields"]["message"] == "listening" {
+                break format!("http://{}", v["fields"]["addr"].as_str().unwrap());
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
+    let server = Server::start(n + 10);
+    let pid = server.child.id();
+    let base = &server.base;
+    let factory = PeerFactory::new(PeerConfig::loopback());
+    let mut publishers = Vec::new();
+    for i in 0..n {
+        let p = recbot::publish::start(
+            base,
+            "load",
+            &format!("p{i}"),
+            clip.clone(),
+            factory.clone(),
+            PublishOptions::default(),
+        )
+        .await
+        .expect("publisher joins");
+        publishers.push(p);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let http = reqwest::Client::new();
+    let created = Instant::now();
+    let rec: serde_json::Value = http
+        .post(format!("{base}/api/recordings"))
+        .json(&serde_json::json!({"room": "load"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let url = format!("{base}/api/recordings/{id}");
+    // First keyframe on disk: the first and the last participant's.
+    let (mut first_key, mut all_keys) = (None, None);
+    while all_keys.is_none() && created.elapsed() < Duration::from_secs(20) {
+        let doc: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let with_key = doc["tracks"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter(|t| t["kind"] == "video" && t["keyframes"].as_u64().unwrap_or(0) > 0)
+                    .count()
+            })
+            .unwrap_or(0);
+        if with_key > 0 && first_key.is_none() {
+            first_key = Some(created.elapsed());
+        }
+        if with_key >= n {
+            all_keys = Some(created.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = cpu_ticks(pid);
+    let measure_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu = (cpu_ticks(pid) - t0) as f64 / ticks_per_second();
+    let measured = measure_start.elapsed().as_secs_f64();
+    let stop_at = Instant::now();
+    let doc: serde_json::Value = http
+        .post(format!("{url}/stop"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let finalize = stop_at.elapsed();
+    let peak_kib = status_kib(pid, "VmHWM:");
+    let tracks = doc["tracks"].as_array().cloned().unwrap_or_default();
+    let sum = |kind: &str, field: &str| -> u64 {
+        tracks
+            .iter()
+            .filter(|t| t["kind"] == kind)
+            .map(|t| t[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let video_ms = sum("video", "duration_ms") as f64;
+    let frames = sum("video", "frames");
+    let expected = video_ms / 1000.0 * 30.0;
+    let packets = sum("video", "packets") + sum("audio", "packets");
+    let lost = sum("video", "packets_lost") + sum("audio", "packets_lost");
+    let recorded_s = video_ms / 1000.0 / n as f64;
+    let fmt = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
+    println!(
+        "| {n:>3} | {:>6.3} | {:>6.1}% | {:>7.1} MiB | {:>6.2} MiB | {:>7.0} | {frames:>7} / {expected:>7.0} | {lost:>5} | {:>7} | {:>7} | {:>6} ms |",
+        cpu / (n as f64 * measured / 60.0),
+        cpu / measured * 100.0,
+        peak_kib as f64 / 1024.0,
+        peak_kib as f64 / 1024.0 / n as f64,
+        packets as f64 / recorded_s.max(0.001),
+        fmt(first_key),
+        fmt(all_keys),
+        finalize.as_millis()
+    );
+    for p in publishers {
+        p.leave().await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let list: Vec<usize> = std::env::var("N_LIST")
+        .unwrap_or_else(|_| "1,10,50,100".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let seconds: u64 = std::env::var("SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let (video, audio) = clips();
+    let clip = Clip::load(Some(&video), Some(&audio)).unwrap();
+    println!("recbot serve, {seconds} s of recording per row (server process only)");
+    println!("|   N | CPU s per stream-min | CPU (1 core) | peak RSS | RSS/participant | RTP pkt/s | frames written / expected | lost | first keyframe | all keyframes | finalize |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for n in list {
+        run(n, seconds, &clip).await;
+    }
+}
