@@ -100,7 +100,12 @@ fn record<S: MediaSource + 'static>(
         file = %ctx.entry.file,
         "track started"
     );
-    let span = tracing::info_span!("track", file = %ctx.entry.file);
+    let span = tracing::info_span!(
+        "track",
+        recording = %recording.id(),
+        peer = %peer.id,
+        file = %ctx.entry.file
+    );
     let task = tokio::spawn(track::run(ctx, source, mux).instrument(span));
     recording.keep_task(task);
 }

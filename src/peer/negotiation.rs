@@ -57,19 +57,33 @@ pub struct Link {
     remote: String,
     pc: Pc,
     tx: mpsc::UnboundedSender<Input>,
+    /// The link owns its sink and media; the connection's event handler only has weak
+    /// references to them (see [`Handler`]).
+    _sink: Arc<dyn SignalSink>,
+    _media: Arc<dyn LinkMedia>,
 }
 
+/// The webrtc-rs event handler of a link's connection.
+///
+/// It holds only weak references. webrtc-rs 0.21 never frees a closed connection that had
+/// transceivers: `PeerConnectionRef` and `RtpTransceiverImpl` hold `Arc`s to each other
+/// (upstream issue #906), and the handler lives inside `PeerConnectionRef`. With strong
+/// references, each closed connection would keep its bot's whole state alive, e.g. the
+/// recording with its tracks. With weak ones, only this small struct leaks.
 struct Handler {
     remote: String,
-    sink: Arc<dyn SignalSink>,
-    media: Arc<dyn LinkMedia>,
+    sink: std::sync::Weak<dyn SignalSink>,
+    media: std::sync::Weak<dyn LinkMedia>,
 }
 
 #[async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let Some(sink) = self.sink.upgrade() else {
+            return;
+        };
         match event.candidate.to_json() {
-            Ok(init) => self.sink.send(ClientMessage::Candidate {
+            Ok(init) => sink.send(ClientMessage::Candidate {
                 to: self.remote.clone(),
                 candidate: Some(Candidate {
                     candidate: init.candidate,
@@ -85,8 +99,11 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        let Some(sink) = self.sink.upgrade() else {
+            return;
+        };
         if state == RTCIceGatheringState::Complete {
-            self.sink.send(ClientMessage::Candidate {
+            sink.send(ClientMessage::Candidate {
                 to: self.remote.clone(),
                 candidate: None,
             });
@@ -95,13 +112,17 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(remote = %self.remote, %state, "connection state");
-        let media = Arc::clone(&self.media);
+        let Some(media) = self.media.upgrade() else {
+            return;
+        };
         let remote = self.remote.clone();
         tokio::spawn(async move { media.on_state(&remote, state).await });
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let media = Arc::clone(&self.media);
+        let Some(media) = self.media.upgrade() else {
+            return;
+        };
         let remote = self.remote.clone();
         tokio::spawn(async move { media.on_track(&remote, track).await });
     }
@@ -119,8 +140,8 @@ impl Link {
     ) -> Result<Self, PeerError> {
         let handler = Arc::new(Handler {
             remote: remote.to_owned(),
-            sink: Arc::clone(&sink),
-            media: Arc::clone(&media),
+            sink: Arc::downgrade(&sink),
+            media: Arc::downgrade(&media),
         });
         let pc = factory.build(handler).await?;
         if let Err(e) = media.setup(&pc, role).await {
@@ -131,7 +152,7 @@ impl Link {
         let state = State {
             remote: remote.to_owned(),
             pc: Arc::clone(&pc),
-            sink,
+            sink: Arc::clone(&sink),
             polite,
             loopback_only: factory.config().loopback_candidates_only,
             have_local_offer: false,
@@ -143,6 +164,8 @@ impl Link {
             remote: remote.to_owned(),
             pc,
             tx,
+            _sink: sink,
+            _media: media,
         };
         if role == Role::Offerer {
             link.negotiate();
