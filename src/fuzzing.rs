@@ -179,7 +179,8 @@ mod tests {
     #[test]
     fn regressions_replay() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-        let harnesses: [(&str, fn(&[u8])); 5] = [
+        type Harness = (&'static str, fn(&[u8]));
+        let harnesses: [Harness; 5] = [
             ("vp8_assembler", vp8_assembler),
             ("signaling", signaling),
             ("ogg_writer", ogg_writer),

@@ -69,6 +69,7 @@ async fn get(base: &str, path: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_at_most_a_second_and_the_restart_repairs() {
+    let _serial = heavy().await;
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());
@@ -160,6 +161,7 @@ async fn sigkill_loses_at_most_a_second_and_the_restart_repairs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finalizes_every_recording_and_exits_0() {
+    let _serial = heavy().await;
     init_logs();
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());

@@ -207,6 +207,7 @@ fn worst_sync_error(flashes: &[f64], beeps: &[f64]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_and_video_stay_in_sync_in_separate_and_muxed_files() {
+    let _serial = heavy().await;
     let srv = TestServer::start().await;
     let clip = Clip::load(Some(&data("flash.ivf")), Some(&data("beeps.ogg"))).unwrap();
     // Keyframes every 0.5 s in the clip; the publisher keeps A and V in step (no jumps).
@@ -307,6 +308,7 @@ fn seconds_between(a: &str, b: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_without_packets_keeps_its_time() {
+    let _serial = heavy().await;
     let srv = TestServer::start().await;
     // tone.ogg is a 5 s 440 Hz tone; the sender sends nothing from 1 s to 3 s (DTX).
     let clip = Clip::load(None, Some(&data("tone.ogg")))
@@ -455,6 +457,7 @@ async fn lossy_run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
+    let _serial = heavy().await;
     let srv = TestServer::start().await;
     // 5 %: NACK retransmissions recover it. 5 % sticky: retransmissions of a lost packet are
     // lost too, so frames are dropped until the next keyframe and PLIs are sent on loss.
@@ -480,6 +483,7 @@ fn keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resolution_change_keeps_recording() {
+    let _serial = heavy().await;
     let srv = TestServer::start().await;
     // 5 s at 320x240, then 1 s at 160x120, looping.
     let clip = Clip::load_sequence(&[&data("clip.ivf"), &data("small.ivf")], None).unwrap();

@@ -54,6 +54,7 @@ fn the_systemd_unit_verifies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stops_recordings_cleanly_and_refuses_new_ones() {
+    let _serial = heavy().await;
     let srv = TestServer::start().await;
     let publisher = recbot::publish::start(
         &srv.base,

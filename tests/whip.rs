@@ -10,6 +10,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publishers_are_recorded_next_to_websocket_ones() {
+    let _serial = heavy().await;
     let srv = TestServer::start().await;
     let whip_url = |name: &str| srv.url(&format!("/rooms/mix/whip?name={name}"));
     let cam = recbot::publish::start_whip(&whip_url("cam"), None, clip(), factory())

@@ -152,6 +152,22 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
     if !send(&mut socket, &welcome).await {
         return;
     }
+    // A recording already running is announced to the newcomer too.
+    for recording in app.store.active() {
+        if recording.room() != room {
+            continue;
+        }
+        if let Some(peer) = recording.doc().bot_peer {
+            let notice = ServerMessage::Recording {
+                state: super::protocol::RecordingNotice::Started,
+                id: recording.id().to_owned(),
+                peer,
+            };
+            if !send(&mut socket, &notice).await {
+                return;
+            }
+        }
+    }
     let mut shutdown = app.shutdown.subscribe();
     let mut last_seen = Instant::now();
     let mut last_ping = Instant::now();

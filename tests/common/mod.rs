@@ -20,6 +20,14 @@ pub struct TestServer {
     pub http: reqwest::Client,
 }
 
+/// Serializes the media-heavy tests of one test binary: they measure timing, and on a
+/// 2-core machine several of them at once would measure each other. Hold the guard for the
+/// whole test.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::OnceLock<tokio::sync::Mutex<()>> = std::sync::OnceLock::new();
+    LOCK.get_or_init(Default::default).lock().await
+}
+
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
