@@ -24,6 +24,8 @@ pub struct App {
     pub whip: Arc<crate::signal::whip::WhipSessions>,
     /// Free space of the recordings directory.
     pub disk: Arc<crate::record::disk::DiskGuard>,
+    /// The answering bots (echo, play, voicemail).
+    pub bots: Arc<crate::bot::registry::BotStore>,
     /// Turns true when the service shuts down (WebSocket sessions close on it).
     pub shutdown: watch::Sender<bool>,
 }
@@ -73,6 +75,7 @@ impl App {
             store,
             whip: Arc::default(),
             disk,
+            bots: crate::bot::registry::BotStore::new(),
             shutdown: watch::Sender::new(false),
         }))
     }
@@ -121,6 +124,8 @@ impl Server {
     /// WebSocket sessions, and waits for the HTTP server to finish.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // Bots first: their voicemail messages end as `shutdown` and leave the active list.
+        self.app.bots.stop_all(StopReason::Shutdown).await;
         let active = self.app.store.active();
         tracing::info!(recordings = active.len(), "shutting down");
         let stops = active.iter().map(|recording| {

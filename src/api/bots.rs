@@ -1,10 +1,178 @@
 //! `/api/bots`: answering bots (SPEC §6).
+//!
+//! `POST /api/bots {room, mode, media?, loop?, silence_s?, max_duration_s?}` → `201` Bot;
+//! `GET /api/bots` → `{bots: [Bot]}` (newest first); `GET /api/bots/{id}` → Bot;
+//! `DELETE /api/bots/{id}` → `204` once its messages are final and it left the room.
+//!
+//! Errors (`{"error": {code, message}}`): `400 bad-request` for a bad body (unknown fields, an
+//! unknown mode, a field the mode does not take, `media` that is not a plain file name in
+//! `--media-dir`), `400 media-not-found` for a file that does not exist there (the request
+//! names it in its body, so the fault is the body's, as for any other bad field),
+//! `400 bad-media` for a file that is not Ogg Opus / WebM with VP8 or Opus, `404` for an
+//! unknown bot, `503 too-many-bots` / `room-full` / `too-many-rooms`. Nothing is started when a request fails.
 
+use super::error::ApiError;
+use super::ApiJson;
 use crate::app::App;
-use axum::Router;
+use crate::bot::registry::{
+    self, BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
+};
+use crate::record::manifest::StopReason;
+use crate::record::store::valid_id;
+use crate::signal::hub::JoinError;
+use crate::signal::protocol::valid_room_name;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Routes under `/api/bots` (behind the API token check).
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
+        .route("/api/bots", post(create_bot).get(list_bots))
+        .route("/api/bots/{id}", get(get_bot).delete(delete_bot))
+}
+
+impl From<BotError> for ApiError {
+    fn from(e: BotError) -> Self {
+        let (status, code) = match &e {
+            BotError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            BotError::MediaNotFound(_) => (StatusCode::BAD_REQUEST, "media-not-found"),
+            BotError::BadMedia(..) => (StatusCode::BAD_REQUEST, "bad-media"),
+            BotError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            BotError::TooMany(_) => (StatusCode::SERVICE_UNAVAILABLE, "too-many-bots"),
+            BotError::Join(JoinError::TooManyRooms) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too-many-rooms")
+            }
+            BotError::Join(_) => (StatusCode::SERVICE_UNAVAILABLE, "room-full"),
+            BotError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "bot request failed");
+        }
+        Self::new(status, code, e.to_string())
+    }
+}
+
+/// Body of `POST /api/bots`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBot {
+    room: String,
+    mode: String,
+    #[serde(default)]
+    media: Option<String>,
+    #[serde(default, rename = "loop")]
+    looping: Option<bool>,
+    #[serde(default)]
+    silence_s: Option<f64>,
+    #[serde(default)]
+    max_duration_s: Option<f64>,
+}
+
+/// Checks a request and turns it into a [`BotSpec`].
+fn spec(body: CreateBot) -> Result<BotSpec, ApiError> {
+    if !valid_room_name(&body.room) {
+        return Err(ApiError::bad_request(
+            "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
+        ));
+    }
+    let Some(mode) = Mode::parse(&body.mode) else {
+        return Err(ApiError::bad_request(format!(
+            "`mode` must be \"echo\", \"play\" or \"voicemail\", got {:?}",
+            body.mode
+        )));
+    };
+    let only = |field: &str, modes: &str| {
+        ApiError::bad_request(format!(
+            "`{field}` applies to {modes} only, not to `{}`",
+            mode.name()
+        ))
+    };
+    match mode {
+        Mode::Echo if body.media.is_some() => return Err(only("media", "play and voicemail")),
+        Mode::Play if body.media.is_none() => {
+            return Err(ApiError::bad_request(
+                "`media` (a file name in the media directory) is required for `play`",
+            ))
+        }
+        _ => {}
+    }
+    if body.looping.is_some() && mode != Mode::Play {
+        return Err(only("loop", "play"));
+    }
+    if mode != Mode::Voicemail {
+        if body.silence_s.is_some() {
+            return Err(only("silence_s", "voicemail"));
+        }
+        if body.max_duration_s.is_some() {
+            return Err(only("max_duration_s", "voicemail"));
+        }
+    }
+    let seconds =
+        |value: Option<f64>, field: &str, min: f64, max: f64, default: Duration| match value {
+            None => Ok(default),
+            Some(s) if s.is_finite() && (min..=max).contains(&s) => Ok(Duration::from_secs_f64(s)),
+            Some(s) => Err(ApiError::bad_request(format!(
+                "`{field}` must be a number of seconds from {min} to {max}, got {s}"
+            ))),
+        };
+    let silence = seconds(body.silence_s, "silence_s", 0.5, 600.0, DEFAULT_SILENCE)?;
+    let max_duration = seconds(
+        body.max_duration_s,
+        "max_duration_s",
+        1.0,
+        86_400.0,
+        DEFAULT_MAX_DURATION,
+    )?;
+    Ok(BotSpec {
+        room: body.room,
+        mode,
+        media: body.media,
+        looping: body.looping.unwrap_or(false),
+        silence,
+        max_duration,
+    })
+}
+
+async fn create_bot(
+    State(app): State<Arc<App>>,
+    ApiJson(body): ApiJson<CreateBot>,
+) -> Result<(StatusCode, Json<BotDoc>), ApiError> {
+    let spec = spec(body)?;
+    let bot = registry::start(&app, spec).await?;
+    Ok((StatusCode::CREATED, Json(bot.doc(&app.store))))
+}
+
+async fn list_bots(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+    let list: Vec<BotDoc> = app.bots.list().iter().map(|b| b.doc(&app.store)).collect();
+    Json(serde_json::json!({ "bots": list }))
+}
+
+fn checked_id(id: &str) -> Result<&str, ApiError> {
+    if valid_id(id) {
+        Ok(id)
+    } else {
+        Err(ApiError::not_found(format!("no bot `{id}`")))
+    }
+}
+
+async fn get_bot(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<BotDoc>, ApiError> {
+    Ok(Json(app.bots.get(checked_id(&id)?)?.doc(&app.store)))
+}
+
+async fn delete_bot(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.bots
+        .remove(checked_id(&id)?, StopReason::Requested)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

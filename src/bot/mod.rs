@@ -1,7 +1,11 @@
 //! Bots: recbot's own peers in rooms. A bot joins the hub in-process like any participant
 //! and runs the shared room machinery ([`crate::peer::room`]) with its own [`Behaviour`].
 
+pub mod echo;
+pub mod play;
 pub mod recorder;
+pub mod registry;
+pub mod voicemail;
 
 pub use crate::peer::room::Behaviour;
 use crate::peer::room::RoomPeer;

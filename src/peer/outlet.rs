@@ -80,6 +80,8 @@ pub struct Outlet {
     payload_type: Mutex<Option<u8>>,
     waiting_for_keyframe: AtomicBool,
     keyframe_requests: Arc<AtomicU64>,
+    /// Forwarding outlets: sequence number and timestamp offsets, fixed at the first packet.
+    forward_offsets: Mutex<Option<(u16, u32)>>,
 }
 
 impl Outlet {
@@ -151,6 +153,7 @@ impl Outlet {
             payload_type: Mutex::new(None),
             waiting_for_keyframe: AtomicBool::new(kind == RtpCodecKind::Video),
             keyframe_requests,
+            forward_offsets: Mutex::new(None),
         }))
     }
 
@@ -162,6 +165,117 @@ impl Outlet {
     /// Keyframe requests received so far (video).
     pub fn keyframe_requests(&self) -> u64 {
         self.keyframe_requests.load(Ordering::Relaxed)
+    }
+
+    /// Adds a sending track of `kind` to `pc` that forwards RTP packets received elsewhere
+    /// with [`forward`](Self::forward), without depacketizing them (an echo: no transcoding).
+    /// Keyframe requests (PLI/FIR) for video are counted and reported through
+    /// `on_keyframe_request`, as with [`add`](Self::add). Such an outlet takes packets only:
+    /// [`write`](Self::write) is for outlets made by `add`.
+    pub async fn add_forwarding(
+        pc: &Pc,
+        kind: RtpCodecKind,
+        stream: &str,
+        on_keyframe_request: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> Result<Arc<Self>, PeerError> {
+        let ssrc = rand::random::<u32>();
+        let label = if kind == RtpCodecKind::Video {
+            "video"
+        } else {
+            "audio"
+        };
+        let description = MediaStreamTrack::new(
+            stream.to_owned(),
+            format!("{label}-{ssrc:08x}"),
+            label.into(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec(kind),
+                ..Default::default()
+            }],
+        );
+        let track = Arc::new(TrackLocalStaticRTP::new(description));
+        let sender = pc
+            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await?;
+        let keyframe_requests = Arc::new(AtomicU64::new(0));
+        if kind == RtpCodecKind::Video {
+            let events = Arc::clone(&track);
+            let count = Arc::clone(&keyframe_requests);
+            tokio::spawn(async move {
+                while let Some(event) = events.poll().await {
+                    let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+                        continue;
+                    };
+                    let asks = packets.iter().any(|p| {
+                        let any = p.as_any();
+                        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                    });
+                    if asks {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        if let Some(callback) = &on_keyframe_request {
+                            callback();
+                        }
+                    }
+                }
+            });
+        }
+        let next = Mutex::new((rand::random(), rand::random()));
+        Ok(Arc::new(Self {
+            wire: Wire::Rtp { track, next },
+            sender,
+            ssrc,
+            kind,
+            payload_type: Mutex::new(None),
+            waiting_for_keyframe: AtomicBool::new(false),
+            keyframe_requests,
+            forward_offsets: Mutex::new(None),
+        }))
+    }
+
+    /// Forwards one received RTP packet on a forwarding outlet: this outlet's SSRC and
+    /// negotiated payload type, the sequence number and timestamp shifted by offsets fixed at
+    /// the first forwarded packet (so losses, reordering and DTX gaps pass through as they
+    /// came), the marker bit and payload as received, header extensions left to this
+    /// connection's interceptors. Send errors (not connected yet, closed) drop the packet.
+    pub async fn forward(&self, packet: rtc::rtp::Packet) {
+        let Wire::Rtp { track, next } = &self.wire else {
+            return;
+        };
+        let Some(pt) = self.payload_type().await else {
+            return;
+        };
+        let h = &packet.header;
+        let (seq_offset, ts_offset) = {
+            let mut offsets = self
+                .forward_offsets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            *offsets.get_or_insert_with(|| {
+                let base = *next.lock().unwrap_or_else(|e| e.into_inner());
+                (
+                    base.0.wrapping_sub(h.sequence_number),
+                    base.1.wrapping_sub(h.timestamp),
+                )
+            })
+        };
+        let out = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: h.marker,
+                payload_type: pt,
+                sequence_number: h.sequence_number.wrapping_add(seq_offset),
+                timestamp: h.timestamp.wrapping_add(ts_offset),
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload: packet.payload,
+        };
+        let _ = track.write_rtp(out).await;
     }
 
     async fn payload_type(&self) -> Option<u8> {

@@ -3,12 +3,16 @@
 //! Creation checks the per-room and global limits and creates the folder under one lock, so
 //! two concurrent requests for the same room cannot both win. On start, recordings whose
 //! manifest says they were still running are marked `failed` / `interrupted`; their files stay.
+//!
+//! A voicemail message is a recording owned by a bot ([`RecordingStore::create_message`]): it
+//! counts toward the limit of active recordings, but not as "the room's recording" (a room with
+//! a voicemail bot can still be recorded, and a bot can record several callers at once).
 
 use super::inspect::inspect;
 use super::manifest::{read_manifest, write_manifest, FileDoc, RecordingDoc, State, StopReason};
 use super::repair::{repair_dir, RepairError, RepairOutcome};
 use super::session::{RecordOptions, Recording};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,6 +43,8 @@ pub struct RecordingStore {
     /// Recordings by id, each with its creation sequence number (for newest-first order).
     map: Mutex<BTreeMap<String, (u64, Arc<Recording>)>>,
     next_seq: std::sync::atomic::AtomicU64,
+    /// Owning bot of each voicemail message, by recording id. Locked after `map` when both are.
+    owners: Mutex<HashMap<String, String>>,
 }
 
 /// A new recording id: sortable by creation time, safe as a folder name.
@@ -195,11 +201,16 @@ impl RecordingStore {
             max_active,
             next_seq: std::sync::atomic::AtomicU64::new(map.len() as u64),
             map: Mutex::new(map),
+            owners: Mutex::new(HashMap::new()),
         }))
     }
 
     fn map(&self) -> MutexGuard<'_, BTreeMap<String, (u64, Arc<Recording>)>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn owners(&self) -> MutexGuard<'_, HashMap<String, String>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Creates a recording of `room` in state `starting`, with its folder and manifest.
@@ -208,14 +219,53 @@ impl RecordingStore {
         room: &str,
         options: RecordOptions,
     ) -> Result<Arc<Recording>, RecordError> {
+        self.create_owned(room, options, None)
+    }
+
+    /// Creates a voicemail message of bot `owner` in `room`: a recording like any other, except
+    /// that it does not make the room busy (`409`) for `POST /api/recordings`.
+    pub fn create_message(
+        &self,
+        room: &str,
+        options: RecordOptions,
+        owner: &str,
+    ) -> Result<Arc<Recording>, RecordError> {
+        self.create_owned(room, options, Some(owner))
+    }
+
+    /// Ids of the recordings owned by bot `owner`, oldest first.
+    pub fn owned_by(&self, owner: &str) -> Vec<String> {
+        let map = self.map();
+        let owners = self.owners();
+        let mut ids: Vec<(u64, String)> = owners
+            .iter()
+            .filter(|(_, o)| o.as_str() == owner)
+            .filter_map(|(id, _)| map.get(id).map(|(seq, _)| (*seq, id.clone())))
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn create_owned(
+        &self,
+        room: &str,
+        options: RecordOptions,
+        owner: Option<&str>,
+    ) -> Result<Arc<Recording>, RecordError> {
         let mut map = self.map();
         let active: Vec<&Arc<Recording>> = map
             .values()
             .map(|(_, r)| r)
             .filter(|r| r.state().is_active())
             .collect();
-        if let Some(busy) = active.iter().find(|r| r.room() == room) {
-            return Err(RecordError::RoomBusy(room.to_owned(), busy.id().to_owned()));
+        if owner.is_none() {
+            let owners = self.owners();
+            let busy = active
+                .iter()
+                .find(|r| r.room() == room && !owners.contains_key(r.id()));
+            if let Some(busy) = busy {
+                return Err(RecordError::RoomBusy(room.to_owned(), busy.id().to_owned()));
+            }
         }
         if active.len() >= self.max_active {
             return Err(RecordError::TooMany(self.max_active));
@@ -228,6 +278,9 @@ impl RecordingStore {
         let seq = self
             .next_seq
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(owner) = owner {
+            self.owners().insert(id.clone(), owner.to_owned());
+        }
         map.insert(id, (seq, Arc::clone(&recording)));
         Ok(recording)
     }
@@ -268,6 +321,7 @@ impl RecordingStore {
                 return Err(RecordError::Active(id.to_owned()));
             }
             map.remove(id);
+            self.owners().remove(id);
             recording
         };
         std::fs::remove_dir_all(recording.dir())?;

@@ -1,0 +1,441 @@
+//! The play bot: plays a media file from `--media-dir` to every peer of its room at real-time
+//! pace, from the file's own timestamps, audio and video in step, once or in a loop.
+//!
+//! The file is read whole when the bot is created ([`load`]): Ogg Opus, or WebM/Matroska with
+//! a VP8 and/or an Opus track (a recbot recording, muxed or not, plays as it was recorded).
+//! One [`pump`] per kind sends it to the outlets of every connected peer; both pumps start when
+//! the bot is created, so the file plays once for the room, not once per peer. A peer's
+//! outlets join the pumps when its connection is up, so a peer that joins mid-play gets the
+//! stream from where it is; its video starts at the file's next keyframe (a pre-encoded file
+//! cannot make one on demand, so keyframe requests are not answered: a file with rare
+//! keyframes leaves a late viewer's picture blank until the next one).
+//!
+//! The recorder is served too (a recording of the room records what the bot plays); other
+//! bots are not.
+
+use super::registry::{Bot, BotError};
+use super::Behaviour;
+use crate::app::App;
+use crate::peer::negotiation::Role;
+use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
+use crate::peer::{Pc, PeerError};
+use crate::record::manifest::StopReason;
+use crate::record::ogg::{opus_packet_samples, read_ogg_opus};
+use crate::record::webm_reader::{read_webm, WebmReadError};
+use crate::signal::protocol::PeerInfo;
+use async_trait::async_trait;
+use bytes::Bytes;
+use rtc::peer_connection::transport::RTCDtlsTransportState;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::StatsSelector;
+
+/// Largest media file read (it is held in memory).
+pub const MAX_MEDIA_BYTES: u64 = 256 * 1024 * 1024;
+/// How long a new connection may take before the bot gives up sending to it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A looping file shorter than this is refused (it would spin).
+const MIN_LOOP: Duration = Duration::from_millis(100);
+/// Frame length assumed for the last video frame of a file.
+const LAST_VIDEO_FRAME: Duration = Duration::from_millis(33);
+/// Media stream id of what the bots send.
+pub const STREAM: &str = "recbot-bot";
+
+/// A media file ready to send: its frames with durations taken from the file's timestamps.
+///
+/// Each kind starts `*_start` after the file's start, and one pass through each list lasts
+/// exactly [`length`](Self::length): the last frame's duration reaches the next loop's first
+/// frame of that kind, so audio and video stay in step over any number of loops.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// VP8 frames (empty: no video).
+    pub video: Arc<[MediaFrame]>,
+    /// Opus packets (empty: no audio).
+    pub audio: Arc<[MediaFrame]>,
+    /// Where the first video frame sits.
+    pub video_start: Duration,
+    /// Where the first audio packet sits.
+    pub audio_start: Duration,
+    /// Length of one pass.
+    pub length: Duration,
+}
+
+fn bad(name: &str, why: impl Into<String>) -> BotError {
+    BotError::BadMedia(name.to_owned(), why.into())
+}
+
+/// Reads media file `path` (shown as `name` in errors): Ogg Opus, or WebM with VP8 and/or Opus.
+pub fn load(path: &Path, name: &str) -> Result<Media, BotError> {
+    let mut file = std::fs::File::open(path).map_err(|e| bad(name, e.to_string()))?;
+    let size = file.metadata().map_err(|e| bad(name, e.to_string()))?.len();
+    if size > MAX_MEDIA_BYTES {
+        return Err(bad(
+            name,
+            format!("{size} bytes; at most {MAX_MEDIA_BYTES} are played"),
+        ));
+    }
+    let mut magic = [0u8; 4];
+    let got = file
+        .read(&mut magic)
+        .map_err(|e| bad(name, e.to_string()))?;
+    let bytes = {
+        let mut all = magic[..got].to_vec();
+        file.read_to_end(&mut all)
+            .map_err(|e| bad(name, e.to_string()))?;
+        all
+    };
+    let media = match magic {
+        [b'O', b'g', b'g', b'S'] => from_ogg(&bytes, name)?,
+        [0x1a, 0x45, 0xdf, 0xa3] => from_webm(&bytes, name)?,
+        _ => return Err(bad(name, "not an Ogg or WebM file")),
+    };
+    if media.video.is_empty() && media.audio.is_empty() {
+        return Err(bad(name, "no VP8 frame or Opus packet in it"));
+    }
+    if media.length < MIN_LOOP {
+        return Err(bad(name, "shorter than 100 ms"));
+    }
+    Ok(media)
+}
+
+fn from_ogg(bytes: &[u8], name: &str) -> Result<Media, BotError> {
+    let info = read_ogg_opus(std::io::Cursor::new(bytes))
+        .map_err(|e| bad(name, format!("not a readable Ogg Opus stream: {e}")))?;
+    let packets: Vec<(i64, Bytes, u32)> = {
+        let mut at = 0i64;
+        info.packets
+            .into_iter()
+            .filter(|p| p.samples > 0)
+            .map(|p| {
+                let t = at;
+                at += i64::from(p.samples);
+                (t, Bytes::from(p.data), p.samples)
+            })
+            .collect()
+    };
+    // Positions in 48 kHz samples → microseconds.
+    let audio: Vec<Timed> = packets
+        .into_iter()
+        .map(|(t, data, samples)| Timed {
+            at_us: t * 1000 / 48,
+            data,
+            keyframe: true,
+            own_us: i64::from(samples) * 1000 / 48,
+        })
+        .collect();
+    Ok(assemble(Vec::new(), audio, 0))
+}
+
+fn from_webm(bytes: &[u8], name: &str) -> Result<Media, BotError> {
+    let info = match read_webm(BufReader::new(bytes)) {
+        Ok(info) => info,
+        Err(WebmReadError::Truncated { partial, .. }) => *partial,
+        Err(e) => return Err(bad(name, format!("not a readable WebM file: {e}"))),
+    };
+    let video_track = info.tracks.iter().find(|t| t.codec_id == "V_VP8");
+    let audio_track = info.tracks.iter().find(|t| t.codec_id == "A_OPUS");
+    if video_track.is_none() && audio_track.is_none() {
+        let codecs: Vec<&str> = info.tracks.iter().map(|t| t.codec_id.as_str()).collect();
+        return Err(bad(
+            name,
+            format!("no VP8 or Opus track (tracks: {codecs:?}); only VP8 and Opus are sent"),
+        ));
+    }
+    let scale_us = |ts: i64| ts.saturating_mul(1000);
+    let collect = |number: Option<u64>, audio: bool| -> Vec<Timed> {
+        let Some(number) = number else {
+            return Vec::new();
+        };
+        let mut list: Vec<Timed> = info
+            .blocks
+            .iter()
+            .filter(|b| b.track == number && !b.data.is_empty())
+            .filter_map(|b| {
+                let own_us = if audio {
+                    i64::from(opus_packet_samples(&b.data)?) * 1000 / 48
+                } else {
+                    0
+                };
+                Some(Timed {
+                    at_us: scale_us(b.ts_ms),
+                    keyframe: audio || b.data[0] & 1 == 0,
+                    data: Bytes::copy_from_slice(&b.data),
+                    own_us,
+                })
+            })
+            .collect();
+        list.sort_by_key(|t| t.at_us);
+        list
+    };
+    let video = collect(video_track.map(|t| t.number), false);
+    let audio = collect(audio_track.map(|t| t.number), true);
+    let declared_us = info
+        .duration_ms
+        .filter(|d| d.is_finite() && *d > 0.0 && *d < 86_400_000.0)
+        .map_or(0, |d| (d * 1000.0) as i64);
+    Ok(assemble(video, audio, declared_us))
+}
+
+/// A frame at its file position (µs), with its own length (audio) if known.
+struct Timed {
+    at_us: i64,
+    data: Bytes,
+    keyframe: bool,
+    own_us: i64,
+}
+
+/// Turns timed frames into paced frame lists sharing one pass length.
+fn assemble(video: Vec<Timed>, audio: Vec<Timed>, declared_us: i64) -> Media {
+    let base = [video.first(), audio.first()]
+        .into_iter()
+        .flatten()
+        .map(|t| t.at_us)
+        .min()
+        .unwrap_or(0);
+    let end_of = |list: &[Timed], default_us: i64| -> i64 {
+        list.last().map_or(0, |last| {
+            let own = if last.own_us > 0 {
+                last.own_us
+            } else {
+                default_us
+            };
+            last.at_us.saturating_sub(base).saturating_add(own)
+        })
+    };
+    let computed = end_of(&video, LAST_VIDEO_FRAME.as_micros() as i64).max(end_of(&audio, 20_000));
+    // A declared duration (WebM `Duration`) that is a little longer is the file's real end
+    // (recbot writes the live time there); a far larger one is not trusted.
+    let length_us = if declared_us > computed && declared_us < computed.saturating_add(5_000_000) {
+        declared_us
+    } else {
+        computed
+    };
+    let frames = |list: Vec<Timed>| -> (Vec<MediaFrame>, Duration) {
+        let Some(first) = list.first().map(|t| t.at_us.saturating_sub(base)) else {
+            return (Vec::new(), Duration::ZERO);
+        };
+        let n = list.len();
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let here = list[i].at_us.saturating_sub(base);
+            // The last frame reaches the next pass's first frame.
+            let next = list
+                .get(i + 1)
+                .map_or(length_us.saturating_add(first), |t| {
+                    t.at_us.saturating_sub(base)
+                });
+            out.push(MediaFrame {
+                duration: Duration::from_micros(next.saturating_sub(here).max(0) as u64),
+                data: list[i].data.clone(),
+                keyframe: list[i].keyframe,
+                skip: false,
+            });
+        }
+        (out, Duration::from_micros(first.max(0) as u64))
+    };
+    let (video, video_start) = frames(video);
+    let (audio, audio_start) = frames(audio);
+    Media {
+        video: video.into(),
+        audio: audio.into(),
+        video_start,
+        audio_start,
+        length: Duration::from_micros(length_us.max(0) as u64),
+    }
+}
+
+/// Waits until `pc`'s DTLS transport is connected (true), or failed, closed or `within`
+/// passed (false). Media written before that would be lost.
+pub async fn connected(pc: &Pc, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let report = pc
+            .get_stats(std::time::Instant::now(), StatsSelector::None)
+            .await;
+        match report.transport().map(|t| t.dtls_state) {
+            Some(RTCDtlsTransportState::Connected) => return true,
+            Some(RTCDtlsTransportState::Failed | RTCDtlsTransportState::Closed) => return false,
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads a track nobody uses, so that webrtc-rs does not queue its packets.
+pub async fn drain(track: Arc<dyn TrackRemote>) {
+    while track.poll().await.is_some() {}
+}
+
+/// The play bot's behaviour.
+struct Player {
+    bot: Arc<Bot>,
+    media: Arc<Media>,
+    outlets: SharedOutlets,
+}
+
+#[async_trait]
+impl Behaviour for Player {
+    fn wants(&self, peer: &PeerInfo) -> bool {
+        !peer.bot || peer.name == super::recorder::RECORDER_NAME
+    }
+
+    async fn setup(&self, peer: &PeerInfo, pc: &Pc, _role: Role) -> Result<(), PeerError> {
+        let mut added = Vec::new();
+        if !self.media.video.is_empty() {
+            added.push(Outlet::add(pc, RtpCodecKind::Video, STREAM, None).await?);
+        }
+        if !self.media.audio.is_empty() {
+            added.push(Outlet::add(pc, RtpCodecKind::Audio, STREAM, None).await?);
+        }
+        self.bot.add_peer(&peer.id);
+        let (pc, bot, outlets, id) = (
+            Arc::clone(pc),
+            Arc::clone(&self.bot),
+            Arc::clone(&self.outlets),
+            peer.id.clone(),
+        );
+        tokio::spawn(async move {
+            if !connected(&pc, CONNECT_TIMEOUT).await {
+                tracing::debug!(peer = %id, "no connection: nothing played to it");
+                return;
+            }
+            // Checked under the outlets' lock: a peer that left meanwhile is not added back.
+            let mut outlets = outlets.lock().unwrap_or_else(|e| e.into_inner());
+            if bot.has_peer(&id) {
+                for outlet in added {
+                    outlets.add(&id, outlet);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn on_track(&self, _peer: &PeerInfo, track: Arc<dyn TrackRemote>) {
+        drain(track).await;
+    }
+
+    async fn peer_left(&self, peer: &PeerInfo) {
+        self.bot.remove_peer(&peer.id);
+        self.outlets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove_peer(&peer.id);
+    }
+}
+
+/// Puts play bot `bot` in its room and starts playing `media`. Returns its peer id.
+pub fn start(app: &Arc<App>, bot: &Arc<Bot>, media: Arc<Media>) -> Result<String, BotError> {
+    let outlets = SharedOutlets::default();
+    let behaviour = Arc::new(Player {
+        bot: Arc::clone(bot),
+        media: Arc::clone(&media),
+        outlets: Arc::clone(&outlets),
+    });
+    let peer = super::join(
+        &app.hub,
+        Arc::clone(&app.factory),
+        bot.room(),
+        "play",
+        behaviour,
+        bot.leave_signal(),
+    )?;
+    let looping = bot.spec().looping;
+    let pumps = [
+        (&media.video, media.video_start, RtpCodecKind::Video),
+        (&media.audio, media.audio_start, RtpCodecKind::Audio),
+    ]
+    .map(|(frames, start, kind)| {
+        let frames = Arc::clone(frames);
+        let outlets = Arc::clone(&outlets);
+        let leave = bot.leave_signal();
+        tokio::spawn(async move {
+            tokio::time::sleep(start).await;
+            let options = PumpOptions {
+                kind,
+                looping,
+                keyframe_wanted: None,
+                sent: Arc::new(AtomicU64::new(0)),
+            };
+            pump(frames, outlets, options, leave).await;
+        })
+    });
+    let bot = Arc::clone(bot);
+    tokio::spawn(async move {
+        for pump in pumps {
+            let _ = pump.await;
+        }
+        if !looping {
+            // The last packets reach the peers before the connections close.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tracing::info!(bot = %bot.id(), "end of the file");
+            bot.stop(StopReason::Requested).await;
+        }
+    });
+    Ok(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timed(at_ms: i64, own_ms: i64) -> Timed {
+        Timed {
+            at_us: at_ms * 1000,
+            data: Bytes::from_static(&[0]),
+            keyframe: true,
+            own_us: own_ms * 1000,
+        }
+    }
+
+    #[test]
+    fn passes_of_both_kinds_have_one_length() {
+        let video = vec![timed(7, 0), timed(74, 0), timed(140, 0)];
+        let audio = vec![timed(0, 20), timed(20, 20), timed(40, 20), timed(60, 20)];
+        let media = assemble(video, audio, 0);
+        assert_eq!(media.video_start, Duration::from_millis(7));
+        assert_eq!(media.audio_start, Duration::ZERO);
+        // 140 + 33 ms for the last frame.
+        assert_eq!(media.length, Duration::from_millis(173));
+        let sum = |f: &[MediaFrame]| f.iter().map(|f| f.duration).sum::<Duration>();
+        assert_eq!(sum(&media.video), media.length);
+        assert_eq!(sum(&media.audio), media.length);
+        assert_eq!(media.video[0].duration, Duration::from_millis(67));
+        assert_eq!(media.audio[1].duration, Duration::from_millis(20));
+        // A declared duration a little longer wins.
+        let media = assemble(vec![timed(0, 0)], vec![], 1_000_000);
+        assert_eq!(media.length, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_test_clips_load() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let tone = load(&data.join("tone.ogg"), "tone.ogg").unwrap();
+        assert!(tone.video.is_empty());
+        assert_eq!(tone.audio.len(), 251);
+        assert!(
+            (tone.length.as_secs_f64() - 5.02).abs() < 0.001,
+            "{:?}",
+            tone.length
+        );
+        let av = load(&data.join("play10.webm"), "play10.webm").unwrap();
+        assert_eq!(av.video.len(), 150);
+        assert!(av.video[0].keyframe);
+        assert!(
+            (av.length.as_secs_f64() - 10.0).abs() < 0.05,
+            "{:?}",
+            av.length
+        );
+        assert!(matches!(
+            load(&data.join("clip.ivf"), "clip.ivf"),
+            Err(BotError::BadMedia(..))
+        ));
+    }
+}
