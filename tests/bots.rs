@@ -428,7 +428,7 @@ async fn echo_returns_each_peer_its_own_audio_and_video() {
     // Loopback keeps the order: the first packet to arrive is the first sent.
     let first = &video[0];
     assert!(
-        recbot::bot::echo::starts_keyframe(&first.1.payload),
+        recbot::media::vp8::payload_starts_keyframe(&first.1.payload),
         "the echo does not start with a keyframe"
     );
     let (frames, dropped) = assemble(&video);

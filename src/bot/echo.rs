@@ -12,6 +12,7 @@ use super::registry::{Bot, BotError};
 use super::Behaviour;
 use crate::app::App;
 use crate::media::source::{MediaSource, RemoteSource, SourceEvent};
+use crate::media::vp8::payload_starts_keyframe as starts_keyframe;
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::Outlet;
 use crate::peer::{Pc, PeerError};
@@ -33,39 +34,6 @@ struct Mirror {
     video: Arc<Outlet>,
     /// Raised when the peer asks for a keyframe of the echoed video.
     keyframe_wanted: Arc<Notify>,
-}
-
-/// Whether a VP8 RTP payload (RFC 7741) is the first packet of a keyframe: S=1 and PID=0 in
-/// the payload descriptor, and P=0 in the frame's first byte. Never panics.
-pub fn starts_keyframe(payload: &[u8]) -> bool {
-    let Some((&b0, rest)) = payload.split_first() else {
-        return false;
-    };
-    if b0 & 0x10 == 0 || b0 & 0x07 != 0 {
-        return false;
-    }
-    let mut skip = 0usize;
-    if b0 & 0x80 != 0 {
-        let Some(&x) = rest.first() else {
-            return false;
-        };
-        skip += 1;
-        if x & 0x80 != 0 {
-            // PictureID: one byte, or two when M is set.
-            match rest.get(skip) {
-                Some(m) if m & 0x80 != 0 => skip += 2,
-                Some(_) => skip += 1,
-                None => return false,
-            }
-        }
-        if x & 0x40 != 0 {
-            skip += 1;
-        }
-        if x & 0x30 != 0 {
-            skip += 1;
-        }
-    }
-    rest.get(skip).is_some_and(|b| b & 0x01 == 0)
 }
 
 /// The echo bot's behaviour.

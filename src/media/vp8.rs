@@ -120,6 +120,13 @@ struct Descriptor {
     picture_id: Option<PictureId>,
 }
 
+/// Whether an RTP payload is the first packet of a VP8 keyframe (S=1, PID=0, and the frame
+/// tag's P bit clear). Never panics, whatever the bytes.
+pub fn payload_starts_keyframe(payload: &[u8]) -> bool {
+    parse_descriptor(payload)
+        .is_some_and(|(d, data)| d.frame_start && data.first().is_some_and(|b| b & 0x01 == 0))
+}
+
 /// Parses the RFC 7741 payload descriptor; returns it with the VP8 data after it, or
 /// `None` if the descriptor runs past the payload or no data follows.
 fn parse_descriptor(payload: &[u8]) -> Option<(Descriptor, &[u8])> {

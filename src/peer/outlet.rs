@@ -93,78 +93,7 @@ impl Outlet {
         stream: &str,
         on_keyframe_request: Option<Arc<dyn Fn() + Send + Sync>>,
     ) -> Result<Arc<Self>, PeerError> {
-        let ssrc = rand::random::<u32>();
-        let label = if kind == RtpCodecKind::Video {
-            "video"
-        } else {
-            "audio"
-        };
-        let description = MediaStreamTrack::new(
-            stream.to_owned(),
-            format!("{label}-{ssrc:08x}"),
-            label.into(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: codec(kind),
-                ..Default::default()
-            }],
-        );
-        let keyframe_requests = Arc::new(AtomicU64::new(0));
-        let (wire, sender) = if kind == RtpCodecKind::Audio {
-            let track = Arc::new(TrackLocalStaticRTP::new(description));
-            let sender = pc
-                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-                .await?;
-            let next = Mutex::new((rand::random(), rand::random()));
-            (Wire::Rtp { track, next }, sender)
-        } else {
-            let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), description)?);
-            let sender = pc
-                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-                .await?;
-            // Keyframe requests arrive as RTCP on the sent track.
-            let events = Arc::clone(&track);
-            let count = Arc::clone(&keyframe_requests);
-            tokio::spawn(async move {
-                while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = events.poll().await {
-                    let asks = packets.iter().any(|p| {
-                        let any = p.as_any();
-                        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                    });
-                    if asks {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        if let Some(callback) = &on_keyframe_request {
-                            callback();
-                        }
-                    }
-                }
-            });
-            (Wire::Sample(track), sender)
-        };
-        Ok(Arc::new(Self {
-            wire,
-            sender,
-            ssrc,
-            kind,
-            payload_type: Mutex::new(None),
-            waiting_for_keyframe: AtomicBool::new(kind == RtpCodecKind::Video),
-            keyframe_requests,
-            forward_offsets: Mutex::new(None),
-        }))
-    }
-
-    /// Video or audio.
-    pub fn kind(&self) -> RtpCodecKind {
-        self.kind
-    }
-
-    /// Keyframe requests received so far (video).
-    pub fn keyframe_requests(&self) -> u64 {
-        self.keyframe_requests.load(Ordering::Relaxed)
+        Self::build(pc, kind, stream, on_keyframe_request, false).await
     }
 
     /// Adds a sending track of `kind` to `pc` that forwards RTP packets received elsewhere
@@ -177,6 +106,16 @@ impl Outlet {
         kind: RtpCodecKind,
         stream: &str,
         on_keyframe_request: Option<Arc<dyn Fn() + Send + Sync>>,
+    ) -> Result<Arc<Self>, PeerError> {
+        Self::build(pc, kind, stream, on_keyframe_request, true).await
+    }
+
+    async fn build(
+        pc: &Pc,
+        kind: RtpCodecKind,
+        stream: &str,
+        on_keyframe_request: Option<Arc<dyn Fn() + Send + Sync>>,
+        forwarding: bool,
     ) -> Result<Arc<Self>, PeerError> {
         let ssrc = rand::random::<u32>();
         let label = if kind == RtpCodecKind::Video {
@@ -198,43 +137,55 @@ impl Outlet {
                 ..Default::default()
             }],
         );
-        let track = Arc::new(TrackLocalStaticRTP::new(description));
-        let sender = pc
-            .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
-            .await?;
         let keyframe_requests = Arc::new(AtomicU64::new(0));
-        if kind == RtpCodecKind::Video {
-            let events = Arc::clone(&track);
-            let count = Arc::clone(&keyframe_requests);
-            tokio::spawn(async move {
-                while let Some(event) = events.poll().await {
-                    let TrackLocalEvent::OnRtcpPacket(packets) = event else {
-                        continue;
-                    };
-                    let asks = packets.iter().any(|p| {
-                        let any = p.as_any();
-                        any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-                    });
-                    if asks {
-                        count.fetch_add(1, Ordering::Relaxed);
-                        if let Some(callback) = &on_keyframe_request {
-                            callback();
-                        }
-                    }
-                }
-            });
-        }
-        let next = Mutex::new((rand::random(), rand::random()));
+        let listen = |track: Arc<dyn TrackLocal>| {
+            if kind == RtpCodecKind::Video {
+                listen_for_keyframe_requests(
+                    track,
+                    Arc::clone(&keyframe_requests),
+                    on_keyframe_request.clone(),
+                );
+            }
+        };
+        // Audio and forwarded packets go out as RTP numbered here; sent VP8 is packetized
+        // by webrtc-rs.
+        let (wire, sender) = if forwarding || kind == RtpCodecKind::Audio {
+            let track = Arc::new(TrackLocalStaticRTP::new(description));
+            let sender = pc
+                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await?;
+            listen(Arc::clone(&track) as Arc<dyn TrackLocal>);
+            let next = Mutex::new((rand::random(), rand::random()));
+            (Wire::Rtp { track, next }, sender)
+        } else {
+            let track = Arc::new(TrackLocalStaticSample::new(Instant::now(), description)?);
+            let sender = pc
+                .add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+                .await?;
+            listen(Arc::clone(&track) as Arc<dyn TrackLocal>);
+            (Wire::Sample(track), sender)
+        };
         Ok(Arc::new(Self {
-            wire: Wire::Rtp { track, next },
+            wire,
             sender,
             ssrc,
             kind,
             payload_type: Mutex::new(None),
-            waiting_for_keyframe: AtomicBool::new(false),
+            // A viewer of sent video starts on a keyframe; forwarded packets pass as they come.
+            waiting_for_keyframe: AtomicBool::new(kind == RtpCodecKind::Video && !forwarding),
             keyframe_requests,
             forward_offsets: Mutex::new(None),
         }))
+    }
+
+    /// Video or audio.
+    pub fn kind(&self) -> RtpCodecKind {
+        self.kind
+    }
+
+    /// Keyframe requests received so far (video).
+    pub fn keyframe_requests(&self) -> u64 {
+        self.keyframe_requests.load(Ordering::Relaxed)
     }
 
     /// Forwards one received RTP packet on a forwarding outlet: this outlet's SSRC and
@@ -349,6 +300,31 @@ impl Outlet {
             }
         }
     }
+}
+
+/// Counts keyframe requests (PLI/FIR) arriving as RTCP on a sent track, and reports each.
+fn listen_for_keyframe_requests(
+    track: Arc<dyn TrackLocal>,
+    count: Arc<AtomicU64>,
+    callback: Option<Arc<dyn Fn() + Send + Sync>>,
+) {
+    tokio::spawn(async move {
+        while let Some(event) = track.poll().await {
+            let TrackLocalEvent::OnRtcpPacket(packets) = event else {
+                continue;
+            };
+            let asks = packets.iter().any(|p| {
+                let any = p.as_any();
+                any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+            });
+            if asks {
+                count.fetch_add(1, Ordering::Relaxed);
+                if let Some(callback) = &callback {
+                    callback();
+                }
+            }
+        }
+    });
 }
 
 /// The outlets a pump sends to, by remote peer; add and remove them while it runs.
