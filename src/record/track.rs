@@ -156,6 +156,9 @@ async fn drive<S: MediaSource, P: Pipeline>(
         ..Reported::default()
     };
     let mut next_flush = Instant::now() + FLUSH_EVERY;
+    let mut armed = next_flush;
+    let sleep = tokio::time::sleep_until(armed.into());
+    tokio::pin!(sleep);
     let end = loop {
         if let Some(at) = *ctx.stop.borrow() {
             break End::Stop(at);
@@ -174,6 +177,11 @@ async fn drive<S: MediaSource, P: Pipeline>(
         let wake = pipeline
             .next_deadline()
             .map_or(next_flush, |d| d.min(next_flush));
+        // One timer for the task, moved only when the deadline moves (not one per packet).
+        if wake != armed {
+            sleep.as_mut().reset(wake.into());
+            armed = wake;
+        }
         tokio::select! {
             event = source.next() => match event {
                 Some(SourceEvent::Rtp(packet)) => {
@@ -188,7 +196,7 @@ async fn drive<S: MediaSource, P: Pipeline>(
                 }
                 None => break End::Gone(Instant::now()),
             },
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = &mut sleep => {}
             _ = ctx.stop.changed() => {}
             left = ctx.left.recv() => match left {
                 Ok(id) if id == ctx.entry.participant => break End::Gone(Instant::now()),
