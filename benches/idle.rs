@@ -1,6 +1,7 @@
-//! Idle signaling: K WebSocket peers join rooms (100 per room) and stay idle with pings on,
-//! against a real `recbot serve` process. Prints its memory per idle connection and its CPU
-//! per second of idling. Run: `cargo bench --bench idle` (PEERS=10000 IDLE_SECONDS=60).
+//! Idle signaling: K WebSocket peers join rooms (ROOM_SIZE per room) and stay idle with pings
+//! on, against a real `recbot serve` process. Prints its memory per idle connection and its
+//! CPU per second of idling. Run: `cargo bench --bench idle`
+//! (PEERS=10000 ROOM_SIZE=10 IDLE_SECONDS=60).
 
 use futures::StreamExt;
 use std::io::{BufRead, BufReader};
@@ -36,6 +37,10 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
+    let room_size: usize = std::env::var("ROOM_SIZE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let idle: u64 = std::env::var("IDLE_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -77,7 +82,10 @@ async fn main() {
     let started = Instant::now();
     let mut readers = Vec::with_capacity(peers);
     for i in 0..peers {
-        let url = format!("ws://{addr}/rooms/r{}/ws?name=idle{i}", i / 100);
+        let url = format!(
+            "ws://{addr}/rooms/r{}/ws?name=idle{i}",
+            i / room_size.max(1)
+        );
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), false)
             .await
             .expect("connects");

@@ -45,6 +45,7 @@ pub fn join(
                     _ = &mut room_task => break,
                     message = from_hub.recv() => match message {
                         Some(message) => {
+                            let message = Arc::unwrap_or_clone(message);
                             if in_tx.send(message).await.is_err() {
                                 break;
                             }

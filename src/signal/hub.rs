@@ -28,7 +28,7 @@ pub enum MemberKind {
 
 struct Member {
     info: PeerInfo,
-    tx: mpsc::Sender<ServerMessage>,
+    tx: mpsc::Sender<Arc<ServerMessage>>,
 }
 
 #[derive(Default)]
@@ -115,7 +115,7 @@ impl Hub {
         room: &str,
         name: &str,
         kind: MemberKind,
-    ) -> Result<(Membership, ServerMessage, mpsc::Receiver<ServerMessage>), JoinError> {
+    ) -> Result<(Membership, ServerMessage, mpsc::Receiver<Arc<ServerMessage>>), JoinError> {
         let info = PeerInfo {
             id: new_peer_id(),
             name: name.chars().take(64).collect(),
@@ -277,21 +277,23 @@ impl Hub {
         let Some(out) = message.relayed(from) else {
             return Ok(());
         };
-        if target.tx.try_send(out).is_err() {
+        if target.tx.try_send(Arc::new(out)).is_err() {
             self.drop_slow(&mut rooms, room, vec![target_id]);
         }
         Ok(())
     }
 }
 
-/// Sends to every member except `skip`; returns the ids whose queues were full.
+/// Sends to every member except `skip` (one shared copy of the message); returns the ids whose
+/// queues were full.
 fn send_all(members: &[Member], message: &ServerMessage, skip: Option<&str>) -> Vec<String> {
     let mut slow = Vec::new();
+    let shared = Arc::new(message.clone());
     for member in members {
         if Some(member.info.id.as_str()) == skip {
             continue;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(message.clone()) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Arc::clone(&shared)) {
             slow.push(member.info.id.clone());
         }
     }
@@ -346,7 +348,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(arx.try_recv(), Ok(ServerMessage::PeerJoined { peer }) if peer.id == b.id())
+            matches!(arx.try_recv().as_deref(), Ok(ServerMessage::PeerJoined { peer }) if peer.id == b.id())
         );
         b.relay(ClientMessage::Offer {
             to: a.id().into(),
@@ -354,7 +356,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(
-            arx.try_recv().unwrap(),
+            *arx.try_recv().unwrap(),
             ServerMessage::Offer {
                 from: b.id().into(),
                 sdp: "v=0".into()
@@ -369,10 +371,7 @@ mod tests {
         assert_eq!(err.code, ErrorCode::UnknownPeer);
         let a_id = a.id().to_owned();
         drop(a);
-        assert_eq!(
-            brx.try_recv().unwrap(),
-            ServerMessage::PeerLeft { id: a_id }
-        );
+        assert_eq!(*brx.try_recv().unwrap(), ServerMessage::PeerLeft { id: a_id });
         drop(b);
         assert!(hub.snapshot().is_empty());
     }
@@ -415,7 +414,7 @@ mod tests {
         }
         let ids: Vec<String> = hub.peers("r").into_iter().map(|p| p.id).collect();
         assert_eq!(ids, vec![fast.id().to_owned()]);
-        assert!(std::iter::from_fn(|| fast_rx.try_recv().ok()).any(|m| m
+        assert!(std::iter::from_fn(|| fast_rx.try_recv().ok()).any(|m| *m
             == ServerMessage::PeerLeft {
                 id: slow.id().into()
             }));

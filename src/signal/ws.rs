@@ -78,7 +78,7 @@ pub async fn handler(
     let name = query.name.unwrap_or_default();
     ws.max_message_size(HARD_FRAME_LIMIT)
         .max_frame_size(HARD_FRAME_LIMIT)
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .on_upgrade(move |socket| session(socket, app, room, name))
 }
