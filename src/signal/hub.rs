@@ -115,7 +115,14 @@ impl Hub {
         room: &str,
         name: &str,
         kind: MemberKind,
-    ) -> Result<(Membership, ServerMessage, mpsc::Receiver<Arc<ServerMessage>>), JoinError> {
+    ) -> Result<
+        (
+            Membership,
+            ServerMessage,
+            mpsc::Receiver<Arc<ServerMessage>>,
+        ),
+        JoinError,
+    > {
         let info = PeerInfo {
             id: new_peer_id(),
             name: name.chars().take(64).collect(),
@@ -371,7 +378,10 @@ mod tests {
         assert_eq!(err.code, ErrorCode::UnknownPeer);
         let a_id = a.id().to_owned();
         drop(a);
-        assert_eq!(*brx.try_recv().unwrap(), ServerMessage::PeerLeft { id: a_id });
+        assert_eq!(
+            *brx.try_recv().unwrap(),
+            ServerMessage::PeerLeft { id: a_id }
+        );
         drop(b);
         assert!(hub.snapshot().is_empty());
     }
