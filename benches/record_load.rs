@@ -7,11 +7,13 @@
 //! Run: `cargo bench --bench record_load` (N_LIST=1,10,50,100 SECONDS=30 by default).
 //! Needs ffmpeg (libvpx, libopus) to make the clips once, into target/bench-media/.
 
+mod common;
+
+use common::{cpu_seconds, env_or, status_kib, Server};
 use recbot::peer::{PeerConfig, PeerFactory};
 use recbot::publish::{Clip, PublishOptions};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn clips() -> (PathBuf, PathBuf) {
@@ -80,90 +82,15 @@ fn clips() -> (PathBuf, PathBuf) {
     (video, audio)
 }
 
-/// CPU ticks (user + system) of a process.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(11) + get(12)
-}
-
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn ticks_per_second() -> f64 {
-    let out = Command::new("getconf").arg("CLK_TCK").output();
-    out.ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(max_peers: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_recbot"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--udp-bind",
-                "127.0.0.1",
-            ])
-            .args(["--log-format", "json", "--log", "warn,recbot::app=info"])
-            .args(["--max-peers-per-room", &max_peers.to_string()])
-            .arg("--recordings-dir")
-            .arg(dir.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let base = loop {
-            let line = lines.next().unwrap().unwrap();
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["fields"]["message"] == "listening" {
-                break format!("http://{}", v["fields"]["addr"].as_str().unwrap());
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
 async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
-    let server = Server::start(n + 10);
-    let pid = server.child.id();
+    let max_peers = (n + 10).to_string();
+    let server = Server::start(&[
+        "--udp-bind",
+        "127.0.0.1",
+        "--max-peers-per-room",
+        &max_peers,
+    ]);
+    let pid = server.pid();
     let base = &server.base;
     let factory = PeerFactory::new(PeerConfig::loopback());
     let mut publishers = Vec::new();
@@ -214,10 +141,10 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let t0 = cpu_ticks(pid);
+    let t0 = cpu_seconds(pid);
     let measure_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let cpu = (cpu_ticks(pid) - t0) as f64 / ticks_per_second();
+    let cpu = cpu_seconds(pid) - t0;
     let measured = measure_start.elapsed().as_secs_f64();
     let stop_at = Instant::now();
     let doc: serde_json::Value = http
@@ -263,15 +190,11 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
 
 #[tokio::main]
 async fn main() {
-    let list: Vec<usize> = std::env::var("N_LIST")
-        .unwrap_or_else(|_| "1,10,50,100".into())
+    let list: Vec<usize> = env_or("N_LIST", "1,10,50,100".to_owned())
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
-    let seconds: u64 = std::env::var("SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let seconds: u64 = env_or("SECONDS", 30);
     let (video, audio) = clips();
     let clip = Clip::load(Some(&video), Some(&audio)).unwrap();
     println!("recbot serve, {seconds} s of recording per row (server process only)");

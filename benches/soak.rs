@@ -2,27 +2,13 @@
 //! `recbot serve` process; its RSS, open file descriptors and live tasks are sampled and must
 //! come back near their baseline. Run: `cargo bench --bench soak` (PEERS=… BATCH=… to change).
 
+mod common;
+
+use common::{env_or, fds, status_kib, Server};
 use recbot::peer::{PeerConfig, PeerFactory};
 use recbot::publish::{Clip, PublishOptions};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
 
 async fn tasks(base: &str) -> u64 {
     let text = reqwest::get(format!("{base}/metrics"))
@@ -37,44 +23,13 @@ async fn tasks(base: &str) -> u64 {
         .unwrap_or(0.0) as u64
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let peers = env("PEERS", 1000);
-    let batch = env("BATCH", 5);
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_recbot"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-bind",
-            "127.0.0.1",
-            "--log-format",
-            "json",
-        ])
-        .args(["--log", "warn,recbot=info", "--max-peers-per-room", "2000"])
-        .arg("--recordings-dir")
-        .arg(dir.path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = server.id();
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let base = loop {
-        let line = lines.next().unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break format!("http://{}", v["fields"]["addr"].as_str().unwrap());
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let peers: usize = env_or("PEERS", 1000);
+    let batch: usize = env_or("BATCH", 5);
+    let server = Server::start(&["--udp-bind", "127.0.0.1", "--max-peers-per-room", "2000"]);
+    let pid = server.pid();
+    let base = server.base.clone();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
     let clip = Clip::load(Some(&data.join("small.ivf")), Some(&data.join("tone.ogg"))).unwrap();
     let factory = PeerFactory::new(PeerConfig::loopback());
@@ -89,6 +44,7 @@ async fn main() {
         .await
         .unwrap();
     let id = rec["id"].as_str().unwrap().to_owned();
+    let rss_kib = |pid| status_kib(pid, "VmRSS:");
     let sample = |label: &str, t: u64| {
         println!(
             "{label:>10}: RSS {:>7.1} MiB  fds {:>5}  tasks {:>6}",
@@ -157,6 +113,4 @@ async fn main() {
         doc["tracks"].as_array().map_or(0, |t| t.len()),
         doc["state"]
     );
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let _ = server.wait();
 }

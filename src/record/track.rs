@@ -284,6 +284,23 @@ fn flush_output<F: Flush>(
     }
 }
 
+/// After a push into a muxed file: the manifest is rewritten when the push started the file;
+/// an error stops the track's writing.
+fn after_push(
+    ctx: &TrackContext,
+    pushed: Result<Option<f64>, super::mux::MuxError>,
+    failed: &mut bool,
+) {
+    match pushed {
+        Ok(Some(_started)) => ctx.recording.write_manifest(),
+        Ok(None) => {}
+        Err(e) => {
+            *failed = true;
+            ctx.recording.track_error(&ctx.entry, &e);
+        }
+    }
+}
+
 fn finish_mux(ctx: &TrackContext, mux: &MuxFile, lane: Lane, end: Instant) {
     if let Err(e) = mux.finish(lane, ctx.recording.clock().seconds(end)) {
         ctx.recording.track_error(&ctx.entry, &e);
@@ -390,14 +407,8 @@ impl VideoPipeline {
                 stats.height.store(u32::from(h), Ordering::Relaxed);
             }
             let at = timeline.first_t() + position as f64 / 90_000.0;
-            match mux.push_video(at, frame.keyframe, frame.size, frame.data) {
-                Ok(Some(_started)) => ctx.recording.write_manifest(),
-                Ok(None) => {}
-                Err(e) => {
-                    self.failed = true;
-                    ctx.recording.track_error(&ctx.entry, &e);
-                }
-            }
+            let pushed = mux.push_video(at, frame.keyframe, frame.size, frame.data);
+            after_push(ctx, pushed, &mut self.failed);
             return;
         }
         if moved {
@@ -610,14 +621,8 @@ impl AudioPipeline {
         if let Some(mux) = &self.mux {
             if position >= 0 {
                 let at = timeline.first_t() + position as f64 / 48_000.0;
-                match mux.push_audio(at, channels, packet.payload, packet.arrival) {
-                    Ok(Some(_started)) => ctx.recording.write_manifest(),
-                    Ok(None) => {}
-                    Err(e) => {
-                        self.failed = true;
-                        ctx.recording.track_error(&ctx.entry, &e);
-                    }
-                }
+                let pushed = mux.push_audio(at, channels, packet.payload, packet.arrival);
+                after_push(ctx, pushed, &mut self.failed);
             }
             return;
         }
