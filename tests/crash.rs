@@ -12,9 +12,32 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A child process killed when dropped, so a failing test leaves no server behind.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Guard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Starts `recbot serve` on an ephemeral port; returns the child and its base URL.
-fn spawn_server(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_recbot"))
+fn spawn_server(dir: &Path) -> (Guard, String) {
+    let child = Command::new(env!("CARGO_BIN_EXE_recbot"))
         .args([
             "serve",
             "--listen",
@@ -29,6 +52,7 @@ fn spawn_server(dir: &Path) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("recbot starts");
+    let mut child = Guard(child);
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
