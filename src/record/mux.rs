@@ -136,6 +136,9 @@ pub enum MuxError {
     /// Creating the file failed.
     #[error("create: {0}")]
     Create(std::io::Error),
+    /// The file started without this lane (no video keyframe within [`AUDIO_WAIT`]).
+    #[error("the muxed file started audio-only: no video keyframe within {AUDIO_WAIT:?}")]
+    Detached,
 }
 
 impl MuxFile {
@@ -217,6 +220,9 @@ impl MuxFile {
             inner.start(t, Some((u32::from(w), u32::from(h))))?;
             started = Some(t);
         }
+        if inner.lanes[Lane::Video.index()].is_none() {
+            return Err(MuxError::Detached);
+        }
         inner.queue(Lane::Video, t, keyframe, data);
         inner.write_ready()?;
         Ok(started)
@@ -239,9 +245,10 @@ impl MuxFile {
             if let Some(audio) = inner.lanes[Lane::Audio.index()].as_mut() {
                 audio.channels = channels;
             }
+            // Hold early audio for a keyframe whether or not the video track has attached
+            // yet: its first packets often come a little after the audio's.
             let first = *inner.first_audio.get_or_insert(now);
-            let video_expected = inner.lanes[Lane::Video.index()].is_some();
-            if video_expected && now.duration_since(first) < AUDIO_WAIT {
+            if now.duration_since(first) < AUDIO_WAIT {
                 if inner.early_audio.len() < 500 {
                     inner.early_audio.push((t, data));
                 }
@@ -459,6 +466,83 @@ mod tests {
                 (Lane::Video, 33)
             ]
         );
+    }
+
+    fn entry(kind: crate::record::manifest::Kind) -> Arc<TrackEntry> {
+        Arc::new(TrackEntry {
+            id: "t".into(),
+            participant: "p".into(),
+            participant_name: "p".into(),
+            kind,
+            file: "p-av-1.webm".into(),
+            stats: Default::default(),
+        })
+    }
+
+    /// A VP8 keyframe header: frame tag (P=0), start code, 16x16.
+    fn keyframe() -> bytes::Bytes {
+        bytes::Bytes::from_static(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 16, 0, 16, 0, 0, 0])
+    }
+
+    /// Audio that arrives before the video track is even attached waits for the video's
+    /// keyframe: the file holds both (the race CI once lost).
+    #[test]
+    fn early_audio_waits_for_video_that_attaches_later() {
+        use crate::record::manifest::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p-av-1.webm");
+        let mux = MuxFile::new("p-av-1.webm".into(), path.clone());
+        let t0 = Instant::now();
+        assert!(mux.attach(Lane::Audio, entry(Kind::Audio)));
+        let opus = bytes::Bytes::from_static(&[0x78, 0x01, 0x02]);
+        for i in 0u32..10 {
+            let t = 0.02 * f64::from(i);
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            assert_eq!(mux.push_audio(t, 1, opus.clone(), at).unwrap(), None);
+        }
+        assert!(!mux.started(), "audio alone does not start the file yet");
+        assert!(mux.attach(Lane::Video, entry(Kind::Video)));
+        assert_eq!(
+            mux.push_video(0.1, true, Some((16, 16)), keyframe())
+                .unwrap(),
+            Some(0.1)
+        );
+        for i in 10u32..20 {
+            let at = t0 + Duration::from_millis(20 * u64::from(i));
+            mux.push_audio(0.02 * f64::from(i), 1, opus.clone(), at)
+                .unwrap();
+        }
+        mux.finish(Lane::Video, 0.4).unwrap();
+        mux.finish(Lane::Audio, 0.4).unwrap();
+        let info =
+            crate::record::webm_reader::read_webm(std::fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(info.tracks.len(), 2, "video and audio in one file");
+        let first_video = info.blocks.iter().find(|b| b.track == 1).unwrap();
+        assert!(first_video.keyframe && first_video.ts_ms == 0);
+        assert!(
+            info.blocks.iter().any(|b| b.track == 2),
+            "the early audio is in"
+        );
+    }
+
+    /// With no keyframe within AUDIO_WAIT, audio starts an audio-only file and the video is
+    /// told so (an error on its track), not dropped silently.
+    #[test]
+    fn video_after_an_audio_only_start_is_refused_loudly() {
+        use crate::record::manifest::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let mux = MuxFile::new("p-av-1.webm".into(), dir.path().join("p-av-1.webm"));
+        let t0 = Instant::now();
+        assert!(mux.attach(Lane::Audio, entry(Kind::Audio)));
+        assert!(mux.attach(Lane::Video, entry(Kind::Video)));
+        let opus = bytes::Bytes::from_static(&[0x78, 0x01, 0x02]);
+        mux.push_audio(0.0, 1, opus.clone(), t0).unwrap();
+        let late = t0 + AUDIO_WAIT + Duration::from_millis(1);
+        assert_eq!(mux.push_audio(2.0, 1, opus, late).unwrap(), Some(0.0));
+        assert!(matches!(
+            mux.push_video(2.1, true, Some((16, 16)), keyframe()),
+            Err(MuxError::Detached)
+        ));
     }
 
     #[test]
