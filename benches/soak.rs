@@ -56,6 +56,7 @@ async fn main() {
     // Warm-up batch, then the baseline.
     let started = Instant::now();
     let mut joined = 0;
+    let mut bots = 0;
     let mut baseline = None;
     while joined < peers {
         let mut handles = Vec::new();
@@ -76,7 +77,26 @@ async fn main() {
             }
         }
         joined += batch;
+        // Bots come and go too: every 10th batch an echo bot joins the room with the peers.
+        let bot = if (joined / batch).is_multiple_of(10) {
+            let created: serde_json::Value = http
+                .post(format!("{base}/api/bots"))
+                .json(&serde_json::json!({"room": "soak", "mode": "echo"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            created["id"].as_str().map(str::to_owned)
+        } else {
+            None
+        };
         tokio::time::sleep(Duration::from_millis(700)).await;
+        if let Some(id) = bot {
+            bots += 1;
+            let _ = http.delete(format!("{base}/api/bots/{id}")).send().await;
+        }
         for h in handles {
             h.leave().await;
         }
@@ -93,6 +113,7 @@ async fn main() {
     let t = tasks(&base).await;
     sample("settled", t);
     let (rss0, fds0, t0) = baseline.unwrap();
+    println!("{bots} echo bots came and went");
     println!(
         "after {joined} peers in {:.0} s: RSS {:+.1} MiB, fds {:+}, tasks {:+} against the baseline",
         started.elapsed().as_secs_f64(),
