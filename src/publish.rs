@@ -316,18 +316,26 @@ fn encode_query(s: &str) -> String {
         .collect()
 }
 
-/// Joins `room` on `server` as `name` and starts sending `clip`.
-pub async fn start(
-    server: &str,
-    room: &str,
+/// A peer's presence in a room over the WebSocket signaling, driven by a [`Behaviour`].
+pub struct RoomConnection {
+    /// Its peer id (from the `welcome`).
+    pub id: String,
+    /// Set to true to leave (sends `leave`, closes the connections and the socket).
+    pub leave: watch::Sender<bool>,
+    /// Ends once the peer has left.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Joins a room over the WebSocket at `url` (`ws://host/rooms/R/ws?name=…`) as `name`, with
+/// the shared room machinery ([`RoomPeer`]) running `behaviour`: the client side of what the
+/// bots do in-process. Used by `recbot publish` and by tests that need a peer of their own.
+pub async fn connect_room(
+    url: &str,
     name: &str,
-    clip: Arc<Clip>,
     factory: Arc<PeerFactory>,
-    options: PublishOptions,
-) -> Result<PublisherHandle, PublishError> {
-    let url = ws_url(server, room, name, options.token.as_deref());
-    let mesh = options.mesh;
-    let (ws, _) = tokio_tungstenite::connect_async(&url)
+    behaviour: Arc<dyn Behaviour>,
+) -> Result<RoomConnection, PublishError> {
+    let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .map_err(|e| PublishError::Signal(e.to_string()))?;
     let (mut ws_tx, mut ws_rx) = ws.split();
@@ -348,16 +356,6 @@ pub async fn start(
         return Err(PublishError::Signal("no welcome".into()));
     };
     let id = id.clone();
-    let stats = Arc::new(PublishStats::default());
-    let outlets: SharedOutlets = Arc::default();
-    let keyframe_wanted = Arc::new(AtomicBool::new(false));
-    let behaviour = Arc::new(Publisher {
-        clip: Arc::clone(&clip),
-        mesh,
-        outlets: Arc::clone(&outlets),
-        keyframe_wanted: Arc::clone(&keyframe_wanted),
-        stats: Arc::clone(&stats),
-    });
     let me = PeerInfo {
         id: id.clone(),
         name: name.to_owned(),
@@ -370,13 +368,6 @@ pub async fn start(
     let presence = RoomPeer::new(me, factory, behaviour, out_tx);
     let room_task = tokio::spawn(presence.run(in_rx, leave_rx.clone()));
     let _ = in_tx.send(welcome).await;
-    let pumps = spawn_pumps(
-        &clip,
-        &outlets,
-        (!options.ignore_keyframe_requests).then(|| Arc::clone(&keyframe_wanted)),
-        &stats,
-        &leave_rx,
-    );
     let mut leave = leave_rx;
     let task = tokio::spawn(async move {
         tokio::pin!(room_task);
@@ -414,15 +405,54 @@ pub async fn start(
         if !room_ended {
             let _ = tokio::time::timeout(Duration::from_secs(3), room_task).await;
         }
+        let _ = ws_tx.close().await;
+    });
+    Ok(RoomConnection {
+        id,
+        leave: leave_tx,
+        task,
+    })
+}
+
+/// Joins `room` on `server` as `name` and starts sending `clip`.
+pub async fn start(
+    server: &str,
+    room: &str,
+    name: &str,
+    clip: Arc<Clip>,
+    factory: Arc<PeerFactory>,
+    options: PublishOptions,
+) -> Result<PublisherHandle, PublishError> {
+    let url = ws_url(server, room, name, options.token.as_deref());
+    let stats = Arc::new(PublishStats::default());
+    let outlets: SharedOutlets = Arc::default();
+    let keyframe_wanted = Arc::new(AtomicBool::new(false));
+    let behaviour = Arc::new(Publisher {
+        clip: Arc::clone(&clip),
+        mesh: options.mesh,
+        outlets: Arc::clone(&outlets),
+        keyframe_wanted: Arc::clone(&keyframe_wanted),
+        stats: Arc::clone(&stats),
+    });
+    let connection = connect_room(&url, name, factory, behaviour).await?;
+    let pumps = spawn_pumps(
+        &clip,
+        &outlets,
+        (!options.ignore_keyframe_requests).then(|| Arc::clone(&keyframe_wanted)),
+        &stats,
+        &connection.leave.subscribe(),
+    );
+    let room = connection.task;
+    let task = tokio::spawn(async move {
+        let _ = room.await;
         for pump in pumps {
             pump.abort();
         }
-        let _ = ws_tx.close().await;
     });
     Ok(PublisherHandle {
-        id,
+        id: connection.id,
         stats,
-        leave: leave_tx,
+        leave: connection.leave,
         task,
     })
 }

@@ -6,16 +6,15 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use futures::{SinkExt, StreamExt};
 use recbot::media::ivf::IvfReader;
 use recbot::media::vp8::{Vp8Assembler, Vp8Event, Vp8Frame};
 use recbot::peer::negotiation::Role;
 use recbot::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
-use recbot::peer::room::{Behaviour, RoomPeer};
+use recbot::peer::room::Behaviour;
 use recbot::peer::{Pc, PeerError};
 use recbot::record::ogg::read_ogg_opus;
 use recbot::record::webm_reader::read_webm;
-use recbot::signal::protocol::{ClientMessage, PeerInfo, ServerMessage};
+use recbot::signal::protocol::PeerInfo;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
@@ -24,8 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::watch;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 fn data(name: &str) -> PathBuf {
@@ -160,20 +158,6 @@ struct Probe {
 impl Probe {
     async fn join(srv: &TestServer, room: &str, name: &str, video: bool, audio: bool) -> Self {
         let url = srv.ws_url(&format!("/rooms/{room}/ws?name={name}"));
-        let (ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        let (mut ws_tx, mut ws_rx) = ws.split();
-        let welcome = loop {
-            let Some(Ok(Message::Text(text))) = ws_rx.next().await else {
-                panic!("no welcome");
-            };
-            if let Ok(m @ ServerMessage::Welcome { .. }) = serde_json::from_str(text.as_str()) {
-                break m;
-            }
-        };
-        let ServerMessage::Welcome { id, .. } = &welcome else {
-            unreachable!()
-        };
-        let id = id.clone();
         let outlets = SharedOutlets::default();
         let keyframe_wanted = Arc::new(AtomicBool::new(false));
         let received = Arc::new(Received::default());
@@ -184,61 +168,16 @@ impl Probe {
             keyframe_wanted: Arc::clone(&keyframe_wanted),
             received: Arc::clone(&received),
         });
-        let me = PeerInfo {
-            id: id.clone(),
-            name: name.into(),
-            bot: false,
-            whip: false,
-        };
-        let (out_tx, mut out_rx) = mpsc::unbounded_channel();
-        let (in_tx, in_rx) = mpsc::channel(512);
-        let (leave, leave_rx) = watch::channel(false);
-        let presence = RoomPeer::new(me, factory(), behaviour, out_tx);
-        let room_task = tokio::spawn(presence.run(in_rx, leave_rx.clone()));
-        in_tx.send(welcome).await.unwrap();
-        let mut leave_rx = leave_rx;
-        let task = tokio::spawn(async move {
-            tokio::pin!(room_task);
-            let mut room_ended = false;
-            loop {
-                tokio::select! {
-                    _ = &mut room_task => {
-                        room_ended = true;
-                        break;
-                    }
-                    frame = ws_rx.next() => match frame {
-                        Some(Ok(Message::Text(text))) => {
-                            if let Ok(m) = serde_json::from_str::<ServerMessage>(text.as_str()) {
-                                if in_tx.send(m).await.is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
-                    Some(out) = out_rx.recv() => {
-                        let _ = ws_tx.send(Message::Text(out.to_json().into())).await;
-                    }
-                    _ = recbot::util::until_true(&mut leave_rx) => {
-                        let _ = ws_tx.send(Message::Text(ClientMessage::Leave.to_json().into())).await;
-                        break;
-                    }
-                }
-            }
-            drop(in_tx);
-            if !room_ended {
-                let _ = tokio::time::timeout(Duration::from_secs(3), room_task).await;
-            }
-            let _ = ws_tx.close().await;
-        });
+        let connection = recbot::publish::connect_room(&url, name, factory(), behaviour)
+            .await
+            .expect("joins the room");
         Self {
-            id,
+            id: connection.id,
             outlets,
             keyframe_wanted,
             received,
-            leave,
-            task,
+            leave: connection.leave,
+            task: connection.task,
         }
     }
 

@@ -1834,22 +1834,6 @@ mod tests {
 
     // ---- External decoders -------------------------------------------------------------
 
-    /// Whether `tool` runs. Missing tools fail the test when CI=true, and skip it otherwise.
-    fn tool_available(tool: &str, version_arg: &str) -> bool {
-        let ok = Command::new(tool)
-            .arg(version_arg)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !ok {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tool} is required when CI=true but cannot be run"
-            );
-            eprintln!("skipping: {tool} is not installed");
-        }
-        ok
-    }
-
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("recbot-ogg-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1969,9 +1953,9 @@ mod tests {
 
     #[test]
     fn ffmpeg_ffprobe_and_opusinfo_accept_the_files() {
-        if !tool_available("ffmpeg", "-version")
-            || !tool_available("ffprobe", "-version")
-            || !tool_available("opusinfo", "-V")
+        if !crate::record::test_tools::tool_ok("ffmpeg", "-version")
+            || !crate::record::test_tools::tool_ok("ffprobe", "-version")
+            || !crate::record::test_tools::tool_ok("opusinfo", "-V")
         {
             return;
         }

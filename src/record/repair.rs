@@ -1150,27 +1150,6 @@ pub(crate) mod tests {
         snapshots
     }
 
-    /// Whether `tool` runs. A missing tool fails the test under CI=true, else skips the check.
-    pub(crate) fn tool_ok(tool: &str) -> bool {
-        let arg = if tool == "mkvinfo" {
-            "--version"
-        } else {
-            "-version"
-        };
-        let found = Command::new(tool)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tool} is required when CI=true"
-            );
-            eprintln!("skipping {tool} checks: {tool} not found");
-        }
-        found
-    }
-
     /// (success, stdout, stderr) of `cmd args... path`.
     pub(crate) fn run(cmd: &str, args: &[&str], path: &Path) -> (bool, String, String) {
         let out = Command::new(cmd).args(args).arg(path).output().unwrap();
@@ -1183,7 +1162,8 @@ pub(crate) mod tests {
 
     /// ffmpeg decodes without a message and ffprobe reports a duration (returned, seconds).
     pub(crate) fn ffmpeg_clean(path: &Path) -> Option<f64> {
-        if !tool_ok("ffmpeg") || !tool_ok("ffprobe") {
+        if !crate::record::test_tools::tool("ffmpeg") || !crate::record::test_tools::tool("ffprobe")
+        {
             return None;
         }
         let out = Command::new("ffmpeg")
@@ -1219,7 +1199,7 @@ pub(crate) mod tests {
 
     /// mkvinfo in check mode reports no error or warning.
     fn mkvinfo_clean(path: &Path) {
-        if !tool_ok("mkvinfo") {
+        if !crate::record::test_tools::tool("mkvinfo") {
             return;
         }
         let (ok, out, err) = run("mkvinfo", &["--all", "--check-mode"], path);

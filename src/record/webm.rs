@@ -1121,27 +1121,6 @@ mod tests {
 
     // ---- checks with real codecs and external tools ----
 
-    /// Whether `tool` runs. Missing tools fail the test under CI=true, else skip it.
-    fn tool_ok(tool: &str) -> bool {
-        let arg = if tool == "mkvinfo" {
-            "--version"
-        } else {
-            "-version"
-        };
-        let found = Command::new(tool)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{tool} is required when CI=true"
-            );
-            eprintln!("skipping: {tool} not found");
-        }
-        found
-    }
-
     fn scratch_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("recbot-webm-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -1274,7 +1253,10 @@ mod tests {
 
     #[test]
     fn real_codecs_pass_ffmpeg_ffprobe_and_mkvinfo() {
-        if !["ffmpeg", "ffprobe", "mkvinfo"].iter().all(|t| tool_ok(t)) {
+        if !["ffmpeg", "ffprobe", "mkvinfo"]
+            .iter()
+            .all(|t| crate::record::test_tools::tool(t))
+        {
             return;
         }
         let dir = scratch_dir("real");
@@ -1372,7 +1354,7 @@ mod tests {
     /// The reader must read what ffmpeg's own muxer produces.
     #[test]
     fn reads_ffmpeg_webm() {
-        if !tool_ok("ffmpeg") {
+        if !crate::record::test_tools::tool("ffmpeg") {
             return;
         }
         let dir = scratch_dir("ffmpeg-mux");
