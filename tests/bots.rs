@@ -530,6 +530,180 @@ async fn play_sends_a_file_at_its_own_pace_to_a_late_peer() {
     srv.shutdown().await;
 }
 
+/// The VP8 frames and Opus packets of a WebM file, in file order.
+fn webm_frames(path: &Path) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let file = read_webm(std::fs::File::open(path).unwrap()).unwrap();
+    let of = |codec: &str| {
+        let number = file
+            .tracks
+            .iter()
+            .find(|t| t.codec_id == codec)
+            .unwrap()
+            .number;
+        file.blocks
+            .iter()
+            .filter(|b| b.track == number)
+            .map(|b| b.data.clone())
+            .collect::<Vec<_>>()
+    };
+    (of("V_VP8"), of("A_OPUS"))
+}
+
+/// Seconds of media covered by received packets: from the first packet's RTP timestamp to
+/// the end of the last one (`last` long), at `rate` Hz.
+fn covered(packets: &[(Instant, rtc::rtp::Packet)], rate: f64, last: f64) -> f64 {
+    let first = packets.first().unwrap().1.header.timestamp;
+    let end = packets.last().unwrap().1.header.timestamp;
+    f64::from(end.wrapping_sub(first)) / rate + last
+}
+
+/// Waits (at most `limit`) for bot `id` to stop at the end of its file.
+async fn wait_for_stop(srv: &TestServer, id: &str, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let state = bot_doc(srv, id).await["state"].clone();
+        if state == "stopped" {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "the bot did not stop at the end of the file within {limit:?}: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Asserts that `probe` received the whole of `play10.webm` from its first sample: every
+/// Opus packet and every VP8 frame, in order, covering the clip's 10 s.
+fn assert_whole_clip(probe: &Probe) {
+    let (file_video, file_audio) = webm_frames(&data("play10.webm"));
+    let audio = probe.received.audio();
+    assert!(!audio.is_empty(), "no audio");
+    let first_audio = file_audio
+        .iter()
+        .position(|p| p[..] == audio[0].1.payload[..])
+        .expect("a packet of the file");
+    let audio_covered = covered(&audio, 48_000.0, 0.020);
+    let video = probe.received.video();
+    let (frames, dropped) = assemble(&video);
+    assert_eq!(dropped, 0);
+    assert!(!frames.is_empty(), "no video");
+    let first_video = file_video
+        .iter()
+        .position(|f| f[..] == frames[0].data[..])
+        .expect("a frame of the file");
+    let video_covered = covered(&video, 90_000.0, 0.067);
+    eprintln!(
+        "audio from packet {first_audio}, {} packets, {audio_covered:.3} s; \
+         video from frame {first_video}, {} frames, {video_covered:.3} s",
+        audio.len(),
+        frames.len()
+    );
+    assert_eq!(first_audio, 0, "the audio started late");
+    assert_eq!(first_video, 0, "the video started late");
+    assert_eq!(audio.len(), file_audio.len(), "audio packets missing");
+    for (i, (_, p)) in audio.iter().enumerate() {
+        assert_eq!(p.payload[..], file_audio[i][..], "audio packet {i}");
+    }
+    assert_eq!(frames.len(), file_video.len(), "video frames missing");
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f.data[..], file_video[i][..], "video frame {i}");
+    }
+    assert!(
+        (audio_covered - 10.0).abs() < 0.15,
+        "{audio_covered:.3} s of audio"
+    );
+    assert!(
+        (video_covered - 10.0).abs() < 0.15,
+        "{video_covered:.3} s of video"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_reaches_the_peers_present_at_creation_from_the_first_sample() {
+    let media = tempfile::tempdir().unwrap();
+    std::fs::copy(data("play10.webm"), media.path().join("play10.webm")).unwrap();
+    let dir = media.path().to_owned();
+    let srv = TestServer::start_with(|a| a.media_dir = dir).await;
+    let present = Probe::join(&srv, "premiere", "present", false, false).await;
+    let (status, bot) = srv
+        .post_json(
+            "/api/bots",
+            json!({"room": "premiere", "mode": "play", "media": "play10.webm"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{bot}");
+    let id = bot["id"].as_str().unwrap().to_owned();
+
+    // A late joiner still starts mid-clip, on a keyframe.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let late = Probe::join(&srv, "premiere", "late", false, false).await;
+    wait_for_stop(&srv, &id, Duration::from_secs(20)).await;
+
+    assert_whole_clip(&present);
+
+    let (file_video, _) = webm_frames(&data("play10.webm"));
+    let (frames, dropped) = assemble(&late.received.video());
+    assert_eq!(dropped, 0, "the late peer got frames before a keyframe");
+    assert!(frames[0].keyframe);
+    let first = file_video
+        .iter()
+        .position(|f| f[..] == frames[0].data[..])
+        .expect("a frame of the file");
+    assert!(first > 15, "the late peer started at the file's start");
+    let late_audio = late.received.audio();
+    let (_, file_audio) = webm_frames(&data("play10.webm"));
+    let first_audio = file_audio
+        .iter()
+        .position(|p| p[..] == late_audio[0].1.payload[..])
+        .expect("a packet of the file");
+    assert!(
+        first_audio > 50,
+        "the late peer heard the file from its start"
+    );
+
+    late.leave().await;
+    present.leave().await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_waits_for_a_present_peer_that_never_connects_only_so_long() {
+    use futures::{SinkExt, StreamExt};
+    let media = tempfile::tempdir().unwrap();
+    std::fs::copy(data("play10.webm"), media.path().join("play10.webm")).unwrap();
+    let dir = media.path().to_owned();
+    let srv = TestServer::start_with(|a| a.media_dir = dir).await;
+    // A member that ignores every offer: its connection never comes up.
+    let (mut mute, _) = tokio_tungstenite::connect_async(srv.ws_url("/rooms/stalls/ws?name=mute"))
+        .await
+        .expect("connects");
+    let reading = tokio::spawn(async move {
+        while let Some(Ok(frame)) = mute.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Ping(p) = frame {
+                let _ = mute
+                    .send(tokio_tungstenite::tungstenite::Message::Pong(p))
+                    .await;
+            }
+        }
+    });
+    let present = Probe::join(&srv, "stalls", "present", false, false).await;
+    let (status, bot) = srv
+        .post_json(
+            "/api/bots",
+            json!({"room": "stalls", "mode": "play", "media": "play10.webm"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{bot}");
+    let id = bot["id"].as_str().unwrap().to_owned();
+    // Playing starts after the bound, well before the mute peer's connection gives up (30 s).
+    wait_for_stop(&srv, &id, Duration::from_secs(25)).await;
+    assert_whole_clip(&present);
+    reading.abort();
+    present.leave().await;
+    srv.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn play_loops_an_ogg_file() {
     let media = tempfile::tempdir().unwrap();

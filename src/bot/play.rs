@@ -3,12 +3,14 @@
 //!
 //! The file is read whole when the bot is created ([`load`]): Ogg Opus, or WebM/Matroska with
 //! a VP8 and/or an Opus track (a recbot recording, muxed or not, plays as it was recorded).
-//! One [`pump`] per kind sends it to the outlets of every connected peer; both pumps start when
-//! the bot is created, so the file plays once for the room, not once per peer. A peer's
-//! outlets join the pumps when its connection is up, so a peer that joins mid-play gets the
-//! stream from where it is; its video starts at the file's next keyframe (a pre-encoded file
-//! cannot make one on demand, so keyframe requests are not answered: a file with rare
-//! keyframes leaves a late viewer's picture blank until the next one).
+//! One [`pump`] per kind sends it to the outlets of every connected peer, so the file plays
+//! once for the room, not once per peer. Both pumps start together when the bot is created,
+//! as soon as the peers already in the room are connected ([`StartGate`], at most
+//! [`PRESENT_WAIT`]): those get the whole file from its first sample. A peer's outlets join
+//! the pumps when its connection is up, so a peer that joins mid-play gets the stream from
+//! where it is; its video starts at the file's next keyframe (a pre-encoded file cannot make
+//! one on demand, so keyframe requests are not answered: a file with rare keyframes leaves a
+//! late viewer's picture blank until the next one).
 //!
 //! The recorder is served too (a recording of the room records what the bot plays); other
 //! bots are not.
@@ -27,11 +29,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use std::collections::HashSet;
 use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::StatsSelector;
 
@@ -39,6 +43,9 @@ use webrtc::peer_connection::StatsSelector;
 pub const MAX_MEDIA_BYTES: u64 = 256 * 1024 * 1024;
 /// How long a new connection may take before the bot gives up sending to it.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the start of play waits for the peers already in the room to connect; after it,
+/// the file plays without those still connecting (they join mid-play, like late joiners).
+pub const PRESENT_WAIT: Duration = Duration::from_secs(5);
 /// A looping file shorter than this is refused (it would spin).
 const MIN_LOOP: Duration = Duration::from_millis(100);
 /// Frame length assumed for the last video frame of a file.
@@ -274,17 +281,58 @@ pub async fn drain(track: Arc<dyn TrackRemote>) {
     while track.poll().await.is_some() {}
 }
 
+/// What the start of play waits for: the peers in the room when the bot was created, each
+/// until its connection is up with its outlets joined to the pumps, has failed or given up,
+/// or the peer has left. Opens once none is pending; never closes again.
+pub struct StartGate {
+    pending: Mutex<HashSet<String>>,
+    open: watch::Sender<bool>,
+}
+
+impl StartGate {
+    /// A gate waiting for the peers `present` (open at once if there are none).
+    pub fn new(present: impl IntoIterator<Item = String>) -> Self {
+        let pending: HashSet<String> = present.into_iter().collect();
+        let (open, _) = watch::channel(pending.is_empty());
+        Self {
+            pending: Mutex::new(pending),
+            open,
+        }
+    }
+
+    /// Peer `id` no longer holds the start (connected, failed, or left). Other ids are ignored.
+    pub fn settled(&self, id: &str) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.remove(id) && pending.is_empty() {
+            self.open.send_replace(true);
+        }
+    }
+
+    /// Waits until every present peer has settled (true) or `within` has passed (false).
+    pub async fn wait(&self, within: Duration) -> bool {
+        let mut open = self.open.subscribe();
+        let waited = tokio::time::timeout(within, open.wait_for(|open| *open)).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+}
+
+/// Whether the bot plays to `peer`: people and the recorder, not other bots.
+fn serves(peer: &PeerInfo) -> bool {
+    !peer.bot || peer.name == super::recorder::RECORDER_NAME
+}
+
 /// The play bot's behaviour.
 struct Player {
     bot: Arc<Bot>,
     media: Arc<Media>,
     outlets: SharedOutlets,
+    gate: Arc<StartGate>,
 }
 
 #[async_trait]
 impl Behaviour for Player {
     fn wants(&self, peer: &PeerInfo) -> bool {
-        !peer.bot || peer.name == super::recorder::RECORDER_NAME
+        serves(peer)
     }
 
     async fn setup(&self, peer: &PeerInfo, pc: &Pc, _role: Role) -> Result<(), PeerError> {
@@ -296,24 +344,27 @@ impl Behaviour for Player {
             added.push(Outlet::add(pc, RtpCodecKind::Audio, STREAM, None).await?);
         }
         self.bot.add_peer(&peer.id);
-        let (pc, bot, outlets, id) = (
+        let (pc, bot, outlets, gate, id) = (
             Arc::clone(pc),
             Arc::clone(&self.bot),
             Arc::clone(&self.outlets),
+            Arc::clone(&self.gate),
             peer.id.clone(),
         );
         tokio::spawn(async move {
-            if !connected(&pc, CONNECT_TIMEOUT).await {
-                tracing::debug!(peer = %id, "no connection: nothing played to it");
-                return;
-            }
-            // Checked under the outlets' lock: a peer that left meanwhile is not added back.
-            let mut outlets = outlets.lock().unwrap_or_else(|e| e.into_inner());
-            if bot.has_peer(&id) {
-                for outlet in added {
-                    outlets.add(&id, outlet);
+            if connected(&pc, CONNECT_TIMEOUT).await {
+                // Checked under the outlets' lock: a peer that left meanwhile is not added back.
+                let mut outlets = outlets.lock().unwrap_or_else(|e| e.into_inner());
+                if bot.has_peer(&id) {
+                    for outlet in added {
+                        outlets.add(&id, outlet);
+                    }
                 }
+            } else {
+                tracing::debug!(peer = %id, "no connection: nothing played to it");
             }
+            // After its outlets joined: the pumps' first frames reach it.
+            gate.settled(&id);
         });
         Ok(())
     }
@@ -328,16 +379,30 @@ impl Behaviour for Player {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove_peer(&peer.id);
+        self.gate.settled(&peer.id);
     }
 }
 
-/// Puts play bot `bot` in its room and starts playing `media`. Returns its peer id.
+/// Puts play bot `bot` in its room and starts playing `media` once the peers already in the
+/// room are connected (at most [`PRESENT_WAIT`]). Returns its peer id.
 pub fn start(app: &Arc<App>, bot: &Arc<Bot>, media: Arc<Media>) -> Result<String, BotError> {
     let outlets = SharedOutlets::default();
+    // The peers the bot will offer to from its `welcome` (WHIP publishers get no connection),
+    // taken before it joins so that none can settle before it is waited for. One who leaves in
+    // between holds the start at most PRESENT_WAIT; one who arrives in between is served like
+    // a late joiner.
+    let present = app
+        .hub
+        .peers(bot.room())
+        .into_iter()
+        .filter(|p| !p.whip && serves(p))
+        .map(|p| p.id);
+    let gate = Arc::new(StartGate::new(present));
     let behaviour = Arc::new(Player {
         bot: Arc::clone(bot),
         media: Arc::clone(&media),
         outlets: Arc::clone(&outlets),
+        gate: Arc::clone(&gate),
     });
     let peer = super::join(
         &app.hub,
@@ -348,27 +413,37 @@ pub fn start(app: &Arc<App>, bot: &Arc<Bot>, media: Arc<Media>) -> Result<String
         bot.leave_signal(),
     )?;
     let looping = bot.spec().looping;
-    let pumps = [
-        (&media.video, media.video_start, RtpCodecKind::Video),
-        (&media.audio, media.audio_start, RtpCodecKind::Audio),
-    ]
-    .map(|(frames, start, kind)| {
-        let frames = Arc::clone(frames);
-        let outlets = Arc::clone(&outlets);
-        let leave = bot.leave_signal();
-        tokio::spawn(async move {
-            tokio::time::sleep(start).await;
-            let options = PumpOptions {
-                kind,
-                looping,
-                keyframe_wanted: None,
-                sent: Arc::new(AtomicU64::new(0)),
-            };
-            pump(frames, outlets, options, leave).await;
-        })
-    });
     let bot = Arc::clone(bot);
     tokio::spawn(async move {
+        let mut leave = bot.leave_signal();
+        tokio::select! {
+            everyone = gate.wait(PRESENT_WAIT) => if !everyone {
+                tracing::info!(bot = %bot.id(), "playing before every peer present is connected");
+            },
+            // Deleted meanwhile: the pumps see it and end at once.
+            _ = leave.wait_for(|leave| *leave) => {}
+        }
+        // One clock for both kinds: audio and video stay in step.
+        let origin = tokio::time::Instant::now();
+        let pumps = [
+            (&media.video, media.video_start, RtpCodecKind::Video),
+            (&media.audio, media.audio_start, RtpCodecKind::Audio),
+        ]
+        .map(|(frames, start, kind)| {
+            let frames = Arc::clone(frames);
+            let outlets = Arc::clone(&outlets);
+            let leave = bot.leave_signal();
+            tokio::spawn(async move {
+                tokio::time::sleep_until(origin + start).await;
+                let options = PumpOptions {
+                    kind,
+                    looping,
+                    keyframe_wanted: None,
+                    sent: Arc::new(AtomicU64::new(0)),
+                };
+                pump(frames, outlets, options, leave).await;
+            })
+        });
         for pump in pumps {
             let _ = pump.await;
         }
@@ -412,6 +487,21 @@ mod tests {
         // A declared duration a little longer wins.
         let media = assemble(vec![timed(0, 0)], vec![], 1_000_000);
         assert_eq!(media.length, Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn the_start_waits_for_the_present_peers_within_its_bound() {
+        // Nobody present: open at once.
+        assert!(StartGate::new([]).wait(Duration::ZERO).await);
+        let gate = StartGate::new(["a".to_owned(), "b".to_owned()]);
+        gate.settled("a");
+        gate.settled("stranger");
+        // "b" never connects: the wait ends at the bound, closed.
+        assert!(!gate.wait(Duration::from_millis(50)).await);
+        gate.settled("b");
+        assert!(gate.wait(Duration::ZERO).await);
+        gate.settled("b");
+        assert!(gate.wait(Duration::ZERO).await, "an open gate stays open");
     }
 
     #[test]
