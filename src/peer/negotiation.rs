@@ -53,14 +53,16 @@ enum Input {
 }
 
 /// A live connection toward one remote peer. Dropping it closes the connection.
+///
+/// The connection is built by the link's own task, not by [`Link::start`]: a peer that joins
+/// a room of 50 starts 50 links at once, and the answers, candidates and connectivity checks
+/// of the first ones must not wait while the last ones are still being built. Inputs given
+/// before the connection exists wait in the link's queue, in order.
 pub struct Link {
     remote: String,
-    pc: Pc,
     tx: mpsc::UnboundedSender<Input>,
-    /// The link owns its sink and media; the connection's event handler only has weak
-    /// references to them (see [`Handler`]).
-    _sink: Arc<dyn SignalSink>,
-    _media: Arc<dyn LinkMedia>,
+    /// Tells the task to close the connection now; dropping the link does the same.
+    close: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The webrtc-rs event handler of a link's connection.
@@ -129,58 +131,41 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 impl Link {
-    /// Builds the connection and starts its task. An `Offerer` link sends its offer at once.
-    pub async fn start(
-        factory: &PeerFactory,
+    /// Starts the link's task, which builds the connection and then applies every input in
+    /// order. An `Offerer` link sends its offer as soon as the connection exists. A connection
+    /// that cannot be built is logged; the link then ignores its inputs.
+    pub fn start(
+        factory: &Arc<PeerFactory>,
         remote: &str,
         polite: bool,
         role: Role,
         sink: Arc<dyn SignalSink>,
         media: Arc<dyn LinkMedia>,
-    ) -> Result<Self, PeerError> {
-        let handler = Arc::new(Handler {
-            remote: remote.to_owned(),
-            sink: Arc::downgrade(&sink),
-            media: Arc::downgrade(&media),
-        });
-        let pc = factory.build(handler).await?;
-        if let Err(e) = media.setup(&pc, role).await {
-            let _ = pc.close().await;
-            return Err(e);
-        }
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let state = State {
-            remote: remote.to_owned(),
-            pc: Arc::clone(&pc),
-            sink: Arc::clone(&sink),
-            polite,
-            loopback_only: factory.config().loopback_candidates_only,
-            have_local_offer: false,
-            have_remote_description: false,
-            pending_candidates: Vec::new(),
-        };
-        tokio::spawn(state.run(rx));
-        let link = Self {
-            remote: remote.to_owned(),
-            pc,
-            tx,
-            _sink: sink,
-            _media: media,
-        };
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel();
         if role == Role::Offerer {
-            link.negotiate();
+            let _ = tx.send(Input::Negotiate);
         }
-        Ok(link)
+        let builder = Builder {
+            factory: Arc::clone(factory),
+            remote: remote.to_owned(),
+            polite,
+            role,
+            sink,
+            media,
+        };
+        tokio::spawn(builder.run(rx, close_rx));
+        Self {
+            remote: remote.to_owned(),
+            tx,
+            close: Some(close_tx),
+        }
     }
 
     /// The remote peer's id.
     pub fn remote(&self) -> &str {
         &self.remote
-    }
-
-    /// The connection.
-    pub fn pc(&self) -> &Pc {
-        &self.pc
     }
 
     /// Applies a remote offer (and answers it).
@@ -203,21 +188,78 @@ impl Link {
         let _ = self.tx.send(Input::Negotiate);
     }
 
-    /// Closes the connection now.
-    pub async fn close(&self) {
-        if let Err(e) = self.pc.close().await {
-            tracing::debug!(remote = %self.remote, error = %e, "close");
+    /// Closes the connection (at once, or as soon as it is built).
+    pub fn close(mut self) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
         }
     }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
-        let pc = Arc::clone(&self.pc);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = pc.close().await;
-            });
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+    }
+}
+
+/// What a link's task needs to build its connection.
+struct Builder {
+    factory: Arc<PeerFactory>,
+    remote: String,
+    polite: bool,
+    role: Role,
+    sink: Arc<dyn SignalSink>,
+    media: Arc<dyn LinkMedia>,
+}
+
+impl Builder {
+    /// Builds the connection, then runs the link's state machine until the link is closed or
+    /// dropped, and closes the connection at the end. The link's sink and media live as long
+    /// as this task: the connection's event handler only has weak references to them.
+    async fn run(
+        self,
+        rx: mpsc::UnboundedReceiver<Input>,
+        mut close: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        let handler = Arc::new(Handler {
+            remote: self.remote.clone(),
+            sink: Arc::downgrade(&self.sink),
+            media: Arc::downgrade(&self.media),
+        });
+        let built = tokio::select! {
+            built = self.factory.build(handler) => built,
+            _ = &mut close => return,
+        };
+        let pc = match built {
+            Ok(pc) => pc,
+            Err(e) => {
+                tracing::error!(remote = %self.remote, error = %e, "could not build a connection");
+                return;
+            }
+        };
+        if let Err(e) = self.media.setup(&pc, self.role).await {
+            tracing::error!(remote = %self.remote, error = %e, "could not set up the connection");
+            let _ = pc.close().await;
+            return;
+        }
+        let state = State {
+            remote: self.remote.clone(),
+            pc: Arc::clone(&pc),
+            sink: Arc::clone(&self.sink),
+            polite: self.polite,
+            loopback_only: self.factory.config().loopback_candidates_only,
+            have_local_offer: false,
+            have_remote_description: false,
+            pending_candidates: Vec::new(),
+        };
+        tokio::select! {
+            _ = state.run(rx) => {}
+            _ = &mut close => {}
+        }
+        if let Err(e) = pc.close().await {
+            tracing::debug!(remote = %self.remote, error = %e, "close");
         }
     }
 }

@@ -109,7 +109,7 @@ impl RoomPeer {
             }
         }
         for (_, link) in self.links.drain() {
-            link.close().await;
+            link.close();
         }
     }
 
@@ -118,23 +118,20 @@ impl RoomPeer {
         &self.links
     }
 
-    async fn connect(&mut self, peer: &PeerInfo, role: Role) -> Option<&Link> {
+    /// Starts a link toward `peer`. It returns at once: the connection is built by the link's
+    /// own task, so this peer keeps reading its messages (answers, candidates) meanwhile.
+    fn connect(&mut self, peer: &PeerInfo, role: Role) -> &Link {
         let media = Arc::new(PeerMedia {
             peer: peer.clone(),
             behaviour: Arc::clone(&self.behaviour),
         });
         let sink: Arc<dyn SignalSink> = self.sink.clone();
         let polite = polite(&self.me, peer);
-        match Link::start(&self.factory, &peer.id, polite, role, sink, media).await {
-            Ok(link) => {
-                self.links.insert(peer.id.clone(), link);
-                self.links.get(&peer.id)
-            }
-            Err(e) => {
-                tracing::error!(remote = %peer.id, error = %e, "could not connect");
-                None
-            }
-        }
+        let link = Link::start(&self.factory, &peer.id, polite, role, sink, media);
+        self.links
+            .entry(peer.id.clone())
+            .insert_entry(link)
+            .into_mut()
     }
 
     async fn on_message(&mut self, message: ServerMessage) {
@@ -144,7 +141,7 @@ impl RoomPeer {
                 for peer in peers {
                     self.peers.insert(peer.id.clone(), peer.clone());
                     if !peer.whip && self.behaviour.wants(&peer) {
-                        self.connect(&peer, Role::Offerer).await;
+                        self.connect(&peer, Role::Offerer);
                     }
                 }
             }
@@ -153,7 +150,7 @@ impl RoomPeer {
             }
             ServerMessage::PeerLeft { id } => {
                 if let Some(link) = self.links.remove(&id) {
-                    link.close().await;
+                    link.close();
                 }
                 if let Some(peer) = self.peers.remove(&id) {
                     self.behaviour.peer_left(&peer).await;
@@ -170,9 +167,7 @@ impl RoomPeer {
                 if !self.behaviour.wants(&peer) {
                     return;
                 }
-                if let Some(link) = self.connect(&peer, Role::Answerer).await {
-                    link.offer(sdp);
-                }
+                self.connect(&peer, Role::Answerer).offer(sdp);
             }
             ServerMessage::Answer { from, sdp } => {
                 if let Some(link) = self.links.get(&from) {

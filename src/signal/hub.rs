@@ -15,6 +15,12 @@ use tokio::sync::mpsc;
 /// Messages queued for one member before it counts as too slow and is dropped from its room.
 pub const MEMBER_QUEUE: usize = 512;
 
+/// Messages queued for one of recbot's own bots. A bot is read in-process and never drops
+/// out for slowness: a recorder joining a full room gets an answer, several candidates and an
+/// end-of-candidates from each of up to 64 peers at once. When even this is full, the sender
+/// of a relayed message is refused with `rate-limited` instead.
+pub const BOT_QUEUE: usize = 8192;
+
 /// What a joining member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberKind {
@@ -129,7 +135,11 @@ impl Hub {
             bot: kind == MemberKind::Bot,
             whip: kind == MemberKind::Whip,
         };
-        let (tx, rx) = mpsc::channel(MEMBER_QUEUE);
+        let (tx, rx) = mpsc::channel(if kind == MemberKind::Bot {
+            BOT_QUEUE
+        } else {
+            MEMBER_QUEUE
+        });
         let mut rooms = self.rooms();
         if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
             return Err(JoinError::TooManyRooms);
@@ -281,11 +291,21 @@ impl Hub {
             });
         }
         let target_id = target.info.id.clone();
+        let busy_reference = reference();
         let Some(out) = message.relayed(from) else {
             return Ok(());
         };
-        if target.tx.try_send(Arc::new(out)).is_err() {
-            self.drop_slow(&mut rooms, room, vec![target_id]);
+        let target_is_bot = target.info.bot;
+        match target.tx.try_send(Arc::new(out)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) if target_is_bot => {
+                return Err(Refusal {
+                    code: ErrorCode::RateLimited,
+                    message: format!("peer `{target_id}` is busy: its message queue is full"),
+                    reference: Some(busy_reference),
+                });
+            }
+            Err(_) => self.drop_slow(&mut rooms, room, vec![target_id]),
         }
         Ok(())
     }
@@ -301,7 +321,12 @@ fn send_all(members: &[Member], message: &ServerMessage, skip: Option<&str>) -> 
             continue;
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Arc::clone(&shared)) {
-            slow.push(member.info.id.clone());
+            if member.info.bot {
+                // A bot is never dropped from its room for slowness (see BOT_QUEUE).
+                tracing::warn!(peer = %member.info.id, "a room notice to a busy bot was lost");
+            } else {
+                slow.push(member.info.id.clone());
+            }
         }
     }
     slow
@@ -428,5 +453,32 @@ mod tests {
             == ServerMessage::PeerLeft {
                 id: slow.id().into()
             }));
+    }
+
+    #[test]
+    fn a_busy_bot_stays_and_the_sender_is_refused() {
+        let hub = Hub::new(vec![], 10, 10);
+        let (bot, _, _bot_rx) = hub.join("r", "recorder", MemberKind::Bot).unwrap();
+        let (client, _, _client_rx) = hub.join("r", "c", MemberKind::Client).unwrap();
+        let send = || {
+            client.relay(ClientMessage::Candidate {
+                to: bot.id().into(),
+                candidate: None,
+            })
+        };
+        // Far more than a client's queue holds: a recorder joining a room of 64 gets this many.
+        for _ in 0..MEMBER_QUEUE * 4 {
+            assert!(send().is_ok());
+        }
+        for _ in MEMBER_QUEUE * 4..BOT_QUEUE {
+            let _ = send();
+        }
+        let refusal = send().expect_err("a full bot queue refuses the sender");
+        assert_eq!(refusal.code, ErrorCode::RateLimited);
+        let ids: Vec<String> = hub.peers("r").into_iter().map(|p| p.id).collect();
+        assert!(
+            ids.contains(&bot.id().to_owned()),
+            "the bot stays in its room"
+        );
     }
 }
