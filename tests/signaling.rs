@@ -82,7 +82,7 @@ async fn welcome_join_relay_leave() {
     let cand = next_json(&mut b).await;
     assert_eq!(
         cand,
-        serde_json::json!({"type":"candidate","from":a_id,"candidate":null})
+        serde_json::json!({"type":"candidate","from":a_id,"candidate":{"candidate":""}})
     );
 
     // The rooms API lists both.
@@ -109,6 +109,36 @@ async fn welcome_join_relay_leave() {
     drop(c);
     let left = next_json(&mut a).await;
     assert_eq!(left, serde_json::json!({"type":"peer-left","id":c_id}));
+    srv.shutdown().await;
+}
+
+/// SPEC §2: the server adds `from` and relays the rest unchanged: both spellings of end of
+/// candidates arrive as sent, and so do keys recbot does not know.
+#[tokio::test]
+async fn candidates_are_relayed_unchanged() {
+    let srv = TestServer::start().await;
+    let mut a = connect(&srv, "rc", "alice").await;
+    let a_id = next_json(&mut a).await["id"].as_str().unwrap().to_owned();
+    let mut b = connect(&srv, "rc", "bob").await;
+    let b_id = next_json(&mut b).await["id"].as_str().unwrap().to_owned();
+    let _ = next_json(&mut a).await; // peer-joined
+    for candidate in [
+        serde_json::json!({"candidate": ""}),
+        serde_json::json!({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u1"}),
+        serde_json::json!({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+            "sdpMid": null, "sdpMLineIndex": 0, "usernameFragment": null, "x-browser": {"n": 1}}),
+        serde_json::Value::Null,
+    ] {
+        send_text(
+            &mut a,
+            &serde_json::json!({"type":"candidate","to":b_id,"candidate":candidate}).to_string(),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut b).await,
+            serde_json::json!({"type":"candidate","from":a_id,"candidate":candidate})
+        );
+    }
     srv.shutdown().await;
 }
 
