@@ -262,3 +262,41 @@ async fn refused_before_the_upgrade() {
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
     srv.shutdown().await;
 }
+
+/// SPEC §2: a client that keeps sending garbage is closed with 1008 and a reason — a real close
+/// frame the client reads, not a cut connection (1006). The client keeps sending while the
+/// server closes, as a flooding client does.
+#[tokio::test]
+async fn a_garbage_flood_is_closed_with_1008_and_a_reason() {
+    let srv = TestServer::start().await;
+    let mut ws = connect(&srv, "flood", "mallory").await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let (mut tx, mut rx) = ws.split();
+    let flood = tokio::spawn(async move {
+        for _ in 0..500 {
+            if tx.send(Message::Text("{garbage".into())).await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("error instead of a close frame: {e}")),
+                None => return Err("stream ended without a close frame".to_owned()),
+            }
+        }
+    })
+    .await
+    .expect("closed within 20 s");
+    let _ = flood.await;
+    let frame = close
+        .expect("a close frame")
+        .expect("the close frame has a code");
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(!frame.reason.is_empty(), "{frame:?}");
+    srv.shutdown().await;
+}
