@@ -202,3 +202,46 @@ async fn unfinished_recordings_are_marked_failed_on_start() {
     assert_eq!(rec["stop_reason"], "interrupted");
     srv.shutdown().await;
 }
+
+/// JSON has one number type: `max_duration_s: 5.0` is five seconds, not a type error; a
+/// fraction or a negative number is a 400 that names the field.
+#[tokio::test]
+async fn whole_numbers_in_any_spelling() {
+    let srv = TestServer::start().await;
+    let (status, rec) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "floats", "max_duration_s": 5.0, "pli_interval_ms": 500.0}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let (status, _) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    for (field, value) in [
+        ("max_duration_s", serde_json::json!(5.5)),
+        ("max_duration_s", serde_json::json!(-1)),
+        ("max_duration_s", serde_json::json!(-5.0)),
+        ("pli_interval_ms", serde_json::json!(500.25)),
+        ("pli_interval_ms", serde_json::json!(-500)),
+    ] {
+        let mut body = serde_json::json!({"room": "floats2"});
+        body[field] = value.clone();
+        let (status, err) = srv.post_json("/api/recordings", body).await;
+        assert_eq!(status, 400, "{field}: {value} → {err}");
+        assert_eq!(err["error"]["code"], "bad-request", "{err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{field}: {value} → {message}");
+    }
+    // Unknown fields stay refused.
+    let (status, _) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "floats2", "max_duration_s": 5.0, "colour": 1}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    srv.shutdown().await;
+}

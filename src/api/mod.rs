@@ -146,15 +146,70 @@ async fn check_origin(State(app): State<Arc<App>>, request: Request, next: Next)
     next.run(request).await
 }
 
+/// Reads an optional whole non-negative number in any JSON spelling (`5`, `5.0`, `5e0`): JSON
+/// has one number type, so a count of seconds or milliseconds written by a program that only
+/// has floats is as good as an integer. `null` is absent; a fraction, a negative number, one
+/// beyond `u64` or a non-number is refused (the JSON extractor names the field in the 400).
+pub fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Whole;
+
+    impl<'v> serde::de::Visitor<'v> for Whole {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole non-negative number")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'v>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("must be a whole non-negative number, got {v}")))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64 as f64 is exact; every whole f64 below it converts exactly.
+            if v.is_finite() && v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v)
+            {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::custom(format!(
+                    "must be a whole non-negative number, got {v}"
+                )))
+            }
+        }
+    }
+
+    deserializer.deserialize_option(Whole)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRecording {
     room: String,
     #[serde(default)]
     audio: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pli_interval_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     max_duration_s: Option<u64>,
 }
 
@@ -290,4 +345,41 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default, deserialize_with = "whole_number")]
+        n: Option<u64>,
+    }
+
+    fn read(json: &str) -> Result<Option<u64>, String> {
+        serde_json::from_str::<Body>(json)
+            .map(|b| b.n)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn whole_numbers_in_every_spelling() {
+        assert_eq!(read(r#"{"n": 5}"#), Ok(Some(5)));
+        assert_eq!(read(r#"{"n": 5.0}"#), Ok(Some(5)));
+        assert_eq!(read(r#"{"n": 5e0}"#), Ok(Some(5)));
+        assert_eq!(read(r#"{"n": -0.0}"#), Ok(Some(0)));
+        assert_eq!(read(r#"{"n": 18446744073709551615}"#), Ok(Some(u64::MAX)));
+        assert_eq!(read(r#"{"n": null}"#), Ok(None));
+        assert_eq!(read(r#"{}"#), Ok(None));
+        for bad in ["5.5", "-1", "-1.0", "1e20", "\"5\"", "true", "[5]"] {
+            let err = read(&format!(r#"{{"n": {bad}}}"#)).unwrap_err();
+            assert!(err.contains("whole non-negative number"), "{bad}: {err}");
+        }
+        assert!(
+            read(r#"{"n": 1, "m": 2}"#).is_err(),
+            "unknown fields stay refused"
+        );
+    }
 }
