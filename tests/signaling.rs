@@ -300,3 +300,38 @@ async fn a_garbage_flood_is_closed_with_1008_and_a_reason() {
     assert!(!frame.reason.is_empty(), "{frame:?}");
     srv.shutdown().await;
 }
+
+/// SPEC §1, DNS rebinding: without an API token the WebSocket answers only loopback names and
+/// `--allowed-hosts` names in `Host`; others get 403 before the upgrade.
+#[tokio::test]
+async fn foreign_hosts_are_refused_before_the_upgrade() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let srv = TestServer::start_with(|a| a.allowed_hosts = vec!["recbot.test".into()]).await;
+    let port = srv.base.rsplit(':').next().unwrap().to_owned();
+    let request = |host: &str| {
+        let mut req = srv.ws_url("/rooms/h/ws").into_client_request().unwrap();
+        req.headers_mut().insert("Host", host.parse().unwrap());
+        // A rebinding page's origin equals its host: the origin rule alone passes it.
+        req.headers_mut()
+            .insert("Origin", format!("http://{host}").parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(request(&format!("rebind.attacker.example:{port}")))
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "forbidden-host", "{body}");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    for host in [format!("localhost:{port}"), format!("recbot.test:{port}")] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request(&host))
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    }
+    srv.shutdown().await;
+}

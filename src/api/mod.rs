@@ -1,5 +1,5 @@
 //! The HTTP surface (SPEC §4): recordings, rooms, health, metrics, the page at `/`, and the
-//! room WebSocket route; with token and origin checks in front.
+//! room WebSocket route; with Host (SPEC §1), token and origin checks in front.
 
 pub mod bots;
 pub mod error;
@@ -52,16 +52,24 @@ pub fn router(app: Arc<App>) -> Router {
             Arc::clone(&app),
             require_api_token,
         ));
-    let cors = cors_layer(&app);
-    Router::new()
+    // Everything that reads or changes state: /api, /metrics, the room WebSocket and WHIP.
+    // `/healthz` and the page (static files, no data) are served under any Host.
+    let guarded = Router::new()
         .merge(api)
         .route("/rooms/{room}/ws", get(crate::signal::ws::handler))
+        .merge(crate::signal::whip::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            check_host,
+        ));
+    let cors = cors_layer(&app);
+    Router::new()
+        .merge(guarded)
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(web::routes())
-        .merge(crate::signal::whip::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -129,6 +137,72 @@ pub fn origin_allowed(app: &App, origin: &str, host: Option<&str>) -> bool {
         .allowed_origins
         .iter()
         .any(|o| o.trim_end_matches('/') == origin)
+}
+
+/// Whether `host` (a `Host` header: `name` or `name:port`) may be served without an API
+/// token (SPEC §1): a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any port) or a name in
+/// `allowed` (`--allowed-hosts`; an entry without a port matches every port, one with a port
+/// only that port). Names compare case-insensitively; anything that is not a plain host (user
+/// info, a bad port) is refused.
+pub fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    if host.contains('@') {
+        return false;
+    }
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    // After the name only an optional numeric port may follow.
+    let port_ok = host.strip_prefix(name).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok())
+    });
+    if !port_ok {
+        return false;
+    }
+    if matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
+        return true;
+    }
+    allowed.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        // A bare IPv6 address is written in brackets in a `Host`.
+        let entry = match entry.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{entry}]"),
+            Err(_) => entry,
+        };
+        !entry.is_empty() && (entry == host || entry == name)
+    })
+}
+
+/// Without an API token, refuses requests whose `Host` is not allowed by [`host_allowed`] with
+/// `403 forbidden-host`: a web page that rebinds its own name to 127.0.0.1 would otherwise pass
+/// the same-origin rule (its `Origin` equals its `Host`) and drive the service. With a token,
+/// the token protects and every `Host` is served.
+async fn check_host(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if app.config.args.api_token.is_none() {
+        // HTTP/2 carries the host in the URI (`:authority`) instead of a header.
+        let host = match request.headers().get(header::HOST) {
+            Some(value) => value.to_str().ok(),
+            None => request.uri().authority().map(|a| a.as_str()),
+        };
+        if !host.is_some_and(|h| host_allowed(&app.config.args.allowed_hosts, h)) {
+            let shown: String = host.unwrap_or_default().chars().take(100).collect();
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden-host",
+                format!(
+                    "Host `{shown}` is not served without an API token: use localhost, \
+                     127.0.0.1 or [::1], list the name in --allowed-hosts \
+                     (RECBOT_ALLOWED_HOSTS), or set --api-token"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 async fn check_origin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -362,6 +436,40 @@ mod tests {
         serde_json::from_str::<Body>(json)
             .map(|b| b.n)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hosts_served_without_a_token() {
+        let allowed = vec!["recbot.lan".to_owned(), "box:9000".into(), "fd00::5".into()];
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LocalHost:1",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::1]",
+            "recbot.lan",
+            "RECBOT.lan:8080",
+            "box:9000",
+            "[fd00::5]:8080",
+        ] {
+            assert!(host_allowed(&allowed, host), "{host}");
+        }
+        for host in [
+            "",
+            "rebind.attacker.example:8080",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:8080",
+            "box:9001",
+            "box",
+            "user@localhost:8080",
+            "localhost:port",
+            "10.0.0.1:8080",
+        ] {
+            assert!(!host_allowed(&allowed, host), "{host}");
+        }
+        assert!(!host_allowed(&[], "recbot.lan"));
+        assert!(!host_allowed(&[String::new()], "recbot.lan"));
     }
 
     #[test]
