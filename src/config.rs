@@ -79,6 +79,11 @@ pub struct ServeArgs {
     /// Browser origins besides the service's own allowed to use /rooms and /api (comma-separated).
     #[arg(long, env = "RECBOT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Host names besides `localhost`, `127.0.0.1` and `[::1]` under which /api, /metrics and
+    /// /rooms are served without an API token (comma-separated; `name` matches any port,
+    /// `name:port` only that port). Other `Host` headers get 403: this stops DNS rebinding.
+    #[arg(long, env = "RECBOT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Local IPs to bind media (UDP) sockets on, comma-separated. `0.0.0.0` means every
     /// non-loopback interface; loopback is added so local programs can connect.
     #[arg(
@@ -145,6 +150,7 @@ impl Default for ServeArgs {
                 room_token: None,
                 allow_unauthenticated: false,
                 allowed_origins: vec![],
+                allowed_hosts: vec![],
                 udp_bind: vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([127, 0, 0, 1])],
                 udp_ports: None,
                 public_ips: vec![],
@@ -335,6 +341,15 @@ mod tests {
         .validate()
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn allowed_hosts_is_a_list() {
+        assert!(args(&[]).allowed_hosts.is_empty());
+        assert_eq!(
+            args(&["--allowed-hosts", "recbot.lan,box:9000"]).allowed_hosts,
+            vec!["recbot.lan".to_owned(), "box:9000".to_owned()]
+        );
     }
 
     #[test]

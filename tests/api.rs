@@ -202,3 +202,121 @@ async fn unfinished_recordings_are_marked_failed_on_start() {
     assert_eq!(rec["stop_reason"], "interrupted");
     srv.shutdown().await;
 }
+
+/// JSON has one number type: `max_duration_s: 5.0` is five seconds, not a type error; a
+/// fraction or a negative number is a 400 that names the field.
+#[tokio::test]
+async fn whole_numbers_in_any_spelling() {
+    let srv = TestServer::start().await;
+    let (status, rec) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "floats", "max_duration_s": 5.0, "pli_interval_ms": 500.0}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let (status, _) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    for (field, value) in [
+        ("max_duration_s", serde_json::json!(5.5)),
+        ("max_duration_s", serde_json::json!(-1)),
+        ("max_duration_s", serde_json::json!(-5.0)),
+        ("pli_interval_ms", serde_json::json!(500.25)),
+        ("pli_interval_ms", serde_json::json!(-500)),
+    ] {
+        let mut body = serde_json::json!({"room": "floats2"});
+        body[field] = value.clone();
+        let (status, err) = srv.post_json("/api/recordings", body).await;
+        assert_eq!(status, 400, "{field}: {value} → {err}");
+        assert_eq!(err["error"]["code"], "bad-request", "{err}");
+        let message = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{field}: {value} → {message}");
+    }
+    // Unknown fields stay refused.
+    let (status, _) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "floats2", "max_duration_s": 5.0, "colour": 1}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    srv.shutdown().await;
+}
+
+/// SPEC §1, DNS rebinding: without an API token, /api and /metrics answer only requests whose
+/// `Host` is a loopback name or a name in `--allowed-hosts`; others get `403 forbidden-host`.
+/// `/healthz` and the page stay open (no data). With a token, the token protects instead.
+#[tokio::test]
+async fn foreign_hosts_are_refused_without_a_token() {
+    let srv = TestServer::start_with(|a| a.allowed_hosts = vec!["recbot.test".into()]).await;
+    let port = srv.base.rsplit(':').next().unwrap().to_owned();
+    let send = |method: reqwest::Method, path: &str, host: String| {
+        let mut r = srv
+            .http
+            .request(method.clone(), srv.url(path))
+            .header("host", host.clone());
+        if method == reqwest::Method::POST {
+            r = r
+                .header("origin", format!("http://{host}"))
+                .json(&serde_json::json!({"room": "rebound"}));
+        }
+        r.send()
+    };
+    let foreign = format!("rebind.attacker.example:{port}");
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/recordings"),
+        (reqwest::Method::GET, "/api/recordings"),
+        (reqwest::Method::GET, "/api/rooms"),
+        (reqwest::Method::GET, "/api/bots"),
+        (reqwest::Method::GET, "/metrics"),
+    ] {
+        let r = send(method.clone(), path, foreign.clone()).await.unwrap();
+        assert_eq!(r.status(), 403, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "forbidden-host", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--allowed-hosts"), "{message}");
+    }
+    let (_, list) = srv.get_json("/api/recordings").await;
+    assert_eq!(
+        list["recordings"],
+        serde_json::json!([]),
+        "nothing was started"
+    );
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        format!("recbot.test:{port}"),
+        "recbot.test".to_owned(),
+    ] {
+        for path in ["/api/recordings", "/metrics"] {
+            let r = send(reqwest::Method::GET, path, host.clone())
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{host} {path}");
+        }
+    }
+    for path in ["/healthz", "/"] {
+        let r = send(reqwest::Method::GET, path, foreign.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path} stays open");
+    }
+    srv.shutdown().await;
+
+    let srv = TestServer::start_with(|a| a.api_token = Some("tok".into())).await;
+    let r = srv
+        .http
+        .get(srv.url("/api/recordings"))
+        .header("host", "recbot.example.com")
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "with a token every Host is served");
+    srv.shutdown().await;
+}

@@ -82,7 +82,7 @@ async fn welcome_join_relay_leave() {
     let cand = next_json(&mut b).await;
     assert_eq!(
         cand,
-        serde_json::json!({"type":"candidate","from":a_id,"candidate":null})
+        serde_json::json!({"type":"candidate","from":a_id,"candidate":{"candidate":""}})
     );
 
     // The rooms API lists both.
@@ -109,6 +109,36 @@ async fn welcome_join_relay_leave() {
     drop(c);
     let left = next_json(&mut a).await;
     assert_eq!(left, serde_json::json!({"type":"peer-left","id":c_id}));
+    srv.shutdown().await;
+}
+
+/// SPEC §2: the server adds `from` and relays the rest unchanged: both spellings of end of
+/// candidates arrive as sent, and so do keys recbot does not know.
+#[tokio::test]
+async fn candidates_are_relayed_unchanged() {
+    let srv = TestServer::start().await;
+    let mut a = connect(&srv, "rc", "alice").await;
+    let a_id = next_json(&mut a).await["id"].as_str().unwrap().to_owned();
+    let mut b = connect(&srv, "rc", "bob").await;
+    let b_id = next_json(&mut b).await["id"].as_str().unwrap().to_owned();
+    let _ = next_json(&mut a).await; // peer-joined
+    for candidate in [
+        serde_json::json!({"candidate": ""}),
+        serde_json::json!({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "u1"}),
+        serde_json::json!({"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+            "sdpMid": null, "sdpMLineIndex": 0, "usernameFragment": null, "x-browser": {"n": 1}}),
+        serde_json::Value::Null,
+    ] {
+        send_text(
+            &mut a,
+            &serde_json::json!({"type":"candidate","to":b_id,"candidate":candidate}).to_string(),
+        )
+        .await;
+        assert_eq!(
+            next_json(&mut b).await,
+            serde_json::json!({"type":"candidate","from":a_id,"candidate":candidate})
+        );
+    }
     srv.shutdown().await;
 }
 
@@ -230,5 +260,78 @@ async fn refused_before_the_upgrade() {
     let own = srv.base.clone();
     req.headers_mut().insert("Origin", own.parse().unwrap());
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
+    srv.shutdown().await;
+}
+
+/// SPEC §2: a client that keeps sending garbage is closed with 1008 and a reason — a real close
+/// frame the client reads, not a cut connection (1006). The client keeps sending while the
+/// server closes, as a flooding client does.
+#[tokio::test]
+async fn a_garbage_flood_is_closed_with_1008_and_a_reason() {
+    let srv = TestServer::start().await;
+    let mut ws = connect(&srv, "flood", "mallory").await;
+    assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    let (mut tx, mut rx) = ws.split();
+    let flood = tokio::spawn(async move {
+        for _ in 0..500 {
+            if tx.send(Message::Text("{garbage".into())).await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    let close = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(frame))) => return Ok(frame),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(format!("error instead of a close frame: {e}")),
+                None => return Err("stream ended without a close frame".to_owned()),
+            }
+        }
+    })
+    .await
+    .expect("closed within 20 s");
+    let _ = flood.await;
+    let frame = close
+        .expect("a close frame")
+        .expect("the close frame has a code");
+    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+    assert!(!frame.reason.is_empty(), "{frame:?}");
+    srv.shutdown().await;
+}
+
+/// SPEC §1, DNS rebinding: without an API token the WebSocket answers only loopback names and
+/// `--allowed-hosts` names in `Host`; others get 403 before the upgrade.
+#[tokio::test]
+async fn foreign_hosts_are_refused_before_the_upgrade() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let srv = TestServer::start_with(|a| a.allowed_hosts = vec!["recbot.test".into()]).await;
+    let port = srv.base.rsplit(':').next().unwrap().to_owned();
+    let request = |host: &str| {
+        let mut req = srv.ws_url("/rooms/h/ws").into_client_request().unwrap();
+        req.headers_mut().insert("Host", host.parse().unwrap());
+        // A rebinding page's origin equals its host: the origin rule alone passes it.
+        req.headers_mut()
+            .insert("Origin", format!("http://{host}").parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(request(&format!("rebind.attacker.example:{port}")))
+        .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 403);
+            let body: serde_json::Value =
+                serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "forbidden-host", "{body}");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    for host in [format!("localhost:{port}"), format!("recbot.test:{port}")] {
+        let (mut ws, _) = tokio_tungstenite::connect_async(request(&host))
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(next_json(&mut ws).await["type"], "welcome");
+    }
     srv.shutdown().await;
 }

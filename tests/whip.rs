@@ -226,3 +226,38 @@ async fn bad_whip_requests_get_clear_answers() {
     publisher.leave().await;
     srv.shutdown().await;
 }
+
+/// SPEC §1, DNS rebinding: without an API token WHIP answers only loopback names and
+/// `--allowed-hosts` names in `Host`; others get `403 forbidden-host` (on DELETE too).
+#[tokio::test]
+async fn foreign_hosts_are_refused() {
+    let srv = TestServer::start_with(|a| a.allowed_hosts = vec!["recbot.test".into()]).await;
+    let port = srv.base.rsplit(':').next().unwrap().to_owned();
+    let post = |host: String| {
+        srv.http
+            .post(srv.url("/rooms/h/whip"))
+            .header("host", host)
+            .header("content-type", "application/sdp")
+            .body("not an offer")
+            .send()
+    };
+    let foreign = format!("rebind.attacker.example:{port}");
+    let r = post(foreign.clone()).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden-host", "{body}");
+    let r = srv
+        .http
+        .delete(srv.url("/rooms/h/whip/abc"))
+        .header("host", foreign)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Allowed names reach the WHIP handler, which judges the (bad) offer itself.
+    for host in [format!("127.0.0.1:{port}"), format!("recbot.test:{port}")] {
+        let r = post(host.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{host}");
+    }
+    srv.shutdown().await;
+}

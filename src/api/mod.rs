@@ -1,5 +1,5 @@
 //! The HTTP surface (SPEC §4): recordings, rooms, health, metrics, the page at `/`, and the
-//! room WebSocket route; with token and origin checks in front.
+//! room WebSocket route; with Host (SPEC §1), token and origin checks in front.
 
 pub mod bots;
 pub mod error;
@@ -52,16 +52,24 @@ pub fn router(app: Arc<App>) -> Router {
             Arc::clone(&app),
             require_api_token,
         ));
-    let cors = cors_layer(&app);
-    Router::new()
+    // Everything that reads or changes state: /api, /metrics, the room WebSocket and WHIP.
+    // `/healthz` and the page (static files, no data) are served under any Host.
+    let guarded = Router::new()
         .merge(api)
         .route("/rooms/{room}/ws", get(crate::signal::ws::handler))
+        .merge(crate::signal::whip::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            check_host,
+        ));
+    let cors = cors_layer(&app);
+    Router::new()
+        .merge(guarded)
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(web::routes())
-        .merge(crate::signal::whip::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -131,6 +139,72 @@ pub fn origin_allowed(app: &App, origin: &str, host: Option<&str>) -> bool {
         .any(|o| o.trim_end_matches('/') == origin)
 }
 
+/// Whether `host` (a `Host` header: `name` or `name:port`) may be served without an API
+/// token (SPEC §1): a loopback name (`localhost`, `127.0.0.1`, `[::1]`, any port) or a name in
+/// `allowed` (`--allowed-hosts`; an entry without a port matches every port, one with a port
+/// only that port). Names compare case-insensitively; anything that is not a plain host (user
+/// info, a bad port) is refused.
+pub fn host_allowed(allowed: &[String], host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    if host.contains('@') {
+        return false;
+    }
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority.host();
+    // After the name only an optional numeric port may follow.
+    let port_ok = host.strip_prefix(name).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok())
+    });
+    if !port_ok {
+        return false;
+    }
+    if matches!(name, "localhost" | "127.0.0.1" | "[::1]") {
+        return true;
+    }
+    allowed.iter().any(|entry| {
+        let entry = entry.trim().to_ascii_lowercase();
+        // A bare IPv6 address is written in brackets in a `Host`.
+        let entry = match entry.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => format!("[{entry}]"),
+            Err(_) => entry,
+        };
+        !entry.is_empty() && (entry == host || entry == name)
+    })
+}
+
+/// Without an API token, refuses requests whose `Host` is not allowed by [`host_allowed`] with
+/// `403 forbidden-host`: a web page that rebinds its own name to 127.0.0.1 would otherwise pass
+/// the same-origin rule (its `Origin` equals its `Host`) and drive the service. With a token,
+/// the token protects and every `Host` is served.
+async fn check_host(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if app.config.args.api_token.is_none() {
+        // HTTP/2 carries the host in the URI (`:authority`) instead of a header.
+        let host = match request.headers().get(header::HOST) {
+            Some(value) => value.to_str().ok(),
+            None => request.uri().authority().map(|a| a.as_str()),
+        };
+        if !host.is_some_and(|h| host_allowed(&app.config.args.allowed_hosts, h)) {
+            let shown: String = host.unwrap_or_default().chars().take(100).collect();
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden-host",
+                format!(
+                    "Host `{shown}` is not served without an API token: use localhost, \
+                     127.0.0.1 or [::1], list the name in --allowed-hosts \
+                     (RECBOT_ALLOWED_HOSTS), or set --api-token"
+                ),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
 async fn check_origin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     if path.starts_with("/api/") || path.starts_with("/rooms/") {
@@ -146,15 +220,70 @@ async fn check_origin(State(app): State<Arc<App>>, request: Request, next: Next)
     next.run(request).await
 }
 
+/// Reads an optional whole non-negative number in any JSON spelling (`5`, `5.0`, `5e0`): JSON
+/// has one number type, so a count of seconds or milliseconds written by a program that only
+/// has floats is as good as an integer. `null` is absent; a fraction, a negative number, one
+/// beyond `u64` or a non-number is refused (the JSON extractor names the field in the 400).
+pub fn whole_number<'de, D>(deserializer: D) -> Result<Option<u64>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Whole;
+
+    impl<'v> serde::de::Visitor<'v> for Whole {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole non-negative number")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: serde::Deserializer<'v>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            u64::try_from(v)
+                .map(Some)
+                .map_err(|_| E::custom(format!("must be a whole non-negative number, got {v}")))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            // 2^64 as f64 is exact; every whole f64 below it converts exactly.
+            if v.is_finite() && v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v)
+            {
+                Ok(Some(v as u64))
+            } else {
+                Err(E::custom(format!(
+                    "must be a whole non-negative number, got {v}"
+                )))
+            }
+        }
+    }
+
+    deserializer.deserialize_option(Whole)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRecording {
     room: String,
     #[serde(default)]
     audio: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pli_interval_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     max_duration_s: Option<u64>,
 }
 
@@ -290,4 +419,75 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        #[serde(default, deserialize_with = "whole_number")]
+        n: Option<u64>,
+    }
+
+    fn read(json: &str) -> Result<Option<u64>, String> {
+        serde_json::from_str::<Body>(json)
+            .map(|b| b.n)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hosts_served_without_a_token() {
+        let allowed = vec!["recbot.lan".to_owned(), "box:9000".into(), "fd00::5".into()];
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LocalHost:1",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "[::1]",
+            "recbot.lan",
+            "RECBOT.lan:8080",
+            "box:9000",
+            "[fd00::5]:8080",
+        ] {
+            assert!(host_allowed(&allowed, host), "{host}");
+        }
+        for host in [
+            "",
+            "rebind.attacker.example:8080",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:8080",
+            "box:9001",
+            "box",
+            "user@localhost:8080",
+            "localhost:port",
+            "10.0.0.1:8080",
+        ] {
+            assert!(!host_allowed(&allowed, host), "{host}");
+        }
+        assert!(!host_allowed(&[], "recbot.lan"));
+        assert!(!host_allowed(&[String::new()], "recbot.lan"));
+    }
+
+    #[test]
+    fn whole_numbers_in_every_spelling() {
+        assert_eq!(read(r#"{"n": 5}"#), Ok(Some(5)));
+        assert_eq!(read(r#"{"n": 5.0}"#), Ok(Some(5)));
+        assert_eq!(read(r#"{"n": 5e0}"#), Ok(Some(5)));
+        assert_eq!(read(r#"{"n": -0.0}"#), Ok(Some(0)));
+        assert_eq!(read(r#"{"n": 18446744073709551615}"#), Ok(Some(u64::MAX)));
+        assert_eq!(read(r#"{"n": null}"#), Ok(None));
+        assert_eq!(read(r#"{}"#), Ok(None));
+        for bad in ["5.5", "-1", "-1.0", "1e20", "\"5\"", "true", "[5]"] {
+            let err = read(&format!(r#"{{"n": {bad}}}"#)).unwrap_err();
+            assert!(err.contains("whole non-negative number"), "{bad}: {err}");
+        }
+        assert!(
+            read(r#"{"n": 1, "m": 2}"#).is_err(),
+            "unknown fields stay refused"
+        );
+    }
 }

@@ -7,7 +7,7 @@
 //! the remote description are queued. What the link does with media is up to its [`LinkMedia`].
 
 use super::{Pc, PeerError, PeerFactory};
-use crate::signal::protocol::{Candidate, ClientMessage};
+use crate::signal::protocol::{Candidate, CandidateField, ClientMessage};
 use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -87,14 +87,15 @@ impl PeerConnectionEventHandler for Handler {
         match event.candidate.to_json() {
             Ok(init) => sink.send(ClientMessage::Candidate {
                 to: self.remote.clone(),
-                candidate: Some(Candidate {
+                candidate: Candidate {
                     candidate: init.candidate,
                     // webrtc-rs reports mid ""; with BUNDLE the first m-line carries the
                     // transport, which every browser accepts by index alone.
                     sdp_mid: None,
                     sdp_mline_index: Some(0),
                     username_fragment: init.username_fragment,
-                }),
+                }
+                .into(),
             }),
             Err(e) => tracing::debug!(remote = %self.remote, error = %e, "candidate not sent"),
         }
@@ -107,7 +108,7 @@ impl PeerConnectionEventHandler for Handler {
         if state == RTCIceGatheringState::Complete {
             sink.send(ClientMessage::Candidate {
                 to: self.remote.clone(),
-                candidate: None,
+                candidate: CandidateField::end(),
             });
         }
     }

@@ -176,7 +176,7 @@ impl RoomPeer {
             }
             ServerMessage::Candidate { from, candidate } => {
                 if let Some(link) = self.links.get(&from) {
-                    link.candidate(candidate);
+                    link.candidate(candidate.candidate());
                 }
             }
             ServerMessage::Recording { .. } => {}

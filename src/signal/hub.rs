@@ -444,7 +444,7 @@ mod tests {
         for _ in 0..=MEMBER_QUEUE {
             let _ = fast.relay(ClientMessage::Candidate {
                 to: slow.id().into(),
-                candidate: None,
+                candidate: crate::signal::protocol::CandidateField::end(),
             });
         }
         let ids: Vec<String> = hub.peers("r").into_iter().map(|p| p.id).collect();

@@ -59,6 +59,57 @@ pub struct Candidate {
     pub username_fragment: Option<String>,
 }
 
+/// The `candidate` field of a `candidate` message exactly as its sender wrote it: `null` or an
+/// object that reads as a [`Candidate`] (checked once, when a client's message is parsed).
+///
+/// The hub relays it unchanged: `{"candidate": ""}` stays `{"candidate": ""}` (it does not turn
+/// into `null`) and keys recbot does not know (a browser's own extras) pass through. Consumers
+/// inside recbot read it with [`CandidateField::candidate`], where both spellings of end of
+/// candidates are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CandidateField(serde_json::Value);
+
+impl CandidateField {
+    /// End of candidates, sent as `null`.
+    pub fn end() -> Self {
+        Self(serde_json::Value::Null)
+    }
+
+    /// The field as a client sent it: `null`/absent or an object that reads as a [`Candidate`];
+    /// anything else is refused with the reason.
+    pub fn from_client(value: Option<&serde_json::Value>) -> Result<Self, String> {
+        match value {
+            None | Some(serde_json::Value::Null) => Ok(Self::end()),
+            Some(v @ serde_json::Value::Object(_)) => {
+                serde_json::from_value::<Candidate>(v.clone())
+                    .map_err(|e| format!("bad `candidate`: {e}"))?;
+                Ok(Self(v.clone()))
+            }
+            Some(_) => Err("`candidate` must be an object or null".into()),
+        }
+    }
+
+    /// The candidate to add, or `None` for end of candidates (`null`, `{candidate: ""}`) and for
+    /// a value that does not read as a candidate (possible only in a message from the server).
+    pub fn candidate(&self) -> Option<Candidate> {
+        if self.0.is_null() {
+            return None;
+        }
+        serde_json::from_value::<Candidate>(self.0.clone())
+            .ok()
+            .filter(|c| !c.candidate.is_empty())
+    }
+}
+
+impl From<Candidate> for CandidateField {
+    fn from(candidate: Candidate) -> Self {
+        // Serializing a struct of strings and integers cannot fail; `Null` would only read as
+        // end of candidates.
+        Self(serde_json::to_value(candidate).unwrap_or(serde_json::Value::Null))
+    }
+}
+
 /// State carried in a `recording` notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,12 +186,13 @@ pub enum ServerMessage {
         /// The SDP.
         sdp: String,
     },
-    /// A trickled ICE candidate; `None` is end of candidates.
+    /// A trickled ICE candidate, relayed as its sender wrote it (`null` or `{candidate: ""}`
+    /// is end of candidates).
     Candidate {
         /// Sender's id.
         from: String,
-        /// The candidate, or null.
-        candidate: Option<Candidate>,
+        /// The candidate as sent.
+        candidate: CandidateField,
     },
     /// A recording of this room started or stopped.
     Recording {
@@ -184,8 +236,8 @@ pub enum ClientMessage {
     Candidate {
         /// Recipient.
         to: String,
-        /// The candidate; `None` (also from `{candidate: ""}`) ends candidates.
-        candidate: Option<Candidate>,
+        /// The candidate as sent; [`CandidateField::candidate`] is `None` at end of candidates.
+        candidate: CandidateField,
     },
     /// Leave the room; the server closes the socket with 1000.
     Leave,
@@ -331,15 +383,8 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
         }
         "candidate" => {
             let to = required_string(&object, "to", &reference)?;
-            let candidate = match object.get("candidate") {
-                None | Some(serde_json::Value::Null) => None,
-                Some(v @ serde_json::Value::Object(_)) => {
-                    let c: Candidate = serde_json::from_value(v.clone())
-                        .map_err(|e| bad(format!("bad `candidate`: {e}"), &reference))?;
-                    (!c.candidate.is_empty()).then_some(c)
-                }
-                Some(_) => return Err(bad("`candidate` must be an object or null", &reference)),
-            };
+            let candidate = CandidateField::from_client(object.get("candidate"))
+                .map_err(|message| bad(message, &reference))?;
             Ok(ClientMessage::Candidate { to, candidate })
         }
         "leave" => Ok(ClientMessage::Leave),
@@ -374,9 +419,8 @@ mod tests {
         )
         .unwrap();
         match m {
-            ClientMessage::Candidate {
-                candidate: Some(c), ..
-            } => {
+            ClientMessage::Candidate { candidate, .. } => {
+                let c = candidate.candidate().expect("a candidate");
                 assert_eq!(c.sdp_mid.as_deref(), Some("0"));
                 assert_eq!(c.sdp_mline_index, Some(0));
             }
@@ -388,14 +432,54 @@ mod tests {
     fn end_of_candidates_in_both_spellings() {
         for text in [
             r#"{"type":"candidate","to":"p","candidate":null}"#,
+            r#"{"type":"candidate","to":"p"}"#,
             r#"{"type":"candidate","to":"p","candidate":{"candidate":""}}"#,
+            r#"{"type":"candidate","to":"p","candidate":{"candidate":"","sdpMid":null}}"#,
         ] {
-            assert_eq!(
-                parse_client_message(text).unwrap(),
-                ClientMessage::Candidate {
-                    to: "p".into(),
-                    candidate: None
+            match parse_client_message(text).unwrap() {
+                ClientMessage::Candidate { to, candidate } => {
+                    assert_eq!(to, "p");
+                    assert_eq!(candidate.candidate(), None, "{text}");
                 }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn candidates_are_relayed_as_sent() {
+        for sent in [
+            serde_json::json!({"candidate": ""}),
+            serde_json::json!({"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}),
+            serde_json::json!({"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host",
+                "sdpMid": null, "sdpMLineIndex": 1, "usernameFragment": "uf", "x-extra": [1]}),
+            serde_json::Value::Null,
+        ] {
+            let text =
+                serde_json::json!({"type": "candidate", "to": "p", "candidate": sent}).to_string();
+            let relayed = parse_client_message(&text).unwrap().relayed("a").unwrap();
+            assert_eq!(
+                serde_json::to_value(&relayed).unwrap(),
+                serde_json::json!({"type": "candidate", "from": "a", "candidate": sent})
+            );
+            // What a client reads back is the same message.
+            let read: ServerMessage =
+                serde_json::from_value(serde_json::to_value(&relayed).unwrap()).unwrap();
+            assert_eq!(read, relayed);
+        }
+        for bad_candidate in [
+            serde_json::json!({"sdpMid": "0"}),
+            serde_json::json!({"candidate": 5}),
+            serde_json::json!({"candidate": "c", "sdpMLineIndex": "zero"}),
+            serde_json::json!("candidate:1"),
+        ] {
+            let text =
+                serde_json::json!({"type": "candidate", "to": "p", "candidate": bad_candidate})
+                    .to_string();
+            assert_eq!(
+                parse_client_message(&text).unwrap_err().code,
+                ErrorCode::BadMessage,
+                "{text}"
             );
         }
     }
@@ -431,7 +515,7 @@ mod tests {
     fn server_messages_serialize_as_specified() {
         let m = ServerMessage::Candidate {
             from: "a".into(),
-            candidate: None,
+            candidate: CandidateField::end(),
         };
         assert_eq!(
             serde_json::to_value(&m).unwrap(),

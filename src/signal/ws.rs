@@ -4,7 +4,8 @@
 //! is checked by the router's middleware). The session then runs one task: frames in, queued
 //! hub messages out, pings every [`PING_EVERY`], dropped after [`SILENCE_LIMIT`] without any
 //! frame. Bad frames get an `error` message; the connection stays open unless the client
-//! keeps sending garbage ([`GARBAGE_LIMIT`] per minute: closed with 1008).
+//! keeps sending garbage ([`GARBAGE_LIMIT`] per minute: closed with 1008). Every close the
+//! server starts leaves the room first, then completes the closing handshake (see `close`).
 
 use super::hub::MemberKind;
 use super::protocol::{
@@ -32,6 +33,9 @@ pub const GARBAGE_LIMIT: u32 = 30;
 pub const RATE_PER_SECOND: f64 = 50.0;
 /// Burst size of the rate limit.
 pub const RATE_BURST: f64 = 200.0;
+/// How long a closing session waits for the client's close frame (the closing handshake)
+/// before it drops the connection.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Largest frame the WebSocket layer reads at all (larger ones close the connection); frames
 /// between [`MAX_FRAME_BYTES`] and this get a `too-large` error.
 pub const HARD_FRAME_LIMIT: usize = 256 * 1024;
@@ -129,13 +133,28 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage) -> bool {
     }
 }
 
+/// Closes the session with `code` and `reason` and completes the closing handshake: reads (and
+/// discards) what the client still sends until its close frame, for at most [`CLOSE_GRACE`].
+/// Dropping the connection with unread frames in the kernel's buffer would make it answer with
+/// a TCP reset, and the client would lose the close frame and see 1006 instead of `code`.
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
+    let sent = socket
         .send(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         })))
         .await;
+    if sent.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: String) {
@@ -177,6 +196,8 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
         last: Instant::now(),
     };
     let mut garbage = (0u32, Instant::now());
+    // Set where the session ends with a close frame, sent once the peer has left the room.
+    let mut closing: Option<(u16, &'static str)> = None;
     loop {
         tokio::select! {
             frame = socket.recv() => {
@@ -207,7 +228,7 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
                 });
                 match outcome {
                     Ok(ClientMessage::Leave) => {
-                        close(&mut socket, close_code::NORMAL, "bye").await;
+                        closing = Some((close_code::NORMAL, "bye"));
                         break;
                     }
                     Ok(message) => {
@@ -224,7 +245,7 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
                         }
                         garbage.0 += 1;
                         if garbage.0 > GARBAGE_LIMIT {
-                            close(&mut socket, close_code::POLICY, "too many bad messages").await;
+                            closing = Some((close_code::POLICY, "too many bad messages"));
                             break;
                         }
                         if !send(&mut socket, &refusal.into_message()).await {
@@ -240,7 +261,7 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
                     }
                 }
                 None => {
-                    close(&mut socket, close_code::AGAIN, "too slow").await;
+                    closing = Some((close_code::AGAIN, "too slow"));
                     break;
                 }
             },
@@ -258,10 +279,14 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
                 }
             }
             _ = crate::util::until_true(&mut shutdown) => {
-                close(&mut socket, close_code::AWAY, "server shutting down").await;
+                closing = Some((close_code::AWAY, "server shutting down"));
                 break;
             }
         }
     }
+    // Leave the room first: the others hear `peer-left` at once, not after the handshake.
     drop(membership);
+    if let Some((code, reason)) = closing {
+        close(&mut socket, code, reason).await;
+    }
 }
