@@ -51,6 +51,69 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
+/// Runs `node tests/browser/<script> <args>` within [`SCRIPT_TIMEOUT`] and returns its exit
+/// status and the JSON summary it printed last on stdout (its stderr is echoed). On timeout
+/// the script gets SIGTERM first, so that playwright closes its Chromium (which runs in its
+/// own process group), then SIGKILL.
+async fn run_script(script: &str, args: &[&str]) -> (std::process::ExitStatus, serde_json::Value) {
+    let mut child = tokio::process::Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .env("RECBOT_CHROMIUM", chromium())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let pid = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let run = async {
+        use tokio::io::AsyncReadExt;
+        let (status, _, _) = tokio::join!(
+            child.wait(),
+            stdout.read_to_end(&mut out),
+            stderr.read_to_end(&mut err)
+        );
+        status
+    };
+    let status = match tokio::time::timeout(SCRIPT_TIMEOUT, run).await {
+        Ok(status) => status.expect("node runs"),
+        Err(_) => {
+            if let Some(pid) = pid {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            let _ = child.kill().await;
+            panic!("the browser script {script} did not finish in {SCRIPT_TIMEOUT:?}");
+        }
+    };
+    eprintln!("{}", String::from_utf8_lossy(&err));
+    let stdout = String::from_utf8_lossy(&out);
+    let summary = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary from the browser script {script}: {stdout}"));
+    (status, summary)
+}
+
+/// Whether the browser tests can run here. Without their tools they are skipped with a
+/// message, except under `CI=true`, where they fail.
+fn prerequisites() -> bool {
+    let Some(why) = missing_prerequisite() else {
+        return true;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the browser test is required under CI=true: {why}");
+    }
+    eprintln!("skipping the browser test: {why}");
+    false
+}
+
 fn artifact_dir() -> PathBuf {
     // CARGO_TARGET_TMPDIR is <target>/tmp.
     let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -72,13 +135,10 @@ fn assert_png(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn page_joins_records_and_plays_back_in_chromium() {
-    if let Some(why) = missing_prerequisite() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("the browser test is required under CI=true: {why}");
-        }
-        eprintln!("skipping the browser test: {why}");
+    if !prerequisites() {
         return;
     }
+    let _heavy = heavy().await;
     let srv = TestServer::start_with(|a| a.loopback_candidates_only = true).await;
     let artifacts = artifact_dir();
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -89,33 +149,15 @@ async fn page_joins_records_and_plays_back_in_chromium() {
     assert!(page.text().await.unwrap().contains("/assets/app.js"));
 
     let started = Instant::now();
-    let child = tokio::process::Command::new("node")
-        .arg(browser_dir().join("e2e.mjs"))
-        .arg(&srv.base)
-        .arg(&artifacts)
-        .env("RECBOT_CHROMIUM", chromium())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts");
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the browser script finishes in time")
-        .expect("node runs");
+    let (status, summary) = run_script(
+        "e2e.mjs",
+        &[srv.base.as_str(), &artifacts.to_string_lossy()],
+    )
+    .await;
     let elapsed = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{stderr}");
-    let summary: serde_json::Value = stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("no JSON summary from the browser script: {stdout}"));
     assert!(
-        out.status.success() && summary["ok"] == true,
-        "browser script failed ({}): {summary}\nscreenshots and console logs: {}",
-        out.status,
+        status.success() && summary["ok"] == true,
+        "browser script failed ({status}): {summary}\nscreenshots and console logs: {}",
         artifacts.display()
     );
     eprintln!("browser script: {:.1} s, {summary}", elapsed.as_secs_f64());
@@ -199,5 +241,125 @@ async fn page_joins_records_and_plays_back_in_chromium() {
         elapsed < Duration::from_secs(60),
         "the browser test took {elapsed:?}"
     );
+    srv.shutdown().await;
+}
+
+/// Issue 10 item 11: Chromium renegotiates toward the recorder (an ICE restart, then an added
+/// canvas track) on a connection the recorder offered, where Chromium holds the active DTLS
+/// role. The recorder's answers must keep that role (RFC 8842), Chromium must accept them, and
+/// the recording must go on, with the added track as a new file. The browser side is
+/// `tests/browser/renego.mjs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_renegotiates_toward_the_recorder() {
+    if !prerequisites() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let srv = TestServer::start_with(|a| a.loopback_candidates_only = true).await;
+    let room = "renego";
+    let (status, summary) = run_script("renego.mjs", &[srv.base.as_str(), room]).await;
+    eprintln!("renegotiation script: {summary}");
+    assert!(
+        summary["steps"].is_array(),
+        "the script failed early: {summary}"
+    );
+
+    // The first negotiation: the recorder offered actpass, Chromium answered active.
+    assert_eq!(
+        summary["first_offer_setup"],
+        serde_json::json!(["a=setup:actpass"])
+    );
+    assert_eq!(
+        summary["first_answer_setup"],
+        serde_json::json!(["a=setup:active"])
+    );
+    for step in summary["steps"].as_array().expect("steps") {
+        let what = &step["what"];
+        // Chromium's later offers say actpass; the recorder keeps its established passive role.
+        assert_eq!(step["ok"], true, "{what} failed: {step}");
+        assert_eq!(
+            step["offer_setup"],
+            serde_json::json!(["a=setup:actpass"]),
+            "{what}: {step}"
+        );
+        assert_eq!(
+            step["answer_setup"],
+            serde_json::json!(["a=setup:passive"]),
+            "{what}: {step}"
+        );
+        assert_eq!(step["signaling_state"], "stable", "{what}: {step}");
+        assert_eq!(step["connection_state"], "connected", "{what}: {step}");
+    }
+    // The ICE restart restarted ICE on the recorder too (new credentials in its answer).
+    let restart = &summary["steps"][0];
+    assert_eq!(restart["what"], "restart-ice");
+    assert!(restart["remote_ufrag_after"].is_string(), "{restart}");
+    assert_ne!(
+        restart["remote_ufrag_before"], restart["remote_ufrag_after"],
+        "{restart}"
+    );
+    assert!(
+        status.success() && summary["ok"] == true,
+        "{status}: {summary}"
+    );
+
+    // The recording, stopped: Chromium's camera video went on through both renegotiations,
+    // and the canvas track is a second video file of the same participant.
+    let id = summary["recording_id"].as_str().expect("recording id");
+    let peer = summary["peer_id"].as_str().expect("peer id");
+    let (code, rec) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(code, 200, "{rec}");
+    let tracks = rec["tracks"].as_array().expect("tracks");
+    let videos: Vec<_> = tracks
+        .iter()
+        .filter(|t| t["participant"] == peer && t["kind"] == "video")
+        .collect();
+    assert_eq!(videos.len(), 2, "two video tracks of the browser: {rec}");
+    assert!(
+        tracks
+            .iter()
+            .any(|t| t["participant"] == peer && t["kind"] == "audio"),
+        "{rec}"
+    );
+    let before_restart = summary["steps"][0]["figures_before"]
+        .as_array()
+        .expect("figures");
+    let camera = videos
+        .iter()
+        .find(|t| {
+            before_restart
+                .iter()
+                .any(|b| b["file"] == t["file"] && b["kind"] == "video")
+        })
+        .expect("the camera track recorded before the renegotiations");
+    let added = summary["added_track"]["file"].as_str().expect("added file");
+    let canvas = videos
+        .iter()
+        .find(|t| t["file"] == added)
+        .expect("the added track");
+    assert_ne!(camera["file"], canvas["file"]);
+    let camera_before = before_restart
+        .iter()
+        .find(|b| b["file"] == camera["file"])
+        .and_then(|b| b["frames"].as_u64())
+        .expect("frames before");
+    let camera_after = camera["frames"].as_u64().expect("frames");
+    assert!(
+        camera_after > camera_before + 30,
+        "the camera video stopped at the renegotiations: {camera_before} → {camera_after} frames"
+    );
+    assert!(canvas["frames"].as_u64().unwrap_or(0) > 15, "{canvas}");
+    assert_eq!(canvas["width"], 320, "{canvas}");
+    // Both files are on disk. (Their decode is the e2e test's and the recording tests' business.)
+    let dir = srv.dir.path().join(id);
+    for track in &videos {
+        let file = track["file"].as_str().expect("file name");
+        let bytes = std::fs::metadata(dir.join(file))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        assert!(bytes > 1_000, "{file}: {bytes} bytes");
+    }
     srv.shutdown().await;
 }

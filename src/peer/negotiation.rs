@@ -5,6 +5,13 @@
 //! resolved by W3C perfect negotiation: the polite side rolls back its own offer and accepts
 //! the remote one; the impolite side ignores the remote offer. Candidates that arrive before
 //! the remote description are queued. What the link does with media is up to its [`LinkMedia`].
+//!
+//! The DTLS role of the association is fixed by the first completed offer/answer and kept by
+//! every renegotiation (RFC 8842). webrtc-rs keeps it internally, but writes `a=setup` of every
+//! answer from its configured answering role (`active`), even when it is the DTLS server of the
+//! association; a browser then refuses the answer to its renegotiation ("Failed to set SSL
+//! role"). So the link remembers its role ([`established_setup`]) and puts it into the answers
+//! it sends ([`with_setup`]). Our own offers say `actpass`, which subsequent offers may say.
 
 use super::{Pc, PeerError, PeerFactory};
 use crate::signal::protocol::{Candidate, CandidateField, ClientMessage};
@@ -253,6 +260,7 @@ impl Builder {
             loopback_only: self.factory.config().loopback_candidates_only,
             have_local_offer: false,
             have_remote_description: false,
+            dtls_setup: None,
             pending_candidates: Vec::new(),
         };
         tokio::select! {
@@ -273,6 +281,8 @@ struct State {
     loopback_only: bool,
     have_local_offer: bool,
     have_remote_description: bool,
+    /// Our DTLS role in the association, once the first offer/answer completed.
+    dtls_setup: Option<DtlsSetup>,
     pending_candidates: Vec<Candidate>,
 }
 
@@ -316,6 +326,7 @@ impl State {
     }
 
     async fn on_offer(&mut self, sdp: String) -> Result<(), PeerError> {
+        let offer_sdp = sdp.clone();
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         if self.have_local_offer {
@@ -333,8 +344,23 @@ impl State {
         self.have_remote_description = true;
         self.flush_candidates().await;
         let answer = self.pc.create_answer(None).await?;
+        // webrtc-rs refuses a local answer that differs from the one it generated
+        // (`ErrSDPDoesNotMatchAnswer`), so the role is put into the SDP we send, not into the
+        // one we apply. webrtc-rs reads `a=setup` only when it starts the transports at the
+        // first negotiation, and then from the remote description: what its local answer says
+        // about the role changes nothing on our side.
         self.pc.set_local_description(answer).await?;
-        let sdp = self.local_sdp().await;
+        let generated = self.local_sdp().await;
+        // The role this answer states: the association's, or at the first negotiation the one
+        // the offer leaves us (the inverse of active/passive; ours for actpass).
+        let role = self
+            .dtls_setup
+            .or_else(|| established_setup(&offer_sdp, &generated));
+        self.dtls_setup = role;
+        let sdp = match role {
+            Some(role) => with_setup(&generated, role),
+            None => generated,
+        };
         self.sink.send(ClientMessage::Answer {
             to: self.remote.clone(),
             sdp,
@@ -347,9 +373,13 @@ impl State {
             tracing::debug!(remote = %self.remote, "answer without an offer out: ignored");
             return Ok(());
         }
+        let answer_sdp = sdp.clone();
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         self.pc.set_remote_description(answer).await?;
+        if self.dtls_setup.is_none() {
+            self.dtls_setup = established_setup(&answer_sdp, "");
+        }
         self.have_local_offer = false;
         self.have_remote_description = true;
         self.flush_candidates().await;
@@ -394,6 +424,71 @@ impl State {
     }
 }
 
+/// A side's DTLS role in an association, as SDP `a=setup` says it (RFC 4145, RFC 8842).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtlsSetup {
+    /// `a=setup:active`: the DTLS client.
+    Active,
+    /// `a=setup:passive`: the DTLS server.
+    Passive,
+}
+
+impl DtlsSetup {
+    /// The attribute value (`active` / `passive`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Passive => "passive",
+        }
+    }
+
+    fn inverse(self) -> Self {
+        match self {
+            Self::Active => Self::Passive,
+            Self::Passive => Self::Active,
+        }
+    }
+}
+
+/// The value of the first `a=setup:` line of an SDP (session or media level), if any.
+fn setup_value(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=setup:"))
+        .map(str::trim)
+}
+
+/// Our DTLS role once an offer/answer between `remote_sdp` and `local_sdp` completed: the
+/// inverse of the remote's `a=setup:active|passive`; when the remote said `actpass` (it
+/// offered), what our answer `local_sdp` said. `None` while that does not settle it.
+pub fn established_setup(remote_sdp: &str, local_sdp: &str) -> Option<DtlsSetup> {
+    let parse = |value: Option<&str>| match value? {
+        v if v.eq_ignore_ascii_case("active") => Some(DtlsSetup::Active),
+        v if v.eq_ignore_ascii_case("passive") => Some(DtlsSetup::Passive),
+        _ => None,
+    };
+    match setup_value(remote_sdp) {
+        Some(v) if v.eq_ignore_ascii_case("actpass") => parse(setup_value(local_sdp)),
+        remote => parse(remote).map(DtlsSetup::inverse),
+    }
+}
+
+/// `sdp` with every `a=setup:` line saying `role`; everything else, line endings included,
+/// is kept as it is.
+pub fn with_setup(sdp: &str, role: DtlsSetup) -> String {
+    let mut out = String::with_capacity(sdp.len() + 8);
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("a=setup:") {
+            let ending = &line[line.trim_end_matches(['\r', '\n']).len()..];
+            out.push_str("a=setup:");
+            out.push_str(role.as_str());
+            out.push_str(ending);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 /// Whether an ICE candidate line (`candidate:F C proto prio ADDRESS port typ ...`) names a
 /// loopback address.
 pub fn is_loopback_candidate(line: &str) -> bool {
@@ -406,6 +501,70 @@ pub fn is_loopback_candidate(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ANSWER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0 1\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=setup:active\r\na=mid:0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=setup:active\r\na=mid:1\r\n";
+
+    fn sdp_with(setup: &str) -> String {
+        ANSWER.replace("a=setup:active", &format!("a=setup:{setup}"))
+    }
+
+    #[test]
+    fn established_role_from_the_first_offer_answer() {
+        // The remote answered our actpass offer: we are the inverse of its role.
+        let offer = sdp_with("actpass");
+        assert_eq!(
+            established_setup(&sdp_with("active"), &offer),
+            Some(DtlsSetup::Passive)
+        );
+        assert_eq!(
+            established_setup(&sdp_with("passive"), &offer),
+            Some(DtlsSetup::Active)
+        );
+        // The remote offered actpass: we are what our answer said.
+        assert_eq!(
+            established_setup(&offer, &sdp_with("active")),
+            Some(DtlsSetup::Active)
+        );
+        assert_eq!(
+            established_setup(&offer, &sdp_with("passive")),
+            Some(DtlsSetup::Passive)
+        );
+        // The remote offered a role: ours is the inverse, whatever we generated.
+        assert_eq!(
+            established_setup(&sdp_with("active"), &sdp_with("active")),
+            Some(DtlsSetup::Passive)
+        );
+        // Nothing settles it.
+        assert_eq!(established_setup(&offer, &offer), None);
+        assert_eq!(established_setup(&offer, ""), None);
+        assert_eq!(established_setup("v=0\r\n", ""), None);
+        assert_eq!(established_setup(&sdp_with("holdconn"), ""), None);
+    }
+
+    #[test]
+    fn setup_lines_rewritten_and_nothing_else() {
+        let passive = with_setup(ANSWER, DtlsSetup::Passive);
+        assert_eq!(passive, sdp_with("passive"));
+        assert_eq!(passive.matches("a=setup:passive\r\n").count(), 2);
+        assert_eq!(with_setup(ANSWER, DtlsSetup::Active), ANSWER);
+        // Bare \n line endings and a last line without one are kept.
+        assert_eq!(
+            with_setup("v=0\na=setup:active\na=setup:actpass", DtlsSetup::Passive),
+            "v=0\na=setup:passive\na=setup:passive"
+        );
+        // No setup line: unchanged.
+        assert_eq!(
+            with_setup("v=0\r\ns=-\r\n", DtlsSetup::Active),
+            "v=0\r\ns=-\r\n"
+        );
+        // Round trip: the rewritten answer states the role it was given.
+        assert_eq!(
+            established_setup(&sdp_with("actpass"), &passive),
+            Some(DtlsSetup::Passive)
+        );
+    }
 
     #[test]
     fn loopback_candidates() {

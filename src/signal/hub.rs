@@ -463,7 +463,7 @@ mod tests {
         let send = || {
             client.relay(ClientMessage::Candidate {
                 to: bot.id().into(),
-                candidate: None,
+                candidate: crate::signal::protocol::CandidateField::end(),
             })
         };
         // Far more than a client's queue holds: a recorder joining a room of 64 gets this many.
