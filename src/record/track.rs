@@ -319,7 +319,6 @@ struct VideoPipeline {
     mux: Option<Arc<MuxFile>>,
     timeline: Option<FileTimeline>,
     last_ms: u64,
-    wrote_any: bool,
     size: Option<(u16, u16)>,
     failed: bool,
 }
@@ -334,7 +333,6 @@ impl VideoPipeline {
             mux: None,
             timeline: None,
             last_ms: 0,
-            wrote_any: false,
             size: None,
             failed: false,
         }
@@ -419,15 +417,8 @@ impl VideoPipeline {
         let Some(writer) = self.writer.as_mut() else {
             return;
         };
-        // 90 kHz → ms.
-        let offset = (position + 45) / 90;
-        // Strictly increasing: a frame placed at or before the previous one (a re-alignment
-        // pulled the file back) goes 1 ms after it.
-        let ts = if self.wrote_any {
-            (offset as u64).max(self.last_ms + 1)
-        } else {
-            offset as u64
-        };
+        // 90 kHz → ms. The writer keeps the track's timestamps strictly increasing.
+        let ts = ((position + 45) / 90) as u64;
         if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
             if self.size != Some((w, h)) {
                 if self.size.is_some() {
@@ -440,9 +431,8 @@ impl VideoPipeline {
             }
         }
         match writer.write_frame(1, ts, frame.keyframe, &frame.data) {
-            Ok(()) => {
+            Ok(ts) => {
                 self.last_ms = ts;
-                self.wrote_any = true;
                 stats.frames.fetch_add(1, Ordering::Relaxed);
                 if frame.keyframe {
                     stats.keyframes.fetch_add(1, Ordering::Relaxed);
