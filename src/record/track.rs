@@ -11,10 +11,10 @@ use super::ogg::{OggOpusWriter, PacketOutcome};
 use super::session::{TrackContext, TrackEntry};
 use super::webm::{WebmTrack, WebmWriter};
 use crate::media::clock::{FileTimeline, TrackClock};
-use crate::media::pli::PliPolicy;
+use crate::media::pli::{PliPolicy, Request};
 use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
 use crate::media::source::{MediaSource, SourceEvent};
-use crate::media::vp8::{Vp8Assembler, Vp8Event, Vp8Frame};
+use crate::media::vp8::{payload_starts_keyframe, Vp8Assembler, Vp8Event, Vp8Frame};
 use bytes::Bytes;
 use std::fs::File;
 use std::io::BufWriter;
@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long a missing video packet is waited for (NACK retransmissions arrive within it).
 pub const VIDEO_REORDER: Duration = Duration::from_millis(300);
+/// How long a gap in the video may stay open before it counts as a loss for keyframe
+/// requests (the reorder window still waits [`VIDEO_REORDER`] for the packet): webrtc-rs sends
+/// NACKs every 100 ms, so a retransmission normally lands within this.
+pub const VIDEO_LOSS_SUSPECT: Duration = Duration::from_millis(150);
 /// How long a missing audio packet is waited for.
 pub const AUDIO_REORDER: Duration = Duration::from_millis(120);
 /// Opus pre-skip written in the files: libopus' encoder lookahead at 48 kHz, which is what
@@ -60,8 +64,8 @@ trait Pipeline {
     fn finish(self, ctx: &TrackContext, end: Instant);
 }
 
-/// A PLI the pipeline wants sent.
-struct PictureLossIndicationDue(crate::media::pli::PliReason);
+/// A keyframe request (PLI or FIR) the pipeline wants sent.
+struct PictureLossIndicationDue(crate::media::pli::Request);
 
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
 /// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
@@ -164,10 +168,13 @@ async fn drive<S: MediaSource, P: Pipeline>(
             break End::Stop(at);
         }
         let now = Instant::now();
-        if let Some(PictureLossIndicationDue(reason)) = pipeline.tick(ctx, now) {
-            tracing::debug!(file = %ctx.entry.file, ?reason, "sending PLI");
+        if let Some(PictureLossIndicationDue(request)) = pipeline.tick(ctx, now) {
+            tracing::debug!(file = %ctx.entry.file, ?request, "requesting a keyframe");
             ctx.entry.stats.plis.fetch_add(1, Ordering::Relaxed);
-            source.request_keyframe().await;
+            match request {
+                Request::Pli(_) => source.request_keyframe().await,
+                Request::Fir(_, seq) => source.request_full_intra(seq).await,
+            }
         }
         if now >= next_flush {
             pipeline.flush(ctx);
@@ -321,6 +328,8 @@ struct VideoPipeline {
     last_ms: u64,
     size: Option<(u16, u16)>,
     failed: bool,
+    /// The gap (by when it became visible) already reported as a loss.
+    suspected_gap: Option<Instant>,
 }
 
 impl VideoPipeline {
@@ -335,6 +344,7 @@ impl VideoPipeline {
             last_ms: 0,
             size: None,
             failed: false,
+            suspected_gap: None,
         }
     }
 
@@ -462,6 +472,9 @@ impl Pipeline for VideoPipeline {
 
     fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
         let h = &packet.header;
+        if payload_starts_keyframe(&packet.payload) {
+            self.pli.keyframe_started();
+        }
         self.assembler.push(
             h.sequence_number,
             h.timestamp,
@@ -475,6 +488,19 @@ impl Pipeline for VideoPipeline {
 
     fn tick(&mut self, ctx: &TrackContext, now: Instant) -> Option<PictureLossIndicationDue> {
         self.drain(ctx, now);
+        if self.assembler.take_keyframe_incomplete() {
+            self.pli.keyframe_incomplete();
+        }
+        // A gap NACK did not fill in time: the frame is lost, ask now rather than when the
+        // reorder window gives it up (each gap once).
+        if let Some(since) = self.assembler.gap_since() {
+            if now.saturating_duration_since(since) >= VIDEO_LOSS_SUSPECT
+                && self.suspected_gap != Some(since)
+            {
+                self.suspected_gap = Some(since);
+                self.pli.frame_lost();
+            }
+        }
         let awaiting = self.assembler.waiting_for_keyframe();
         self.pli.poll(now, awaiting).map(PictureLossIndicationDue)
     }
@@ -483,10 +509,15 @@ impl Pipeline for VideoPipeline {
         let pli = self
             .pli
             .next_deadline(self.assembler.waiting_for_keyframe());
-        match (self.assembler.next_deadline(), pli) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let gap = self
+            .assembler
+            .gap_since()
+            .filter(|since| self.suspected_gap != Some(*since))
+            .map(|since| since + VIDEO_LOSS_SUSPECT);
+        [self.assembler.next_deadline(), pli, gap]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn flush(&mut self, ctx: &TrackContext) {
