@@ -134,7 +134,7 @@ pub fn webm_writer(data: &[u8]) {
     let mut accepted = 0usize;
     while let (Some(head), Some(step), Some(len)) = (input.u8(), input.u16(), input.u8()) {
         let track = usize::from(head & 1);
-        // Mostly forward; a set high bit makes a big jump or (refused) a step back.
+        // Mostly forward; a set high bit makes a big jump or a step back (written 1 ms on).
         ts[track] = if step & 0x8000 != 0 {
             ts[track].wrapping_add(u64::from(step & 0x7fff) * 1000) % (1 << 40)
         } else {
@@ -162,6 +162,15 @@ pub fn webm_writer(data: &[u8]) {
         Err(e) => panic!("the writer's own file does not read back: {e}"),
     };
     assert_eq!(info.blocks.len(), accepted);
+    for track in [1, 2] {
+        let ts: Vec<i64> = info
+            .blocks
+            .iter()
+            .filter(|b| b.track == track)
+            .map(|b| b.ts_ms)
+            .collect();
+        assert!(ts.windows(2).all(|p| p[1] > p[0]), "track {track}: {ts:?}");
+    }
     assert!(info.duration_ms.is_some());
 }
 

@@ -4,9 +4,18 @@
 //! A track reaches it in one of two ways ([`TrackClock`]):
 //! - **Sender reports** (RFC 3550 §6.4.1): an SR ties the sender's RTP clock to its wallclock
 //!   (NTP). All tracks of one participant share a [`SenderClock`], which maps that wallclock
-//!   onto the recording's clock with an offset estimated from arrivals (the largest
-//!   `ntp − arrival` seen: the sample that travelled fastest). Audio and video of one sender
-//!   therefore sit where the sender captured them, whatever their network delays.
+//!   onto the recording's clock with an offset estimated from arrivals (`ntp − arrival` of the
+//!   samples that travelled fastest). Audio and video of one sender therefore sit where the
+//!   sender captured them, whatever their network delays.
+//!
+//!   Both inputs can be wrong in one direction under load, and a single wrong sample must not
+//!   move a participant: an SR pairs its NTP time with the RTP time of the last packet *sent*,
+//!   so a packet sent late (a starved sender) stamps the whole report late; a track therefore
+//!   keeps its last [`REPORTS_KEPT`] SRs and maps through the one that puts a given RTP time
+//!   earliest. Arrivals are only ever late (a busy or bunched receiver), and the offset is a
+//!   windowed minimum-delay filter: the fastest sample of each [`OFFSET_WINDOW`], and of the
+//!   last [`OFFSET_WINDOWS`] windows a value that several agree on (an early-stamped outlier
+//!   in one window is ignored). Old windows expire, so the estimate follows clock drift.
 //! - **Arrival**, until the track's first SR: the first packet's arrival anchors the track, and
 //!   its RTP clock runs from there.
 //!
@@ -27,9 +36,12 @@ pub const MAX_FILE_DRIFT: Duration = Duration::from_millis(30);
 /// file's start instead of its positions: it comes from the sender-offset estimate settling
 /// (its first fast packet), not from drift.
 pub const PLACEMENT_WINDOW: Duration = Duration::from_secs(10);
-/// How fast the sender-offset estimate may fall (seconds per second): lets it follow clock
-/// drift and route changes that lengthen the fastest path.
-pub const OFFSET_DECAY: f64 = 0.002;
+/// Length of one window of the sender-offset filter (its fastest sample is kept).
+pub const OFFSET_WINDOW: Duration = Duration::from_secs(1);
+/// Windows the sender-offset filter remembers.
+pub const OFFSET_WINDOWS: usize = 8;
+/// Sender reports a track keeps to choose its mapping from.
+pub const REPORTS_KEPT: usize = 8;
 
 /// The clock of one recording: its zero instant.
 #[derive(Debug, Clone, Copy)]
@@ -60,29 +72,55 @@ pub fn ntp_seconds(ntp: u64) -> f64 {
 
 /// Maps one sender's wallclock (seconds, from its SRs) onto the recording's clock. Shared by
 /// all tracks of that sender.
+///
+/// The offset is `ntp − arrival` of the fastest sample per [`OFFSET_WINDOW`] of arrival time,
+/// over the last [`OFFSET_WINDOWS`] windows: the value that at least a quarter of them (and at
+/// least two, once two exist) reach, so one early-stamped sample cannot move it and late
+/// (bunched, starved) arrivals never do.
 #[derive(Debug, Clone, Default)]
 pub struct SenderClock {
-    offset: Option<f64>,
-    last_arrival: f64,
+    /// (window index, largest `ntp − arrival` in it), oldest first, indices increasing.
+    windows: std::collections::VecDeque<(i64, f64)>,
 }
 
 impl SenderClock {
     /// A sample stamped `ntp` (sender wallclock) arrived at recording time `arrival`.
     pub fn observe(&mut self, ntp: f64, arrival: f64) {
         let sample = ntp - arrival;
-        self.offset = Some(match self.offset {
-            None => sample,
-            Some(offset) => {
-                let elapsed = (arrival - self.last_arrival).max(0.0);
-                sample.max(offset - OFFSET_DECAY * elapsed)
+        if !sample.is_finite() {
+            return;
+        }
+        let index = (arrival / OFFSET_WINDOW.as_secs_f64()).floor() as i64;
+        match self.windows.iter_mut().rev().find(|(i, _)| *i <= index) {
+            Some((i, best)) if *i == index => *best = best.max(sample),
+            _ => {
+                if self.windows.back().is_some_and(|(i, _)| *i > index) {
+                    // Older than the newest window and its own window is gone: too old to count.
+                    return;
+                }
+                self.windows.push_back((index, sample));
+                while self.windows.len() > OFFSET_WINDOWS {
+                    self.windows.pop_front();
+                }
             }
-        });
-        self.last_arrival = self.last_arrival.max(arrival);
+        }
+    }
+
+    /// The current offset estimate (sender wallclock − recording time).
+    pub fn offset(&self) -> Option<f64> {
+        let mut best: Vec<f64> = self.windows.iter().map(|(_, b)| *b).collect();
+        if best.is_empty() {
+            return None;
+        }
+        best.sort_by(|a, b| b.total_cmp(a));
+        // The k-th largest window value: reached by k+1 windows.
+        let k = (best.len() / 4).max(usize::from(best.len() >= 2));
+        best.get(k).copied()
     }
 
     /// Recording time of sender wallclock `ntp`, once anything was observed.
     pub fn to_recording(&self, ntp: f64) -> Option<f64> {
-        self.offset.map(|o| ntp - o)
+        self.offset().map(|o| ntp - o)
     }
 }
 
@@ -99,7 +137,8 @@ pub struct TrackClock {
     clock: RecordingClock,
     rate: f64,
     anchor: Option<(i64, f64)>,
-    report: Option<Report>,
+    /// The last [`REPORTS_KEPT`] sender reports, oldest first.
+    reports: std::collections::VecDeque<Report>,
     last_ext: Option<i64>,
     reanchors: u32,
     generation: u32,
@@ -119,7 +158,7 @@ impl TrackClock {
             clock,
             rate: f64::from(clock_rate.max(1)),
             anchor: None,
-            report: None,
+            reports: std::collections::VecDeque::new(),
             last_ext: None,
             reanchors: 0,
             generation: 0,
@@ -139,22 +178,36 @@ impl TrackClock {
         };
         // Extend `rtp` next to the latest packet's timestamp (SRs are seconds apart).
         let delta = i64::from(rtp.wrapping_sub(last as u32) as i32);
-        if self.report.is_none() {
+        if self.reports.is_empty() {
             tracing::debug!(
                 rate = self.rate,
                 "first sender report: track placed by wallclock"
             );
             self.generation += 1;
         }
-        self.report = Some(Report {
+        self.reports.push_back(Report {
             ntp: ntp_seconds(ntp),
             ext: last + delta,
         });
+        while self.reports.len() > REPORTS_KEPT {
+            self.reports.pop_front();
+        }
+    }
+
+    /// The report the track maps through: of those kept, the one that puts an RTP time at the
+    /// earliest wallclock. An SR can only be stamped late (its RTP time is extrapolated from
+    /// the last packet's send time, late when the sender was starved), never early.
+    fn report(&self) -> Option<Report> {
+        self.reports.iter().copied().min_by(|a, b| {
+            let a0 = a.ntp - a.ext as f64 / self.rate;
+            let b0 = b.ntp - b.ext as f64 / self.rate;
+            a0.total_cmp(&b0)
+        })
     }
 
     /// Whether sender reports place this track.
     pub fn synced(&self) -> bool {
-        self.report.is_some()
+        !self.reports.is_empty()
     }
 
     /// Changes whenever the mapping changes basis (first SR, a re-anchor).
@@ -167,7 +220,7 @@ impl TrackClock {
     pub fn map(&mut self, ts: i64, arrival: Instant, sender: &SharedSenderClock) -> f64 {
         let arrived = self.clock.seconds(arrival);
         self.last_ext = Some(self.last_ext.map_or(ts, |l| l.max(ts)));
-        if let Some(report) = self.report {
+        if let Some(report) = self.report() {
             let ntp = report.ntp + (ts - report.ext) as f64 / self.rate;
             let mut sender = lock(sender);
             sender.observe(ntp, arrived);
@@ -178,7 +231,7 @@ impl TrackClock {
             }
             drop(sender);
             tracing::warn!("sender report disagrees with arrival; falling back to arrival");
-            self.report = None;
+            self.reports.clear();
             self.anchor = None;
             self.generation += 1;
             self.reanchors += 1;
@@ -205,7 +258,7 @@ impl TrackClock {
     /// Recording time of extended timestamp `ts` under the current mapping, without observing
     /// anything (for placing a sample seen earlier).
     pub fn time_of(&self, ts: i64, sender: &SharedSenderClock) -> Option<f64> {
-        if let Some(report) = self.report {
+        if let Some(report) = self.report() {
             return lock(sender).to_recording(report.ntp + (ts - report.ext) as f64 / self.rate);
         }
         self.anchor
@@ -408,5 +461,96 @@ mod tests {
         assert!(moved);
         assert_eq!(p, 960);
         assert!((f.first_t() - 1.0).abs() < 1e-6, "{}", f.first_t());
+    }
+
+    fn ntp64(secs: f64) -> u64 {
+        (secs * 4_294_967_296.0) as u64
+    }
+
+    /// Issue 10 item 10: one sender report stamped late (the packet before it was sent 60 ms
+    /// late by a starved sender) moves neither that track nor the participant's other track.
+    #[test]
+    fn a_late_stamped_sender_report_moves_nothing() {
+        let zero = Instant::now();
+        let s = sender();
+        let rc = RecordingClock::new(zero);
+        let mut audio = TrackClock::new(rc, 48_000);
+        let mut video = TrackClock::new(rc, 90_000);
+        // Wallclock w is recording time w − 999.5; audio travels 20 ms, video 30 ms.
+        let rec = |w: f64| w - 999.5;
+        let at = |r: f64| zero + Duration::from_secs_f64(r);
+        let a_ts = |w: f64| (48_000.0 * (w - 1000.0)).round() as i64;
+        let v_ts = |w: f64| 777_777 + (90_000.0 * (w - 1000.0)).round() as i64;
+        let mut worst: f64 = 0.0;
+        for i in 0..500 {
+            let w = 1000.0 + 0.02 * f64::from(i);
+            let ta = audio.map(a_ts(w), at(rec(w) + 0.020), &s);
+            let tv = video.map(v_ts(w), at(rec(w) + 0.030), &s);
+            if i > 60 {
+                worst = worst.max((ta - rec(w) - 0.020).abs());
+                worst = worst.max((tv - rec(w) - 0.020).abs());
+            }
+            if i % 50 == 10 {
+                audio.on_sender_report(ntp64(w), a_ts(w) as u32);
+                // The 3rd video SR says RTP time v_ts(w) was captured 60 ms later than it was.
+                let late = if i == 110 { 0.060 } else { 0.0 };
+                video.on_sender_report(ntp64(w + late), v_ts(w) as u32);
+            }
+        }
+        // Placed at the fastest path (+20 ms), within a millisecond, before and after it.
+        assert!(worst < 0.001, "worst placement error {:.1} ms", worst * 1e3);
+    }
+
+    /// One sample stamped 80 ms early does not move the offset; arrivals processed late in a
+    /// bunch (a starved receiver) do not either.
+    #[test]
+    fn sender_offset_ignores_one_outlier_and_bunched_arrivals() {
+        let mut c = SenderClock::default();
+        let truth = 1000.0;
+        let mut seed = 7u64;
+        let mut jitter = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 40) as f64 / (1u64 << 24) as f64 * 0.010
+        };
+        for i in 0..600 {
+            let capture = 0.02 * f64::from(i);
+            // 5–15 ms network delay; every second, 200 ms worth of packets processed in a
+            // bunch up to 150 ms late.
+            let mut arrival = capture + 0.005 + jitter();
+            if i % 50 < 10 {
+                arrival += 0.150 - 0.015 * f64::from(i % 50);
+            }
+            c.observe(truth + capture, arrival);
+            if i == 325 {
+                // Early-stamped (or from a late-stamped SR): looks 80 ms faster than possible.
+                c.observe(truth + capture + 0.080, arrival);
+            }
+            if i > 100 {
+                let offset = -c.to_recording(0.0).unwrap();
+                let error = truth - 0.005 - offset;
+                assert!(
+                    (-0.001..=0.006).contains(&error),
+                    "sample {i}: offset off by {:.1} ms",
+                    error * 1e3
+                );
+            }
+        }
+    }
+
+    /// The estimate follows a sender clock that drifts (old windows expire).
+    #[test]
+    fn sender_offset_follows_drift() {
+        let mut c = SenderClock::default();
+        for i in 0..3000 {
+            let t = 0.02 * f64::from(i);
+            // Sender wallclock runs 1 ms/s slow against ours.
+            c.observe(500.0 + t * 0.999, t + 0.010);
+        }
+        let t = 0.02 * 2999.0;
+        let expect = 500.0 + t * 0.999 - (t + 0.010);
+        let offset = -c.to_recording(0.0).unwrap();
+        assert!((offset - expect).abs() < 0.010, "{offset} vs {expect}");
     }
 }

@@ -256,6 +256,13 @@ impl<T> ReorderBuffer<T> {
         self.start_deadline.or(self.gap_deadline)
     }
 
+    /// While a gap waits at the front: the arrival of the first packet waiting behind it (when
+    /// the gap became visible). `None` when nothing is missing.
+    pub fn gap_since(&self) -> Option<Instant> {
+        self.gap_deadline?;
+        self.buf.first_key_value().map(|(_, (arrival, _))| *arrival)
+    }
+
     /// Sequence numbers given up as lost so far (a packet arriving after that is still
     /// counted here, and as too late).
     pub fn lost(&self) -> u64 {

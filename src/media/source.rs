@@ -5,6 +5,7 @@
 //! Both give the same [`SourceEvent`]s, and both take keyframe requests back to the sender.
 
 use async_trait::async_trait;
+use rtc::rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraRequest};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub trait MediaSource: Send {
     async fn next(&mut self) -> Option<SourceEvent>;
     /// Asks the sender for a keyframe (RTCP PLI).
     async fn request_keyframe(&self);
+    /// Asks the sender for a keyframe with an RTCP FIR carrying command sequence number `seq`
+    /// (a new number per new request, RFC 5104 §4.3.1).
+    async fn request_full_intra(&self, seq: u8);
 }
 
 /// A webrtc-rs remote track, read directly.
@@ -82,6 +86,20 @@ impl MediaSource for RemoteSource {
         };
         if let Err(e) = self.track.write_rtcp(vec![Box::new(pli)]).await {
             tracing::debug!(ssrc = self.ssrc, error = %e, "PLI not sent");
+        }
+    }
+
+    async fn request_full_intra(&self, seq: u8) {
+        let fir = FullIntraRequest {
+            sender_ssrc: 0,
+            media_ssrc: self.ssrc,
+            fir: vec![FirEntry {
+                ssrc: self.ssrc,
+                sequence_number: seq,
+            }],
+        };
+        if let Err(e) = self.track.write_rtcp(vec![Box::new(fir)]).await {
+            tracing::debug!(ssrc = self.ssrc, error = %e, "FIR not sent");
         }
     }
 }
@@ -158,6 +176,11 @@ impl MediaSource for RelaySource {
     async fn request_keyframe(&self) {
         // A full queue already holds a request: nothing is lost by dropping this one.
         let _ = self.keyframes.try_send(());
+    }
+
+    async fn request_full_intra(&self, _seq: u8) {
+        // The relay's owner asks its sender; one kind of request is enough there.
+        self.request_keyframe().await;
     }
 }
 

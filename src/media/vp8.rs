@@ -275,7 +275,20 @@ pub struct Vp8Assembler {
     had_keyframe: bool,
     /// PictureID of the last frame whose marker was seen.
     last_picture_id: Option<PictureId>,
+    /// The keyframe whose packets are arriving, watched at push time (before reordering).
+    watch: Option<KeyframeWatch>,
+    /// A keyframe was seen to arrive with a packet missing (see `take_keyframe_incomplete`).
+    keyframe_incomplete: bool,
     stats: Vp8Stats,
+}
+
+/// Packets of one keyframe as they arrive.
+#[derive(Debug)]
+struct KeyframeWatch {
+    ts: u32,
+    first: u64,
+    end: Option<u64>,
+    got: u64,
 }
 
 impl Vp8Assembler {
@@ -291,6 +304,8 @@ impl Vp8Assembler {
             chain_ok: false,
             had_keyframe: false,
             last_picture_id: None,
+            watch: None,
+            keyframe_incomplete: false,
             stats: Vp8Stats::default(),
         }
     }
@@ -314,8 +329,56 @@ impl Vp8Assembler {
             }
         };
         let ext_seq = self.seq.unwrap(seq);
+        self.watch_keyframe(ext_seq, ts, marker, payload);
         let packet = Packet { arrival: now, kind };
         self.reorder.push(ext_seq, packet, now);
+    }
+
+    /// Follows a keyframe's packets as they arrive: once a later frame's packet comes, the
+    /// keyframe is complete only if every sequence number from its start to its marker came.
+    fn watch_keyframe(&mut self, ext_seq: u64, ts: u32, marker: bool, payload: &[u8]) {
+        if let Some(w) = &mut self.watch {
+            if ts == w.ts {
+                w.got += 1;
+                if marker {
+                    w.end = Some(ext_seq);
+                }
+                if w.end
+                    .is_some_and(|end| w.got == end.saturating_sub(w.first) + 1)
+                {
+                    self.watch = None;
+                }
+                return;
+            }
+            if ext_seq > w.first {
+                // A later frame started while the keyframe lacks a packet (or its marker).
+                self.keyframe_incomplete = true;
+                self.watch = None;
+            }
+        }
+        if payload_starts_keyframe(payload) {
+            self.watch = Some(KeyframeWatch {
+                ts,
+                first: ext_seq,
+                end: marker.then_some(ext_seq),
+                got: 1,
+            });
+            if marker {
+                self.watch = None;
+            }
+        }
+    }
+
+    /// Whether a keyframe was seen arriving with a packet missing since the last call (known
+    /// as soon as the next frame's first packet arrives, long before the reorder window
+    /// gives the packet up).
+    pub fn take_keyframe_incomplete(&mut self) -> bool {
+        std::mem::take(&mut self.keyframe_incomplete)
+    }
+
+    /// While packets are missing: when the gap became visible (its later packets arrived).
+    pub fn gap_since(&self) -> Option<Instant> {
+        self.reorder.gap_since()
     }
 
     /// The next event ready at `now`: frames in order, [`Vp8Event::KeyframeNeeded`] where
@@ -1048,6 +1111,37 @@ mod tests {
             .cur
             .as_ref()
             .is_some_and(|c| c.data.is_empty() && c.broken));
+    }
+
+    /// Issue 10 item 6: a keyframe missing a packet is known when the next frame's first
+    /// packet arrives, not when the reorder window gives the packet up; a whole one is not.
+    #[test]
+    fn an_incomplete_keyframe_is_seen_on_arrival() {
+        let t0 = Instant::now();
+        let key_start = [0x10u8, 0x00, 1, 2];
+        let part = [0x00u8, 7, 7];
+        let inter_start = [0x10u8, 0x01, 3];
+        let mut a = Vp8Assembler::new(Duration::from_millis(300));
+        // Whole keyframe (seq 1..=3, marker on 3), then an inter frame.
+        a.push(1, 900, false, &key_start, t0);
+        a.push(2, 900, false, &part, t0);
+        a.push(3, 900, true, &part, t0);
+        a.push(4, 3900, true, &inter_start, t0);
+        while a.poll(t0 + Duration::from_secs(1)).is_some() {}
+        assert!(!a.take_keyframe_incomplete());
+        // Keyframe 5..=7 with 6 lost: seen when 8 (the next frame) arrives.
+        a.push(5, 6900, false, &key_start, t0);
+        a.push(7, 6900, true, &part, t0);
+        while a.poll(t0).is_some() {}
+        assert!(!a.take_keyframe_incomplete());
+        assert_eq!(a.gap_since(), Some(t0));
+        a.push(8, 9900, true, &inter_start, t0);
+        assert!(a.take_keyframe_incomplete());
+        assert!(!a.take_keyframe_incomplete());
+        // Keyframe whose marker packet is lost.
+        a.push(9, 12900, false, &key_start, t0);
+        a.push(11, 15900, true, &inter_start, t0);
+        assert!(a.take_keyframe_incomplete());
     }
 
     #[test]

@@ -406,15 +406,16 @@ impl Inner {
             Lane::Video => VIDEO,
             Lane::Audio => AUDIO,
         };
-        // Per track, timestamps strictly increase (a late item goes 1 ms after the last one).
-        let ts = item.ts_ms.max(attached.last_ts + 1).max(0);
-        if let Err(e) = writer.write_frame(number, ts as u64, item.keyframe, &item.data) {
-            if matches!(e, WebmError::NonMonotonic { .. }) {
-                return Ok(());
-            }
-            self.failed = true;
-            return Err(e.into());
-        }
+        // The writer keeps each track's timestamps strictly increasing (a late item goes 1 ms
+        // after the last one).
+        let ts =
+            match writer.write_frame(number, item.ts_ms.max(0) as u64, item.keyframe, &item.data) {
+                Ok(ts) => ts as i64,
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e.into());
+                }
+            };
         attached.last_ts = ts;
         let stats = &attached.entry.stats;
         stats.frames.fetch_add(1, Ordering::Relaxed);

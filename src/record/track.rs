@@ -11,10 +11,10 @@ use super::ogg::{OggOpusWriter, PacketOutcome};
 use super::session::{TrackContext, TrackEntry};
 use super::webm::{WebmTrack, WebmWriter};
 use crate::media::clock::{FileTimeline, TrackClock};
-use crate::media::pli::PliPolicy;
+use crate::media::pli::{PliPolicy, Request};
 use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
 use crate::media::source::{MediaSource, SourceEvent};
-use crate::media::vp8::{Vp8Assembler, Vp8Event, Vp8Frame};
+use crate::media::vp8::{payload_starts_keyframe, Vp8Assembler, Vp8Event, Vp8Frame};
 use bytes::Bytes;
 use std::fs::File;
 use std::io::BufWriter;
@@ -26,6 +26,10 @@ use std::time::{Duration, Instant};
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// How long a missing video packet is waited for (NACK retransmissions arrive within it).
 pub const VIDEO_REORDER: Duration = Duration::from_millis(300);
+/// How long a gap in the video may stay open before it counts as a loss for keyframe
+/// requests (the reorder window still waits [`VIDEO_REORDER`] for the packet): webrtc-rs sends
+/// NACKs every 100 ms, so a retransmission normally lands within this.
+pub const VIDEO_LOSS_SUSPECT: Duration = Duration::from_millis(150);
 /// How long a missing audio packet is waited for.
 pub const AUDIO_REORDER: Duration = Duration::from_millis(120);
 /// Opus pre-skip written in the files: libopus' encoder lookahead at 48 kHz, which is what
@@ -60,8 +64,8 @@ trait Pipeline {
     fn finish(self, ctx: &TrackContext, end: Instant);
 }
 
-/// A PLI the pipeline wants sent.
-struct PictureLossIndicationDue(crate::media::pli::PliReason);
+/// A keyframe request (PLI or FIR) the pipeline wants sent.
+struct PictureLossIndicationDue(crate::media::pli::Request);
 
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
 /// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
@@ -164,10 +168,13 @@ async fn drive<S: MediaSource, P: Pipeline>(
             break End::Stop(at);
         }
         let now = Instant::now();
-        if let Some(PictureLossIndicationDue(reason)) = pipeline.tick(ctx, now) {
-            tracing::debug!(file = %ctx.entry.file, ?reason, "sending PLI");
+        if let Some(PictureLossIndicationDue(request)) = pipeline.tick(ctx, now) {
+            tracing::debug!(file = %ctx.entry.file, ?request, "requesting a keyframe");
             ctx.entry.stats.plis.fetch_add(1, Ordering::Relaxed);
-            source.request_keyframe().await;
+            match request {
+                Request::Pli(_) => source.request_keyframe().await,
+                Request::Fir(_, seq) => source.request_full_intra(seq).await,
+            }
         }
         if now >= next_flush {
             pipeline.flush(ctx);
@@ -319,9 +326,10 @@ struct VideoPipeline {
     mux: Option<Arc<MuxFile>>,
     timeline: Option<FileTimeline>,
     last_ms: u64,
-    wrote_any: bool,
     size: Option<(u16, u16)>,
     failed: bool,
+    /// The gap (by when it became visible) already reported as a loss.
+    suspected_gap: Option<Instant>,
 }
 
 impl VideoPipeline {
@@ -334,9 +342,9 @@ impl VideoPipeline {
             mux: None,
             timeline: None,
             last_ms: 0,
-            wrote_any: false,
             size: None,
             failed: false,
+            suspected_gap: None,
         }
     }
 
@@ -419,15 +427,8 @@ impl VideoPipeline {
         let Some(writer) = self.writer.as_mut() else {
             return;
         };
-        // 90 kHz → ms.
-        let offset = (position + 45) / 90;
-        // Strictly increasing: a frame placed at or before the previous one (a re-alignment
-        // pulled the file back) goes 1 ms after it.
-        let ts = if self.wrote_any {
-            (offset as u64).max(self.last_ms + 1)
-        } else {
-            offset as u64
-        };
+        // 90 kHz → ms. The writer keeps the track's timestamps strictly increasing.
+        let ts = ((position + 45) / 90) as u64;
         if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
             if self.size != Some((w, h)) {
                 if self.size.is_some() {
@@ -440,9 +441,8 @@ impl VideoPipeline {
             }
         }
         match writer.write_frame(1, ts, frame.keyframe, &frame.data) {
-            Ok(()) => {
+            Ok(ts) => {
                 self.last_ms = ts;
-                self.wrote_any = true;
                 stats.frames.fetch_add(1, Ordering::Relaxed);
                 if frame.keyframe {
                     stats.keyframes.fetch_add(1, Ordering::Relaxed);
@@ -472,6 +472,9 @@ impl Pipeline for VideoPipeline {
 
     fn packet(&mut self, ctx: &TrackContext, packet: rtc::rtp::Packet, now: Instant) {
         let h = &packet.header;
+        if payload_starts_keyframe(&packet.payload) {
+            self.pli.keyframe_started();
+        }
         self.assembler.push(
             h.sequence_number,
             h.timestamp,
@@ -485,6 +488,19 @@ impl Pipeline for VideoPipeline {
 
     fn tick(&mut self, ctx: &TrackContext, now: Instant) -> Option<PictureLossIndicationDue> {
         self.drain(ctx, now);
+        if self.assembler.take_keyframe_incomplete() {
+            self.pli.keyframe_incomplete();
+        }
+        // A gap NACK did not fill in time: the frame is lost, ask now rather than when the
+        // reorder window gives it up (each gap once).
+        if let Some(since) = self.assembler.gap_since() {
+            if now.saturating_duration_since(since) >= VIDEO_LOSS_SUSPECT
+                && self.suspected_gap != Some(since)
+            {
+                self.suspected_gap = Some(since);
+                self.pli.frame_lost();
+            }
+        }
         let awaiting = self.assembler.waiting_for_keyframe();
         self.pli.poll(now, awaiting).map(PictureLossIndicationDue)
     }
@@ -493,10 +509,15 @@ impl Pipeline for VideoPipeline {
         let pli = self
             .pli
             .next_deadline(self.assembler.waiting_for_keyframe());
-        match (self.assembler.next_deadline(), pli) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let gap = self
+            .assembler
+            .gap_since()
+            .filter(|since| self.suspected_gap != Some(*since))
+            .map(|since| since + VIDEO_LOSS_SUSPECT);
+        [self.assembler.next_deadline(), pli, gap]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn flush(&mut self, ctx: &TrackContext) {

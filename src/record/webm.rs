@@ -79,7 +79,7 @@ impl WebmTrack {
 
 /// Errors of [`WebmWriter`].
 ///
-/// `InvalidTrack`, `UnknownTrack`, `NonMonotonic` and `EmptyFrame` refuse a single call and
+/// `InvalidTrack`, `UnknownTrack` and `EmptyFrame` refuse a single call and
 /// leave the file intact; after an `Io` or `Ebml` error the writer is [`WebmError::Broken`].
 #[derive(Debug, thiserror::Error)]
 pub enum WebmError {
@@ -95,16 +95,6 @@ pub enum WebmError {
     /// A frame names a track number that was not declared.
     #[error("unknown track number {0}")]
     UnknownTrack(u64),
-    /// A frame is earlier than the previous frame of the same track.
-    #[error("track {track}: frame at {ts_ms} ms is earlier than the previous one at {last_ms} ms")]
-    NonMonotonic {
-        /// Track number of the refused frame.
-        track: u64,
-        /// Timestamp of the refused frame.
-        ts_ms: u64,
-        /// Timestamp of the track's previous frame.
-        last_ms: u64,
-    },
     /// A frame without payload bytes.
     #[error("track {0}: empty frame")]
     EmptyFrame(u64),
@@ -270,10 +260,14 @@ impl<W: Write + Seek> WebmWriter<W> {
         })
     }
 
-    /// ts_ms: milliseconds since the file's time zero (its first sample is 0). Per track, ts
-    /// must not go backwards (a frame earlier than that track's last is refused with an
-    /// error, the file stays valid). Tracks may interleave; small disorder across tracks is
-    /// stored as negative block offsets.
+    /// ts_ms: milliseconds since the file's time zero (its first sample is 0). Returns the
+    /// timestamp actually written.
+    ///
+    /// Invariant (the one place it is enforced): per track, written timestamps strictly
+    /// increase. A frame at or before its track's previous one (two frames less than 1 ms
+    /// apart rounding to one ms, a clock mapping pulled back under load) is written 1 ms after
+    /// it, so no player sees equal or backwards DTS. Tracks may interleave; small disorder
+    /// across tracks is stored as negative block offsets.
     ///
     /// A new cluster starts at every video keyframe, when the frame is 5 s or more past the
     /// cluster's timestamp, and when its offset does not fit a signed 16-bit block offset.
@@ -284,7 +278,7 @@ impl<W: Write + Seek> WebmWriter<W> {
         ts_ms: u64,
         keyframe: bool,
         data: &[u8],
-    ) -> Result<(), WebmError> {
+    ) -> Result<u64, WebmError> {
         self.ensure_usable()?;
         let idx = self
             .tracks
@@ -294,15 +288,7 @@ impl<W: Write + Seek> WebmWriter<W> {
         if data.is_empty() {
             return Err(WebmError::EmptyFrame(track));
         }
-        if let Some(last_ms) = self.tracks[idx].last_ts {
-            if ts_ms < last_ms {
-                return Err(WebmError::NonMonotonic {
-                    track,
-                    ts_ms,
-                    last_ms,
-                });
-            }
-        }
+        let ts_ms = next_timestamp(self.tracks[idx].last_ts, ts_ms);
         let is_video = self.tracks[idx].is_video;
         let key = keyframe || !is_video;
         let result = self.write_block(track, ts_ms, is_video && keyframe, key, data);
@@ -312,7 +298,7 @@ impl<W: Write + Seek> WebmWriter<W> {
         if is_video && keyframe {
             self.keyframes += 1;
         }
-        Ok(())
+        Ok(ts_ms)
     }
 
     /// Records the latest frame size of a video track (e.g. after a resolution change).
@@ -531,6 +517,15 @@ impl<W: Write + Seek> WebmWriter<W> {
 }
 
 /// Checks track numbers (unique, 1..=126) and per-kind parameters.
+/// The timestamp a block wanted at `wanted` gets after a track's block at `last`: `wanted`, or
+/// 1 ms after `last` when `wanted` is not strictly later (pure; see [`WebmWriter::write_frame`]).
+pub fn next_timestamp(last: Option<u64>, wanted: u64) -> u64 {
+    match last {
+        Some(last) if wanted <= last => last.saturating_add(1),
+        _ => wanted,
+    }
+}
+
 fn validate_tracks(tracks: &[WebmTrack]) -> Result<(), WebmError> {
     if tracks.is_empty() {
         return Err(WebmError::InvalidTrack("no tracks".to_string()));
@@ -967,28 +962,84 @@ mod tests {
         w.write_frame(2, 100, false, &[1]).unwrap();
         let r = w.write_frame(9, 120, false, &[1]);
         assert!(matches!(r, Err(WebmError::UnknownTrack(9))));
-        let r = w.write_frame(2, 99, false, &[1]);
-        assert!(matches!(
-            r,
-            Err(WebmError::NonMonotonic {
-                track: 2,
-                ts_ms: 99,
-                last_ms: 100
-            })
-        ));
         assert!(matches!(
             w.write_frame(2, 120, false, &[]),
             Err(WebmError::EmptyFrame(2))
         ));
         // Video may still go back to 50: only per-track order is required.
         w.write_frame(1, 50, false, &vp8_interframe(1)).unwrap();
-        w.write_frame(2, 100, false, &[2]).unwrap();
+        w.write_frame(2, 101, false, &[2]).unwrap();
         assert_eq!(w.frames(), 4);
         let bytes = w.finalize(120).unwrap().into_inner();
         let info = read_webm(&bytes[..]).unwrap();
         let got: Vec<(u64, i64)> = info.blocks.iter().map(|b| (b.track, b.ts_ms)).collect();
-        assert_eq!(got, [(1, 0), (2, 100), (1, 50), (2, 100)]);
+        assert_eq!(got, [(1, 0), (2, 100), (1, 50), (2, 101)]);
         assert_eq!(info.duration_ms, Some(120.0));
+    }
+
+    /// Issue 10 item 9: whatever times the caller gives (equal, backwards, sub-ms apart that
+    /// round to one ms), every track's written block timestamps strictly increase.
+    #[test]
+    fn block_timestamps_strictly_increase_per_track() {
+        let mut w = WebmWriter::new(Cursor::new(Vec::new()), &av_tracks()).unwrap();
+        // (track, wanted ts): equal, backwards, interleaved, a keyframe at an old time.
+        let fed: [(u64, u64, bool); 12] = [
+            (1, 0, true),
+            (2, 0, false),
+            (1, 33, false),
+            (1, 33, false),
+            (2, 20, false),
+            (2, 20, false),
+            (1, 30, false),
+            (2, 5, false),
+            (1, 34, true),
+            (2, 40, false),
+            (1, 34, false),
+            (1, 100, false),
+        ];
+        for (track, ts, key) in fed {
+            let data = if track == 1 && key {
+                vp8_keyframe(320, 240, 0)
+            } else if track == 1 {
+                vp8_interframe(1)
+            } else {
+                vec![1]
+            };
+            // Old writers refused a backwards frame: every call must be taken.
+            w.write_frame(track, ts, key, &data).unwrap();
+        }
+        let bytes = w.finalize(120).unwrap().into_inner();
+        let info = read_webm(&bytes[..]).unwrap();
+        assert_eq!(info.blocks.len(), fed.len());
+        let got: Vec<(u64, u64)> = info
+            .blocks
+            .iter()
+            .map(|b| (b.track, b.ts_ms as u64))
+            .collect();
+        for track in [1, 2] {
+            let ts: Vec<u64> = got.iter().filter(|b| b.0 == track).map(|b| b.1).collect();
+            assert!(
+                ts.windows(2).all(|p| p[1] > p[0]),
+                "track {track}: {ts:?} not strictly increasing"
+            );
+        }
+        assert_eq!(
+            got,
+            [
+                (1, 0),
+                (2, 0),
+                (1, 33),
+                (1, 34),
+                (2, 20),
+                (2, 21),
+                (1, 35),
+                (2, 22),
+                (1, 36),
+                (2, 40),
+                (1, 37),
+                (1, 100)
+            ]
+        );
     }
 
     #[test]
