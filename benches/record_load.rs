@@ -5,6 +5,10 @@
 //! to the first keyframe on disk (all participants present), and time to finalize on stop.
 //!
 //! Run: `cargo bench --bench record_load` (N_LIST=1,10,50,100 SECONDS=30 by default).
+//! Participants are split into rooms of at most ROOM_SIZE (default 50), one recording each.
+//! ORDER=peers-first (default: everyone is present when the recordings start, the order in
+//! which a recorder offers to a whole room at once) or ORDER=recorder-first (the recordings
+//! start in empty rooms and every participant joins afterwards).
 //! Needs ffmpeg (libvpx, libopus) to make the clips once, into target/bench-media/.
 
 mod common;
@@ -83,7 +87,10 @@ fn clips() -> (PathBuf, PathBuf) {
 }
 
 async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
-    let max_peers = (n + 10).to_string();
+    let room_size: usize = env_or("ROOM_SIZE", 50).max(1);
+    let peers_first = env_or("ORDER", "peers-first".to_owned()) != "recorder-first";
+    let rooms = n.div_ceil(room_size);
+    let max_peers = (room_size + 10).to_string();
     let server = Server::start(&[
         "--udp-bind",
         "127.0.0.1",
@@ -93,46 +100,64 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     let pid = server.pid();
     let base = &server.base;
     let factory = PeerFactory::new(PeerConfig::loopback());
-    let mut publishers = Vec::new();
-    for i in 0..n {
-        let p = recbot::publish::start(
-            base,
-            "load",
-            &format!("p{i}"),
-            clip.clone(),
-            factory.clone(),
-            PublishOptions::default(),
-        )
-        .await
-        .expect("publisher joins");
-        publishers.push(p);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let http = reqwest::Client::new();
-    let created = Instant::now();
-    let rec: serde_json::Value = http
-        .post(format!("{base}/api/recordings"))
-        .json(&serde_json::json!({"room": "load"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = rec["id"].as_str().unwrap().to_owned();
-    let url = format!("{base}/api/recordings/{id}");
+    let mut publishers = Vec::new();
+    let mut ids = Vec::new();
+    let mut created = Instant::now();
+    for phase in 0..2 {
+        if (phase == 0) == peers_first {
+            for i in 0..n {
+                let p = recbot::publish::start(
+                    base,
+                    &format!("load{}", i / room_size),
+                    &format!("p{i}"),
+                    clip.clone(),
+                    factory.clone(),
+                    PublishOptions::default(),
+                )
+                .await
+                .expect("publisher joins");
+                publishers.push(p);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        } else {
+            created = Instant::now();
+            for room in 0..rooms {
+                let rec: serde_json::Value = http
+                    .post(format!("{base}/api/recordings"))
+                    .json(&serde_json::json!({"room": format!("load{room}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                ids.push(rec["id"].as_str().expect("recording created").to_owned());
+            }
+        }
+    }
+    let urls: Vec<String> = ids
+        .iter()
+        .map(|id| format!("{base}/api/recordings/{id}"))
+        .collect();
     // First keyframe on disk: the first and the last participant's.
     let (mut first_key, mut all_keys) = (None, None);
     while all_keys.is_none() && created.elapsed() < Duration::from_secs(20) {
-        let doc: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-        let with_key = doc["tracks"]
-            .as_array()
-            .map(|t| {
-                t.iter()
-                    .filter(|t| t["kind"] == "video" && t["keyframes"].as_u64().unwrap_or(0) > 0)
-                    .count()
-            })
-            .unwrap_or(0);
+        let mut with_key = 0;
+        for url in &urls {
+            let doc: serde_json::Value =
+                http.get(url).send().await.unwrap().json().await.unwrap();
+            with_key += doc["tracks"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .filter(|t| {
+                            t["kind"] == "video" && t["keyframes"].as_u64().unwrap_or(0) > 0
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+        }
         if with_key > 0 && first_key.is_none() {
             first_key = Some(created.elapsed());
         }
@@ -147,17 +172,20 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     let cpu = cpu_seconds(pid) - t0;
     let measured = measure_start.elapsed().as_secs_f64();
     let stop_at = Instant::now();
-    let doc: serde_json::Value = http
-        .post(format!("{url}/stop"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut tracks = Vec::new();
+    for url in &urls {
+        let doc: serde_json::Value = http
+            .post(format!("{url}/stop"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tracks.extend(doc["tracks"].as_array().cloned().unwrap_or_default());
+    }
     let finalize = stop_at.elapsed();
     let peak_kib = status_kib(pid, "VmHWM:");
-    let tracks = doc["tracks"].as_array().cloned().unwrap_or_default();
     let sum = |kind: &str, field: &str| -> u64 {
         tracks
             .iter()
@@ -165,6 +193,10 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
             .map(|t| t[field].as_u64().unwrap_or(0))
             .sum()
     };
+    let recorded = tracks
+        .iter()
+        .filter(|t| t["frames"].as_u64().unwrap_or(0) > 0)
+        .count();
     let video_ms = sum("video", "duration_ms") as f64;
     let frames = sum("video", "frames");
     let expected = video_ms / 1000.0 * 30.0;
@@ -173,7 +205,8 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     let recorded_s = video_ms / 1000.0 / n as f64;
     let fmt = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{} ms", d.as_millis()));
     println!(
-        "| {n:>3} | {:>6.3} | {:>6.1}% | {:>7.1} MiB | {:>6.2} MiB | {:>7.0} | {frames:>7} / {expected:>7.0} | {lost:>5} | {:>7} | {:>7} | {:>6} ms |",
+        "| {n:>3} | {recorded:>3} / {:>3} | {:>6.3} | {:>6.1}% | {:>7.1} MiB | {:>6.2} MiB | {:>7.0} | {frames:>7} / {expected:>7.0} | {lost:>5} | {:>7} | {:>7} | {:>6} ms |",
+        2 * n,
         cpu / (n as f64 * measured / 60.0),
         cpu / measured * 100.0,
         peak_kib as f64 / 1024.0,
@@ -198,8 +231,13 @@ async fn main() {
     let (video, audio) = clips();
     let clip = Clip::load(Some(&video), Some(&audio)).unwrap();
     println!("recbot serve, {seconds} s of recording per row (server process only)");
-    println!("|   N | CPU s per stream-min | CPU (1 core) | peak RSS | RSS/participant | RTP pkt/s | frames written / expected | lost | first keyframe | all keyframes | finalize |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "order: {}, rooms of at most {}",
+        env_or("ORDER", "peers-first".to_owned()),
+        env_or("ROOM_SIZE", 50usize)
+    );
+    println!("|   N | tracks recorded | CPU s per stream-min | CPU (1 core) | peak RSS | RSS/participant | RTP pkt/s | frames written / expected | lost | first keyframe | all keyframes | finalize |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for n in list {
         run(n, seconds, &clip).await;
     }
