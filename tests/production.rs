@@ -373,3 +373,45 @@ async fn hostile_input_matrix() {
     );
     srv.shutdown().await;
 }
+
+/// Manifest temp files a crash left (the old fixed name and the unique ones) are removed by
+/// the startup recovery, in finished and unfinished recordings alike, and never listed.
+#[test]
+fn stale_manifest_temps_are_removed_at_startup_and_never_listed() {
+    use recbot::record::manifest::{read_manifest, write_manifest, RecordingDoc, State};
+    let root = tempfile::tempdir().unwrap();
+    let ids = ["20261120-210000-00000a", "20261120-210100-00000b"];
+    for (id, state) in ids.iter().zip([State::Recording, State::Stopped]) {
+        let dir = root.path().join(id);
+        std::fs::create_dir(&dir).unwrap();
+        let doc = RecordingDoc {
+            id: (*id).into(),
+            room: "demo".into(),
+            state,
+            bot_peer: None,
+            started_at: "2026-11-20T21:00:00.000Z".into(),
+            stopped_at: None,
+            error: None,
+            stop_reason: None,
+            tracks: vec![],
+            files: vec![],
+        };
+        write_manifest(&dir, &doc).unwrap();
+        for name in [".manifest.json.tmp", ".manifest.k3Jx9Q.tmp"] {
+            std::fs::write(dir.join(name), br#"{"id": "torn"#).unwrap();
+        }
+    }
+    let store = recbot::record::store::RecordingStore::open(root.path(), 4).unwrap();
+    assert_eq!(store.list().len(), 2);
+    for id in ids {
+        let dir = root.path().join(id);
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, vec!["manifest.json".to_owned()], "{id}");
+        let doc = store.get(id).unwrap().doc();
+        assert!(doc.files.is_empty(), "{:?}", doc.files);
+        assert_eq!(read_manifest(&dir).unwrap().files, doc.files);
+    }
+}
