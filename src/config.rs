@@ -44,6 +44,14 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Write the manual pages generated from these definitions: recbot(1) and one page per
+    /// subcommand into DIR with --out (e.g. /usr/local/share/man/man1), else recbot(1) to
+    /// standard output.
+    Man {
+        /// Folder for `recbot.1`, `recbot-serve.1`, ... (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 /// Log output format.

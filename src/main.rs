@@ -1,7 +1,8 @@
 //! The `recbot` binary: parses the command line and runs a subcommand.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use recbot::config::{Cli, Command, LogFormat};
+use std::path::Path;
 use std::process::ExitCode;
 
 fn init_logging(format: LogFormat, filter: &str) {
@@ -55,7 +56,29 @@ async fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Some(Command::Man { out }) => man(out.as_deref()),
         None => serve(cli.serve).await,
+    }
+}
+
+/// `recbot man`: the manual pages rendered by clap_mangen from the real clap definitions, so
+/// they cannot drift from the flags. Into `out` (recbot.1 and a page per visible subcommand),
+/// or recbot(1) to standard output.
+fn man(out: Option<&Path>) -> ExitCode {
+    let cmd = Cli::command();
+    let written = match out {
+        Some(dir) => std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(cmd, dir)),
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout().lock()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match out {
+                Some(dir) => eprintln!("recbot man: {}: {e}", dir.display()),
+                None => eprintln!("recbot man: {e}"),
+            }
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -151,14 +151,56 @@ pub fn format_time(t: time::OffsetDateTime) -> String {
     )
 }
 
-/// Writes `doc` to `dir/manifest.json` atomically: a temp file, fsync, rename.
+/// Prefix of a manifest's temp files (`.manifest.XXXXXX.tmp`); never a media file's name.
+const TEMP_PREFIX: &str = ".manifest";
+/// Suffix of a manifest's temp files.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Whether `name` is a manifest temp file (also the single `.manifest.json.tmp` of older
+/// versions): written only by [`write_manifest`], never a recording's file.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX)
+}
+
+/// Writes `doc` to `dir/manifest.json` atomically: a temp file of a name of its own, fsync,
+/// rename, then fsync of the folder so that the rename is durable. Concurrent writers never
+/// share a temp file, so each rename moves a complete document; callers that need the newest
+/// document to land last serialize their writes (a [`Recording`](super::session::Recording)
+/// does). On error the temp file is removed.
 pub fn write_manifest(dir: &Path, doc: &RecordingDoc) -> std::io::Result<()> {
-    let tmp = dir.join(".manifest.json.tmp");
+    use std::os::unix::fs::PermissionsExt;
     let bytes = serde_json::to_vec_pretty(doc).map_err(std::io::Error::other)?;
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(MANIFEST_FILE))
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
+        // The mode of a plain File::create (less the umask), like the media files.
+        .permissions(std::fs::Permissions::from_mode(0o666))
+        .tempfile_in(dir)?;
+    tmp.write_all(&bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join(MANIFEST_FILE)).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes the manifest temp files a crash left in the recording folder `dir` (at startup
+/// recovery, when no writer can be running) and returns how many went. Failures are logged.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(is_temp_name) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!(file = %entry.path().display(), error = %e,
+                "stale manifest temp file not removed"),
+        }
+    }
+    removed
 }
 
 /// Reads `dir/manifest.json`.
@@ -170,6 +212,109 @@ pub fn read_manifest(dir: &Path) -> std::io::Result<RecordingDoc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn doc_with(tracks: usize) -> RecordingDoc {
+        RecordingDoc {
+            id: "x".into(),
+            room: "demo".into(),
+            state: State::Recording,
+            bot_peer: Some("b".into()),
+            started_at: "2026-11-20T21:00:00.000Z".into(),
+            stopped_at: None,
+            error: None,
+            stop_reason: None,
+            tracks: (0..tracks)
+                .map(|i| TrackDoc {
+                    id: format!("t{i}"),
+                    participant: format!("p{i}"),
+                    participant_name: "someone with a long name".repeat(i + 1),
+                    kind: Kind::Audio,
+                    codec: "opus".into(),
+                    file: format!("p{i}-audio-1.ogg"),
+                    start_offset_ms: Some(i as i64),
+                    duration_ms: 1,
+                    bytes: 2,
+                    packets: 3,
+                    packets_lost: 0,
+                    frames: 4,
+                    keyframes: 0,
+                    width: None,
+                    height: None,
+                })
+                .collect(),
+            files: vec![],
+        }
+    }
+
+    fn temps_in(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| is_temp_name(n))
+            .collect()
+    }
+
+    /// Writers of one folder at once (documents of different sizes): every write succeeds,
+    /// a reader never sees a torn or unparsable manifest, and no temp file is left behind.
+    #[test]
+    fn concurrent_writes_never_tear_or_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        write_manifest(dir, &doc_with(0)).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let reads = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let bytes = std::fs::read(dir.join(MANIFEST_FILE)).unwrap();
+                    if let Err(e) = serde_json::from_slice::<RecordingDoc>(&bytes) {
+                        panic!("torn manifest ({e}): {}", String::from_utf8_lossy(&bytes));
+                    }
+                    reads += 1;
+                }
+                reads
+            });
+            let writers: Vec<_> = (0..8)
+                .map(|w| {
+                    s.spawn(move || {
+                        for i in 0..100 {
+                            let doc = doc_with((w + i) % 7);
+                            if let Err(e) = write_manifest(dir, &doc) {
+                                panic!("writer {w} write {i}: {e}");
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let failed = writers.into_iter().map(|w| w.join()).any(|r| r.is_err());
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            let reads = reader.join();
+            assert!(!failed, "a writer failed");
+            reads.unwrap()
+        });
+        assert!(reads > 0);
+        read_manifest(dir).unwrap();
+        assert_eq!(temps_in(dir), Vec::<String>::new());
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_only_temps() {
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
+        write_manifest(dir, &doc_with(1)).unwrap();
+        for name in [
+            ".manifest.json.tmp",
+            ".manifest.Ab12Cd.tmp",
+            "alice-audio-1.ogg",
+        ] {
+            std::fs::write(dir.join(name), b"{\"partial").unwrap();
+        }
+        assert_eq!(temps_in(dir).len(), 2);
+        assert_eq!(remove_stale_temps(dir), 2);
+        assert_eq!(temps_in(dir), Vec::<String>::new());
+        assert!(dir.join("alice-audio-1.ogg").is_file());
+        assert_eq!(read_manifest(dir).unwrap(), doc_with(1));
+    }
 
     #[test]
     fn times_are_rfc3339_with_millis() {
@@ -195,7 +340,7 @@ mod tests {
         };
         write_manifest(&dir, &doc).unwrap();
         assert_eq!(read_manifest(&dir).unwrap(), doc);
-        assert!(!dir.join(".manifest.json.tmp").exists());
+        assert!(temps_in(&dir).is_empty());
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(MANIFEST_FILE)).unwrap()).unwrap();
         assert_eq!(v["stop_reason"], serde_json::Value::Null);

@@ -136,6 +136,9 @@ pub enum MuxError {
     /// Creating the file failed.
     #[error("create: {0}")]
     Create(std::io::Error),
+    /// The final fsync failed: the file is complete but may not be durable.
+    #[error("fsync at finalize: {0} (the file may not be durable)")]
+    Sync(std::io::Error),
     /// The file started without this lane (no video keyframe within [`AUDIO_WAIT`]).
     #[error("the muxed file started audio-only: no video keyframe within {AUDIO_WAIT:?}")]
     Detached,
@@ -317,7 +320,7 @@ impl MuxFile {
             .into_inner()
             .map_err(|e| MuxError::Create(e.into_error()))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let _ = file.sync_all();
+        let synced = file.sync_all();
         for attached in inner.lanes.iter().flatten() {
             attached.entry.stats.bytes.store(bytes, Ordering::Relaxed);
             let own = (((attached.end_t - zero) * 1000.0).round().max(0.0) as u64)
@@ -328,7 +331,7 @@ impl MuxFile {
                 .duration_ms
                 .store(own, Ordering::Relaxed);
         }
-        Ok(())
+        synced.map_err(MuxError::Sync)
     }
 }
 
@@ -544,6 +547,27 @@ mod tests {
             mux.push_video(2.1, true, Some((16, 16)), keyframe()),
             Err(MuxError::Detached)
         ));
+    }
+
+    /// The file is /dev/null (writes succeed, fsync fails with EINVAL): the last lane's finish
+    /// returns the fsync error (its track reports it) after the figures are in.
+    #[test]
+    fn a_failed_fsync_at_finalize_is_an_error() {
+        use crate::record::manifest::Kind;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p-av-1.webm");
+        std::os::unix::fs::symlink("/dev/null", &path).unwrap();
+        let mux = MuxFile::new("p-av-1.webm".into(), path);
+        let video = entry(Kind::Video);
+        assert!(mux.attach(Lane::Video, Arc::clone(&video)));
+        assert_eq!(
+            mux.push_video(0.0, true, Some((16, 16)), keyframe())
+                .unwrap(),
+            Some(0.0)
+        );
+        let err = mux.finish(Lane::Video, 0.5).unwrap_err();
+        assert!(matches!(err, MuxError::Sync(_)), "{err}");
+        assert_eq!(video.stats.duration_ms.load(Ordering::Relaxed), 500);
     }
 
     #[test]

@@ -141,6 +141,9 @@ pub struct Recording {
     leave_tx: watch::Sender<bool>,
     done_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held for a whole manifest write (snapshot and file), so writes of this recording never
+    /// overlap and the last one to land carries the newest document. Taken before `inner`.
+    manifest: Mutex<()>,
 }
 
 /// What a track task gets from its recording.
@@ -243,6 +246,7 @@ impl Recording {
             leave_tx: watch::Sender::new(false),
             done_tx: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
+            manifest: Mutex::new(()),
         })
     }
 
@@ -329,9 +333,17 @@ impl Recording {
 
     /// Rewrites `manifest.json`; failures are logged (the recording goes on).
     pub fn write_manifest(&self) {
-        if let Err(e) = write_manifest(&self.dir, &self.doc()) {
+        if let Err(e) = self.try_write_manifest() {
             tracing::error!(recording = %self.id, error = %e, "manifest write failed");
         }
+    }
+
+    /// Rewrites `manifest.json` with the current document. Writes of one recording are
+    /// serialized (the snapshot is taken under the same lock), so concurrent callers never
+    /// interleave and the manifest on disk is never older than the last finished write's start.
+    pub fn try_write_manifest(&self) -> std::io::Result<()> {
+        let _one_at_a_time = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+        write_manifest(&self.dir, &self.doc())
     }
 
     /// The recorder joined the room as `peer`: state `recording`.
@@ -510,7 +522,15 @@ impl Recording {
                 inner.error = Some("disk full: stopped cleanly, files kept".into());
             }
         }
-        self.write_manifest();
+        if let Err(e) = self.try_write_manifest() {
+            // The final manifest may be missing or stale on disk: say so where it can be seen.
+            tracing::error!(recording = %self.id, error = %e, "final manifest write failed");
+            metrics::counter!(crate::telemetry::WRITE_ERRORS).increment(1);
+            let mut inner = lock(&self.inner);
+            if inner.error.is_none() {
+                inner.error = Some(format!("{}: {e}", super::manifest::MANIFEST_FILE));
+            }
+        }
         self.leave_tx.send_replace(true);
         self.done_tx.send_replace(true);
         metrics::histogram!(crate::telemetry::FINALIZE_SECONDS)
@@ -531,5 +551,145 @@ impl Recording {
         if inner.error.is_none() {
             inner.error = Some(format!("{}: {error}", track.file));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::source::{Relay, SourceEvent};
+    use crate::record::manifest::{is_temp_name, read_manifest};
+
+    /// Many threads register tracks and rewrite one recording's manifest at once: every write
+    /// succeeds, a reader never sees a torn manifest, no temp file is left, and after each
+    /// round of simultaneous writes the manifest on disk is the recording's latest document
+    /// (no older snapshot lands last).
+    #[test]
+    fn concurrent_manifest_writes_of_one_recording() {
+        const WRITERS: usize = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        rec.try_write_manifest().unwrap();
+        // Problems are collected, not panicked on: a panicking thread would leave the others
+        // waiting at the barrier.
+        let problems = Mutex::new(Vec::<String>::new());
+        let problem = |p: String| problems.lock().unwrap().push(p);
+        let done = AtomicBool::new(false);
+        let barrier = std::sync::Barrier::new(WRITERS);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    if let Err(e) = read_manifest(dir.path()) {
+                        problem(format!("torn manifest: {e}"));
+                    }
+                }
+            });
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|w| {
+                    let (rec, barrier, dir, problem) = (&rec, &barrier, &dir, &problem);
+                    s.spawn(move || {
+                        let mut tracks = Vec::new();
+                        for i in 0..25 {
+                            let participant = format!("p{w}-{i}");
+                            match rec.add_track(&participant, "name", Kind::Audio, "ogg") {
+                                Some(ctx) => tracks.push(ctx.entry),
+                                None => problem(format!("writer {w}: no track {i}")),
+                            }
+                            if let Err(e) = rec.try_write_manifest() {
+                                problem(format!("writer {w} write {i}: {e}"));
+                            }
+                        }
+                        // Live figures change between writes, as a track task's do.
+                        for round in 0..30 {
+                            barrier.wait();
+                            if let Some(track) = tracks.get(round % 25) {
+                                track.stats.frames.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if let Err(e) = rec.try_write_manifest() {
+                                problem(format!("writer {w} round {round}: {e}"));
+                            }
+                            barrier.wait();
+                            if w == 0 && read_manifest(dir.path()).ok() != Some(rec.doc()) {
+                                problem(format!("round {round}: an older snapshot landed last"));
+                            }
+                            barrier.wait();
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                if writer.join().is_err() {
+                    problem("a writer panicked".into());
+                }
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        let problems = problems.into_inner().unwrap();
+        assert!(problems.is_empty(), "{problems:#?}");
+        let on_disk = read_manifest(dir.path()).unwrap();
+        assert_eq!(on_disk.tracks.len(), WRITERS * 25);
+        assert_eq!(on_disk, rec.doc());
+        let temps: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| is_temp_name(n))
+            .collect();
+        assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    /// The track's file is /dev/null (writes succeed, fsync fails with EINVAL, like a disk that
+    /// lost them): the finalize reports it in the Recording's error instead of dropping it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_fsync_at_finalize_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        rec.set_recording("bot");
+        let ctx = rec.add_track("p", "alice", Kind::Audio, "ogg").unwrap();
+        std::os::unix::fs::symlink("/dev/null", &ctx.path).unwrap();
+        let entry = Arc::clone(&ctx.entry);
+        let (relay, _keyframes) = Relay::new();
+        let source = relay.subscribe();
+        rec.keep_task(tokio::spawn(crate::record::track::run(ctx, source, None)));
+        for i in 0..20u16 {
+            relay.publish(SourceEvent::Rtp(rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 111,
+                    sequence_number: 1000 + i,
+                    timestamp: 960 * u32::from(i),
+                    ssrc: 7,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from_static(&[0x78, 0x01, 0x02]),
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Every packet written (however slow the machine) before the stop.
+        for _ in 0..200 {
+            if entry.stats.frames.load(Ordering::Relaxed) == 20 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(rec.stop(StopReason::Requested).await);
+        let doc = rec.doc();
+        assert_eq!(doc.tracks[0].frames, 20, "{doc:?}");
+        assert_eq!(doc.state, State::Stopped);
+        let error = doc.error.unwrap_or_default();
+        assert!(
+            error.contains("alice-audio-1.ogg") && error.contains("fsync"),
+            "{error:?}"
+        );
+        assert_eq!(read_manifest(dir.path()).unwrap().error, rec.doc().error);
     }
 }

@@ -9,7 +9,9 @@
 //! a voicemail bot can still be recorded, and a bot can record several callers at once).
 
 use super::inspect::inspect;
-use super::manifest::{read_manifest, write_manifest, FileDoc, RecordingDoc, State, StopReason};
+use super::manifest::{
+    read_manifest, remove_stale_temps, write_manifest, FileDoc, RecordingDoc, State, StopReason,
+};
 use super::repair::{repair_dir, RepairError, RepairOutcome};
 use super::session::{RecordOptions, Recording};
 use std::collections::{BTreeMap, HashMap};
@@ -70,13 +72,14 @@ pub fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Repairs a recording's files in place (seekable again; a no-op for final files), marks it
-/// `failed` / `interrupted` if a crash left it active, and rewrites its manifest with the
-/// files' real figures.
+/// Repairs a recording's files in place (seekable again; a no-op for final files), removes
+/// manifest temp files a crash left, marks it `failed` / `interrupted` if a crash left it
+/// active, and rewrites its manifest with the files' real figures.
 pub fn recover(
     dir: &Path,
     doc: &mut RecordingDoc,
 ) -> Vec<(String, Result<RepairOutcome, RepairError>)> {
+    remove_stale_temps(dir);
     let outcomes = repair_dir(dir);
     for (name, outcome) in &outcomes {
         match outcome {
@@ -176,6 +179,11 @@ impl RecordingStore {
             };
             if !path.is_dir() || !valid_id(name) {
                 continue;
+            }
+            // No writer runs yet: any manifest temp file is a crash's leftover.
+            let stale = remove_stale_temps(&path);
+            if stale > 0 {
+                tracing::info!(dir = %path.display(), stale, "removed stale manifest temp files");
             }
             let mut doc = match read_manifest(&path) {
                 Ok(doc) if doc.id == name => doc,

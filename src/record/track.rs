@@ -308,6 +308,26 @@ fn after_push(
     }
 }
 
+/// The last step of a track's own file: its size to the figures, then flush and fsync. A
+/// failure is reported on the track (the file may not be durable), never dropped.
+fn close_file(ctx: &TrackContext, out: BufWriter<File>) {
+    let file = match out.into_inner() {
+        Ok(file) => file,
+        Err(e) => {
+            let error = format!("flush at finalize: {}", e.error());
+            ctx.recording.track_error(&ctx.entry, &error);
+            return;
+        }
+    };
+    if let Ok(meta) = file.metadata() {
+        ctx.entry.stats.bytes.store(meta.len(), Ordering::Relaxed);
+    }
+    if let Err(e) = file.sync_all() {
+        let error = format!("fsync at finalize: {e} (the file may not be durable)");
+        ctx.recording.track_error(&ctx.entry, &error);
+    }
+}
+
 fn finish_mux(ctx: &TrackContext, mux: &MuxFile, lane: Lane, end: Instant) {
     if let Err(e) = mux.finish(lane, ctx.recording.clock().seconds(end)) {
         ctx.recording.track_error(&ctx.entry, &e);
@@ -545,12 +565,7 @@ impl Pipeline for VideoPipeline {
         let duration = live.max(self.last_ms + 1);
         match writer.finalize(duration) {
             Ok(out) => {
-                if let Ok(file) = out.into_inner() {
-                    if let Ok(meta) = file.metadata() {
-                        ctx.entry.stats.bytes.store(meta.len(), Ordering::Relaxed);
-                    }
-                    let _ = file.sync_all();
-                }
+                close_file(ctx, out);
                 ctx.entry
                     .stats
                     .duration_ms
@@ -738,12 +753,7 @@ impl Pipeline for AudioPipeline {
         let duration = writer.duration_samples();
         match writer.finalize(Some(end_pts)) {
             Ok(out) => {
-                if let Ok(file) = out.into_inner() {
-                    if let Ok(meta) = file.metadata() {
-                        ctx.entry.stats.bytes.store(meta.len(), Ordering::Relaxed);
-                    }
-                    let _ = file.sync_all();
-                }
+                close_file(ctx, out);
                 let samples = duration.max(end_pts - u64::from(OPUS_PRE_SKIP));
                 ctx.entry
                     .stats
