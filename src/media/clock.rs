@@ -108,11 +108,17 @@ impl SenderClock {
 
     /// The current offset estimate (sender wallclock − recording time).
     pub fn offset(&self) -> Option<f64> {
-        let mut best: Vec<f64> = self.windows.iter().map(|(_, b)| *b).collect();
-        if best.is_empty() {
+        // Called for every packet placed: sort a copy on the stack, not in a new Vec.
+        let mut buf = [0f64; OFFSET_WINDOWS];
+        let n = self.windows.len().min(OFFSET_WINDOWS);
+        if n == 0 {
             return None;
         }
-        best.sort_by(|a, b| b.total_cmp(a));
+        for (slot, (_, b)) in buf.iter_mut().zip(&self.windows) {
+            *slot = *b;
+        }
+        let best = &mut buf[..n];
+        best.sort_unstable_by(|a, b| b.total_cmp(a));
         // The k-th largest window value: reached by k+1 windows.
         let k = (best.len() / 4).max(usize::from(best.len() >= 2));
         best.get(k).copied()
