@@ -10,8 +10,11 @@ use futures::{SinkExt, StreamExt};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use serde_json::json;
+use std::io::BufRead;
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use webrtc::peer_connection::PeerConnectionEventHandler;
@@ -250,4 +253,121 @@ async fn candidates_in_the_offer_and_trickled_to_an_echo_bot_share_one_cap() {
     assert!((0..IN_SDP).all(|i| hit.contains(&i)), "{hit:?}");
     let _ = ws.close(None).await;
     srv.shutdown().await;
+}
+
+/// The real binary, default log settings, stderr collected line by line.
+struct Binary {
+    child: Child,
+    base: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recbot"));
+        command
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--recordings-dir")
+            .arg(dir.path())
+            .arg("--udp-bind")
+            .arg("127.0.0.1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // The default filter: no RECBOT_* setting and no RUST_LOG from the environment.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("RECBOT_") || key == "RUST_LOG" {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command.spawn().expect("recbot starts");
+        let stderr = child.stderr.take().expect("piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            base: format!("http://{listen}"),
+            lines,
+            _dir: dir,
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.lines().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_session_that_never_connects_logs_a_few_lines_at_the_default_level() {
+    let _heavy = heavy().await;
+    let bin = Binary::start();
+    assert!(
+        bin.wait_for("listening", Duration::from_secs(20)).await,
+        "{:?}",
+        bin.lines()
+    );
+    let before = bin.lines().len();
+    // An offer without a single candidate: recbot has nothing to check, ever.
+    let (status, body, location) =
+        post_whip(&bin.base, "/rooms/dead/whip", offer_with(&[]).await).await;
+    assert_eq!(status, 201, "{body}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    if let Some(location) = location {
+        let r = reqwest::Client::new()
+            .delete(format!("{}{location}", bin.base))
+            .send()
+            .await
+            .expect("DELETE");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    assert!(
+        bin.wait_for("WHIP session ended", Duration::from_secs(5))
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = bin.lines();
+    let session: Vec<&String> = lines[before..].iter().collect();
+    eprintln!("{} lines for one dead WHIP session", session.len());
+    // peer joined, WHIP session started, WHIP session ended, peer left, and one DTLS setup
+    // warning of webrtc-rs: a handful, however long the session stayed dead (it was 30 lines
+    // more for these 6 s: one ICE agent warning every 200 ms).
+    assert!(session.len() <= 6, "{} lines: {session:#?}", session.len());
+    assert!(
+        !session.iter().any(|l| l.contains("pingAllCandidates")),
+        "{session:#?}"
+    );
 }
