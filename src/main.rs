@@ -5,9 +5,33 @@ use recbot::config::{Cli, Command, LogFormat};
 use std::path::Path;
 use std::process::ExitCode;
 
+/// Directives added to a log filter that names no webrtc-rs target (`rtc`, `rtc_*`, `webrtc`,
+/// matched by prefix): its internals log only warnings, and its ICE agent only errors. A remote
+/// can make the ICE agent warn every 200 ms for as long as a session lives ("pingAllCandidates
+/// called with no candidate pairs": ~150 lines per dead session), which recbot must not turn
+/// into log volume. A filter that names one of these targets is taken as it is.
+const QUIET_WEBRTC: &str = "rtc=warn,webrtc=warn,rtc_ice=error";
+
+/// `filter` with [`QUIET_WEBRTC`] unless it names a webrtc-rs target itself.
+fn with_quiet_webrtc(filter: &str) -> String {
+    let names_webrtc = filter.split(',').any(|directive| {
+        let target = directive
+            .trim()
+            .split(['=', '['])
+            .next()
+            .unwrap_or_default();
+        target.starts_with("rtc") || target.starts_with("webrtc")
+    });
+    if names_webrtc || filter.trim().is_empty() {
+        filter.to_owned()
+    } else {
+        format!("{filter},{QUIET_WEBRTC}")
+    }
+}
+
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(with_quiet_webrtc(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(with_quiet_webrtc("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -99,5 +123,28 @@ async fn serve(args: recbot::config::ServeArgs) -> ExitCode {
             eprintln!("recbot: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webrtc_is_quiet_unless_the_filter_names_it() {
+        assert_eq!(with_quiet_webrtc("info"), format!("info,{QUIET_WEBRTC}"));
+        assert_eq!(
+            with_quiet_webrtc("warn,recbot=debug"),
+            format!("warn,recbot=debug,{QUIET_WEBRTC}")
+        );
+        for named in [
+            "info,rtc_ice=warn",
+            "debug,rtc=debug",
+            "webrtc=trace",
+            "rtc_dtls[x]=info",
+        ] {
+            assert_eq!(with_quiet_webrtc(named), named);
+        }
+        assert!(tracing_subscriber::EnvFilter::try_new(with_quiet_webrtc("info")).is_ok());
     }
 }

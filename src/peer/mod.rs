@@ -55,6 +55,191 @@ pub enum PeerError {
     BadSdp(String),
 }
 
+/// Most remote ICE candidates one connection accepts over its whole life, from SDP and
+/// trickle together. Each one is a target of connectivity checks (about 8 STUN requests per
+/// local candidate): without a cap, one offer listing hundreds of candidates makes recbot send
+/// datagrams to hundreds of chosen ports (a reflector). Browsers list far fewer.
+pub const MAX_REMOTE_CANDIDATES: usize = 20;
+
+/// Why a remote candidate is not given to webrtc-rs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CandidateRefusal {
+    /// Not a candidate line webrtc-rs can use (too few fields, a bad number, no `typ`).
+    Malformed,
+    /// An address nobody can be reached at: unspecified (`0.0.0.0/8`, `::`), multicast,
+    /// broadcast or reserved (`240.0.0.0/4`), link-local (`169.254/16`, `fe80::/10`).
+    Address,
+    /// Port 0, or a privileged port (< 1024) on a candidate that is not a TURN relay (relays
+    /// legitimately listen on 443 and such).
+    Port,
+    /// A host name other than an mDNS `.local` name.
+    Hostname,
+    /// Not a loopback address while [`PeerConfig::loopback_candidates_only`] is set.
+    NotLoopback,
+    /// The connection already accepted [`MAX_REMOTE_CANDIDATES`].
+    OverCap,
+}
+
+/// What identifies a remote candidate to webrtc-rs (its `Candidate::equal`): a second line
+/// with the same identity adds no pair, so it is let through without counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CandidateIdentity {
+    transport: String,
+    kind: String,
+    address: String,
+    port: u16,
+    tcp_type: String,
+    related_address: String,
+}
+
+/// The remote ICE candidates of one connection: which ones are given to webrtc-rs, from the
+/// SDP of offers and answers ([`CandidatePolicy::filter_sdp`]) and from trickle
+/// ([`CandidatePolicy::admit`]) alike.
+///
+/// Invariants: at most `max` distinct candidates are ever admitted; none names an address of
+/// [`CandidateRefusal::Address`], a port of [`CandidateRefusal::Port`], or a host name other
+/// than `.local`; with `loopback_only`, only loopback addresses are admitted. Pure: no I/O.
+#[derive(Debug, Clone)]
+pub struct CandidatePolicy {
+    max: usize,
+    loopback_only: bool,
+    admitted: Vec<CandidateIdentity>,
+}
+
+impl CandidatePolicy {
+    /// A policy admitting at most `max` candidates (only loopback ones with `loopback_only`).
+    pub fn new(max: usize, loopback_only: bool) -> Self {
+        Self {
+            max,
+            loopback_only,
+            admitted: Vec::new(),
+        }
+    }
+
+    /// The policy of a connection built with `config`: [`MAX_REMOTE_CANDIDATES`], and
+    /// [`PeerConfig::loopback_candidates_only`].
+    pub fn for_config(config: &PeerConfig) -> Self {
+        Self::new(MAX_REMOTE_CANDIDATES, config.loopback_candidates_only)
+    }
+
+    /// Number of distinct candidates admitted so far.
+    pub fn admitted(&self) -> usize {
+        self.admitted.len()
+    }
+
+    /// Checks a candidate (`candidate:...`, with or without `a=`) without counting it.
+    pub fn check(&self, line: &str) -> Result<(), CandidateRefusal> {
+        let identity = parse_candidate(line)?;
+        self.check_target(&identity)
+    }
+
+    fn check_target(&self, c: &CandidateIdentity) -> Result<(), CandidateRefusal> {
+        match c.address.parse::<IpAddr>() {
+            Ok(ip) => {
+                let ip = ip.to_canonical();
+                if unreachable_address(ip) {
+                    return Err(CandidateRefusal::Address);
+                }
+                if self.loopback_only && !ip.is_loopback() {
+                    return Err(CandidateRefusal::NotLoopback);
+                }
+            }
+            Err(_) => {
+                if !c.address.to_ascii_lowercase().ends_with(".local") {
+                    return Err(CandidateRefusal::Hostname);
+                }
+                if self.loopback_only {
+                    return Err(CandidateRefusal::NotLoopback);
+                }
+            }
+        }
+        if c.port == 0 || (c.port < 1024 && !c.kind.eq_ignore_ascii_case("relay")) {
+            return Err(CandidateRefusal::Port);
+        }
+        Ok(())
+    }
+
+    /// Admits a candidate (`candidate:...`, with or without `a=`): `Ok` when webrtc-rs may
+    /// have it, counting it unless the same candidate was admitted before.
+    pub fn admit(&mut self, line: &str) -> Result<(), CandidateRefusal> {
+        let identity = parse_candidate(line)?;
+        self.check_target(&identity)?;
+        if self.admitted.contains(&identity) {
+            return Ok(());
+        }
+        if self.admitted.len() >= self.max {
+            return Err(CandidateRefusal::OverCap);
+        }
+        self.admitted.push(identity);
+        Ok(())
+    }
+
+    /// `sdp` without the `a=candidate` lines this policy refuses (the others are admitted and
+    /// counted), and the number of lines removed. Every other line is kept as it is.
+    pub fn filter_sdp(&mut self, sdp: &str) -> (String, usize) {
+        let mut out = String::with_capacity(sdp.len());
+        let mut removed = 0;
+        for line in sdp.split_inclusive('\n') {
+            let content = line.trim_end_matches(['\r', '\n']);
+            if content.starts_with("a=candidate:") {
+                if let Err(refusal) = self.admit(content) {
+                    tracing::debug!(candidate = content, ?refusal, "remote candidate refused");
+                    removed += 1;
+                    continue;
+                }
+            }
+            out.push_str(line);
+        }
+        (out, removed)
+    }
+}
+
+/// Whether no remote peer can be reached at `ip` (see [`CandidateRefusal::Address`]).
+fn unreachable_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            first == 0 || first >= 224 || v4.is_link_local()
+        }
+        IpAddr::V6(v6) => {
+            v6.is_unspecified() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Parses `[a=]candidate:FOUNDATION COMPONENT TRANSPORT PRIORITY ADDRESS PORT typ TYPE [...]`
+/// as webrtc-rs does (RFC 8839 §5.1).
+fn parse_candidate(line: &str) -> Result<CandidateIdentity, CandidateRefusal> {
+    let line = line.trim();
+    let line = line.strip_prefix("a=").unwrap_or(line);
+    let line = line.strip_prefix("candidate:").unwrap_or(line);
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let malformed = CandidateRefusal::Malformed;
+    if fields.len() < 8 || fields[6] != "typ" {
+        return Err(malformed);
+    }
+    fields[1].parse::<u16>().map_err(|_| malformed)?;
+    fields[3].parse::<u32>().map_err(|_| malformed)?;
+    let port = fields[5].parse::<u16>().map_err(|_| malformed)?;
+    let mut related_address = String::new();
+    let mut tcp_type = String::new();
+    for pair in fields[8..].chunks(2) {
+        match pair {
+            ["raddr", value] => related_address = value.to_ascii_lowercase(),
+            ["tcptype", value] => tcp_type = value.to_ascii_lowercase(),
+            _ => {}
+        }
+    }
+    Ok(CandidateIdentity {
+        transport: fields[2].to_ascii_lowercase(),
+        kind: fields[7].to_ascii_lowercase(),
+        address: fields[4].to_ascii_lowercase(),
+        port,
+        tcp_type,
+        related_address,
+    })
+}
+
 /// Network settings for the peers a process builds.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -399,4 +584,174 @@ impl Interceptor for RtcpTap {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(address: &str, port: u16) -> String {
+        format!("candidate:1 1 udp 2130706431 {address} {port} typ host")
+    }
+
+    #[test]
+    fn usable_candidates_are_admitted() {
+        let mut policy = CandidatePolicy::new(MAX_REMOTE_CANDIDATES, false);
+        for line in [
+            host("192.0.2.7", 50000),
+            host("127.0.0.1", 1024),
+            host("2001:db8::1", 61000),
+            host("fd00::5", 40000),
+            host("3c1ee1e2-8f5b-4ab0-a1b2-8d0e7e3a6c55.local", 56000),
+            "a=candidate:2 1 UDP 1686052607 203.0.113.9 61000 typ srflx raddr 10.0.0.2 rport 5000"
+                .into(),
+            "candidate:3 1 udp 41885439 198.51.100.3 443 typ relay raddr 203.0.113.9 rport 61000"
+                .into(),
+            "candidate:4 1 tcp 1518280447 192.0.2.7 9000 typ host tcptype passive".into(),
+        ] {
+            assert_eq!(policy.admit(&line), Ok(()), "{line}");
+        }
+        assert_eq!(policy.admitted(), 8);
+    }
+
+    #[test]
+    fn unreachable_targets_and_bad_ports_are_refused() {
+        let policy = CandidatePolicy::new(MAX_REMOTE_CANDIDATES, false);
+        for address in [
+            "0.0.0.0",
+            "0.1.2.3",
+            "::",
+            "224.0.0.251",
+            "239.255.255.250",
+            "255.255.255.255",
+            "240.0.0.1",
+            "169.254.10.20",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::ffff:169.254.1.1",
+            "::ffff:224.0.0.1",
+        ] {
+            assert_eq!(
+                policy.check(&host(address, 50000)),
+                Err(CandidateRefusal::Address),
+                "{address}"
+            );
+        }
+        assert_eq!(
+            policy.check(&host("fec0::1", 50000)),
+            Ok(()),
+            "fe80::/10 only"
+        );
+        assert_eq!(
+            policy.check(&host("192.0.2.7", 0)),
+            Err(CandidateRefusal::Port)
+        );
+        assert_eq!(
+            policy.check(&host("192.0.2.7", 53)),
+            Err(CandidateRefusal::Port)
+        );
+        assert_eq!(
+            policy.check("candidate:1 1 udp 1 192.0.2.7 9 typ host tcptype active"),
+            Err(CandidateRefusal::Port)
+        );
+        assert_eq!(
+            policy.check("candidate:1 1 udp 1 198.51.100.3 0 typ relay"),
+            Err(CandidateRefusal::Port)
+        );
+        assert_eq!(
+            policy.check(&host("victim.example.com", 50000)),
+            Err(CandidateRefusal::Hostname)
+        );
+        assert_eq!(
+            policy.check(&host("fe80::1%eth0", 50000)),
+            Err(CandidateRefusal::Hostname)
+        );
+        for garbage in [
+            "garbage",
+            "candidate:1 1 udp 1 192.0.2.7 5000",
+            "candidate:1 1 udp 1 192.0.2.7 5000 type host",
+            "candidate:1 x udp 1 192.0.2.7 5000 typ host",
+            "candidate:1 1 udp 1 192.0.2.7 70000 typ host",
+            "",
+        ] {
+            assert_eq!(
+                policy.check(garbage),
+                Err(CandidateRefusal::Malformed),
+                "{garbage}"
+            );
+        }
+    }
+
+    #[test]
+    fn loopback_only_keeps_loopback_addresses() {
+        let policy = CandidatePolicy::new(MAX_REMOTE_CANDIDATES, true);
+        assert_eq!(policy.check(&host("127.0.0.1", 50000)), Ok(()));
+        assert_eq!(
+            policy.check("candidate:1 1 UDP 1 ::1 5000 typ host"),
+            Ok(())
+        );
+        assert_eq!(
+            policy.check(&host("10.0.0.2", 50000)),
+            Err(CandidateRefusal::NotLoopback)
+        );
+        assert_eq!(
+            policy.check(&host("abcd.local", 50000)),
+            Err(CandidateRefusal::NotLoopback)
+        );
+    }
+
+    #[test]
+    fn the_cap_counts_distinct_candidates_over_the_life_of_a_connection() {
+        let mut policy = CandidatePolicy::new(3, false);
+        let sdp = format!(
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na={}\r\na={}\r\n\
+             a=candidate:9 1 udp 1 224.0.0.1 5000 typ host\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+             a=mid:1\r\na={}\r\na=end-of-candidates\r\n",
+            host("192.0.2.1", 5001),
+            host("192.0.2.2", 5002),
+            host("192.0.2.1", 5001),
+        );
+        let (filtered, removed) = policy.filter_sdp(&sdp);
+        // The multicast one goes; the repeat of the first one (webrtc-rs adds no pair for it)
+        // stays without counting.
+        assert_eq!(removed, 1);
+        assert_eq!(
+            filtered,
+            sdp.replace("a=candidate:9 1 udp 1 224.0.0.1 5000 typ host\r\n", "")
+        );
+        assert_eq!(policy.admitted(), 2);
+        // Trickled ones count toward the same cap.
+        assert_eq!(policy.admit(&host("192.0.2.3", 5003)), Ok(()));
+        assert_eq!(
+            policy.admit(&host("192.0.2.4", 5004)),
+            Err(CandidateRefusal::OverCap)
+        );
+        // A variant with another related address is another candidate to webrtc-rs.
+        assert_eq!(
+            policy.admit("candidate:1 1 udp 1 192.0.2.1 5001 typ srflx raddr 10.0.0.1 rport 9"),
+            Err(CandidateRefusal::OverCap)
+        );
+        assert_eq!(policy.admit(&host("192.0.2.2", 5002)), Ok(()));
+        // A later SDP (renegotiation) cannot add more either.
+        let (filtered, removed) =
+            policy.filter_sdp(&format!("v=0\na={}\n", host("192.0.2.5", 5005)));
+        assert_eq!((filtered.as_str(), removed), ("v=0\n", 1));
+        assert_eq!(policy.admitted(), 3);
+    }
+
+    #[test]
+    fn lines_without_an_end_of_line_are_filtered_too() {
+        let mut policy = CandidatePolicy::new(1, false);
+        let (filtered, removed) = policy.filter_sdp(&format!(
+            "v=0\r\na={}\r\na={}",
+            host("192.0.2.1", 5001),
+            host("192.0.2.2", 5002)
+        ));
+        assert_eq!(removed, 1);
+        assert_eq!(
+            filtered,
+            format!("v=0\r\na={}\r\n", host("192.0.2.1", 5001))
+        );
+    }
 }

@@ -6,6 +6,11 @@
 //! the remote one; the impolite side ignores the remote offer. Candidates that arrive before
 //! the remote description are queued. What the link does with media is up to its [`LinkMedia`].
 //!
+//! Every remote candidate, in an offer's or answer's SDP or trickled, goes through the link's
+//! [`CandidatePolicy`]: at most [`MAX_REMOTE_CANDIDATES`] over the connection's life, none at an
+//! unreachable address or a privileged port. Refused ones are removed from the SDP before
+//! webrtc-rs sees it, so a remote cannot direct connectivity checks at hundreds of targets.
+//!
 //! The DTLS role of the association is fixed by the first completed offer/answer and kept by
 //! every renegotiation (RFC 8842). webrtc-rs keeps it internally, but writes `a=setup` of every
 //! answer from its configured answering role (`active`), even when it is the DTLS server of the
@@ -13,7 +18,7 @@
 //! role"). So the link remembers its role ([`established_setup`]) and puts it into the answers
 //! it sends ([`with_setup`]). Our own offers say `actpass`, which subsequent offers may say.
 
-use super::{Pc, PeerError, PeerFactory};
+use super::{CandidatePolicy, Pc, PeerError, PeerFactory, MAX_REMOTE_CANDIDATES};
 use crate::signal::protocol::{Candidate, CandidateField, ClientMessage};
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -257,7 +262,7 @@ impl Builder {
             pc: Arc::clone(&pc),
             sink: Arc::clone(&self.sink),
             polite: self.polite,
-            loopback_only: self.factory.config().loopback_candidates_only,
+            candidates: CandidatePolicy::for_config(self.factory.config()),
             have_local_offer: false,
             have_remote_description: false,
             dtls_setup: None,
@@ -278,7 +283,8 @@ struct State {
     pc: Pc,
     sink: Arc<dyn SignalSink>,
     polite: bool,
-    loopback_only: bool,
+    /// Which remote candidates webrtc-rs gets (SDP and trickle share its cap).
+    candidates: CandidatePolicy,
     have_local_offer: bool,
     have_remote_description: bool,
     /// Our DTLS role in the association, once the first offer/answer completed.
@@ -327,6 +333,7 @@ impl State {
 
     async fn on_offer(&mut self, sdp: String) -> Result<(), PeerError> {
         let offer_sdp = sdp.clone();
+        let sdp = self.filtered(&sdp);
         let offer =
             RTCSessionDescription::offer(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         if self.have_local_offer {
@@ -374,6 +381,7 @@ impl State {
             return Ok(());
         }
         let answer_sdp = sdp.clone();
+        let sdp = self.filtered(&sdp);
         let answer =
             RTCSessionDescription::answer(sdp).map_err(|e| PeerError::BadSdp(e.to_string()))?;
         self.pc.set_remote_description(answer).await?;
@@ -391,7 +399,10 @@ impl State {
             return Ok(());
         };
         if !self.have_remote_description {
-            if self.pending_candidates.len() < 64 {
+            // The cap is counted when they are added; more than it can never all be.
+            if self.pending_candidates.len() < MAX_REMOTE_CANDIDATES
+                && self.candidates.check(&candidate.candidate).is_ok()
+            {
                 self.pending_candidates.push(candidate);
             }
             return Ok(());
@@ -406,9 +417,18 @@ impl State {
         }
     }
 
-    async fn add_candidate(&self, candidate: Candidate) {
-        if self.loopback_only && !is_loopback_candidate(&candidate.candidate) {
-            tracing::debug!(remote = %self.remote, "non-loopback candidate ignored");
+    /// `sdp` without the candidates the policy refuses.
+    fn filtered(&mut self, sdp: &str) -> String {
+        let (sdp, removed) = self.candidates.filter_sdp(sdp);
+        if removed > 0 {
+            tracing::debug!(remote = %self.remote, removed, "remote candidates removed from the SDP");
+        }
+        sdp
+    }
+
+    async fn add_candidate(&mut self, candidate: Candidate) {
+        if let Err(refusal) = self.candidates.admit(&candidate.candidate) {
+            tracing::debug!(remote = %self.remote, ?refusal, "remote candidate refused");
             return;
         }
         let init = RTCIceCandidateInit {
@@ -489,15 +509,6 @@ pub fn with_setup(sdp: &str, role: DtlsSetup) -> String {
     out
 }
 
-/// Whether an ICE candidate line (`candidate:F C proto prio ADDRESS port typ ...`) names a
-/// loopback address.
-pub fn is_loopback_candidate(line: &str) -> bool {
-    line.split_whitespace()
-        .nth(4)
-        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-        .is_some_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -564,20 +575,5 @@ mod tests {
             established_setup(&sdp_with("actpass"), &passive),
             Some(DtlsSetup::Passive)
         );
-    }
-
-    #[test]
-    fn loopback_candidates() {
-        assert!(is_loopback_candidate(
-            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host"
-        ));
-        assert!(is_loopback_candidate("candidate:1 1 UDP 1 ::1 5 typ host"));
-        assert!(!is_loopback_candidate(
-            "candidate:1 1 udp 2130706431 10.0.0.2 50000 typ host"
-        ));
-        assert!(!is_loopback_candidate(
-            "candidate:1 1 udp 1 abcd.local 5 typ host"
-        ));
-        assert!(!is_loopback_candidate("garbage"));
     }
 }

@@ -13,7 +13,7 @@ use crate::api::error::ApiError;
 use crate::api::{bearer, secret_matches};
 use crate::app::App;
 use crate::media::source::{MediaSource, Relay, RemoteSource};
-use crate::peer::{Pc, PeerError};
+use crate::peer::{CandidatePolicy, Pc, PeerError};
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -251,6 +251,8 @@ async fn create(
     if !sdp.starts_with("v=0") {
         return Err(ApiError::bad_request("the body is not an SDP offer"));
     }
+    // Only the candidates the policy admits reach webrtc-rs (at most MAX_REMOTE_CANDIDATES).
+    let (sdp, _refused) = CandidatePolicy::for_config(app.factory.config()).filter_sdp(&sdp);
     let offer = RTCSessionDescription::offer(sdp)
         .map_err(|e| ApiError::bad_request(format!("bad SDP offer: {e}")))?;
 
