@@ -4,24 +4,12 @@ use clap::Parser;
 use recbot::config::{Cli, Command, LogFormat};
 use std::process::ExitCode;
 
-fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Publish(args)) => {
-            init_logging(
+            recbot::logging::init(
                 LogFormat::Text,
                 &std::env::var("RECBOT_LOG").unwrap_or("info".into()),
             );
@@ -35,7 +23,7 @@ async fn main() -> ExitCode {
         }
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Repair { dir }) => {
-            init_logging(LogFormat::Text, "warn");
+            recbot::logging::init(LogFormat::Text, "warn");
             recbot::record::store::repair_command(&dir)
         }
         Some(Command::Inspect { files }) => {
@@ -60,7 +48,7 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: recbot::config::ServeArgs) -> ExitCode {
-    init_logging(args.log_format, &args.log);
+    recbot::logging::init(args.log_format, &args.log);
     let files = recbot::util::raise_open_files_limit();
     tracing::debug!(?files, "open files limit");
     let config = match args.validate() {
