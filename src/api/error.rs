@@ -4,7 +4,7 @@
 use crate::bot::recorder::StartError;
 use crate::record::store::RecordError;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// An HTTP error reply.
@@ -54,6 +54,76 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         (self.status, axum::Json(body)).into_response()
     }
+}
+
+/// The `code` of an error reply that no handler wrote (an extractor's rejection, a method the
+/// route does not have): kebab-case, like the codes the handlers use.
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad-request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::NOT_ACCEPTABLE => "not-acceptable",
+        StatusCode::REQUEST_TIMEOUT => "timeout",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::LENGTH_REQUIRED => "length-required",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+        StatusCode::URI_TOO_LONG => "uri-too-long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::RANGE_NOT_SATISFIABLE => "range-not-satisfiable",
+        StatusCode::UNPROCESSABLE_ENTITY => "bad-request",
+        StatusCode::UPGRADE_REQUIRED => "upgrade-required",
+        StatusCode::TOO_MANY_REQUESTS => "rate-limited",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        s if s.is_client_error() => "bad-request",
+        _ => "internal",
+    }
+}
+
+/// Longest plain-text rejection body kept as the `message` of its JSON error.
+const MAX_REJECTION_TEXT: usize = 1024;
+
+/// Response middleware: gives every 4xx/5xx reply the JSON error shape (SPEC §4), also those no
+/// handler wrote: axum's extractor rejections (a body over the limit, a path or query that is
+/// not UTF-8 or does not parse, a missing upgrade), `405` of the method router, an empty `416`.
+/// Their text becomes the `message`; their other headers (`Allow`, `Content-Range`, CORS) stay.
+/// Replies already in JSON pass unchanged.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REJECTION_TEXT)
+        .await
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .map(|text| text.trim().to_owned())
+        .filter(|text| !text.is_empty());
+    let message = text.unwrap_or_else(|| match parts.headers.get(header::ALLOW) {
+        Some(allow) if status == StatusCode::METHOD_NOT_ALLOWED => format!(
+            "method not allowed here; allowed: {}",
+            allow.to_str().unwrap_or_default()
+        ),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    });
+    parts.headers.remove(header::CONTENT_TYPE);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let mut reply = ApiError::new(status, code_for(status), message).into_response();
+    for (name, value) in parts.headers.iter() {
+        reply.headers_mut().append(name, value.clone());
+    }
+    reply
 }
 
 impl From<RecordError> for ApiError {

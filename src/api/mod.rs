@@ -77,6 +77,7 @@ pub fn router(app: Arc<App>) -> Router {
         ))
         .layer(cors)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(error::json_errors))
         .with_state(app)
 }
 
@@ -100,13 +101,13 @@ pub fn secret_matches(presented: &str, expected: &str) -> bool {
     presented.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
-/// The bearer token of a request, if any.
+/// The bearer token of a request, if any: `Authorization: Bearer <token>`, the scheme in any
+/// case (RFC 9110 §11.1) and spaces around the token ignored.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 async fn require_api_token(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -436,6 +437,21 @@ mod tests {
         serde_json::from_str::<Body>(json)
             .map(|b| b.n)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let read = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+            bearer(&headers).map(str::to_owned)
+        };
+        for value in ["Bearer t0k", "bearer t0k", "BEARER  t0k", "bEaReR t0k "] {
+            assert_eq!(read(value).as_deref(), Some("t0k"), "{value}");
+        }
+        for value in ["Basic t0k", "Bearer", "Bearer ", "Bearert0k", "t0k"] {
+            assert_eq!(read(value), None, "{value}");
+        }
     }
 
     #[test]

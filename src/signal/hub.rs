@@ -69,6 +69,31 @@ pub struct Membership {
     info: PeerInfo,
 }
 
+/// Longest display name, in characters, after [`clean_name`].
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// A display name as rooms, logs and recordings show it: `raw` without control characters
+/// (Unicode Cc: CR, LF, NUL, ESC, ...), format characters (Cf: bidi overrides and isolates
+/// U+202A-U+202E and U+2066-U+2069, zero-width characters, ...) and line or paragraph
+/// separators (Zl, Zp), cut to [`MAX_NAME_CHARS`] characters. Letters of every script stay
+/// ("Zoë", "李"). A name given by a client cannot forge log lines or reorder what other
+/// peers show.
+pub fn clean_name(raw: &str) -> String {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    raw.chars()
+        .filter(|c| {
+            !matches!(
+                c.general_category(),
+                GeneralCategory::Control
+                    | GeneralCategory::Format
+                    | GeneralCategory::LineSeparator
+                    | GeneralCategory::ParagraphSeparator
+            )
+        })
+        .take(MAX_NAME_CHARS)
+        .collect()
+}
+
 /// Creates a random peer id: 10 characters of `[a-z0-9]`.
 pub fn new_peer_id() -> String {
     use rand::Rng;
@@ -114,8 +139,9 @@ impl Hub {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins `room` (creating it). Returns the membership, the `welcome` for the newcomer and its
-    /// message queue. Everyone already there is told `peer-joined`.
+    /// Joins `room` (creating it) under `name` as [`clean_name`] leaves it. Returns the
+    /// membership, the `welcome` for the newcomer and its message queue. Everyone already there
+    /// is told `peer-joined`.
     pub fn join(
         self: &Arc<Self>,
         room: &str,
@@ -131,7 +157,7 @@ impl Hub {
     > {
         let info = PeerInfo {
             id: new_peer_id(),
-            name: name.chars().take(64).collect(),
+            name: clean_name(name),
             bot: kind == MemberKind::Bot,
             whip: kind == MemberKind::Whip,
         };
@@ -160,7 +186,7 @@ impl Hub {
         });
         self.drop_slow(&mut rooms, room, slow);
         drop(rooms);
-        tracing::info!(room, peer = %info.id, name = %info.name, ?kind, "peer joined");
+        tracing::info!(room, peer = %info.id, name = ?info.name, ?kind, "peer joined");
         let welcome = ServerMessage::Welcome {
             id: info.id.clone(),
             room: room.to_owned(),
@@ -369,6 +395,27 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_lose_control_and_format_characters() {
+        assert_eq!(clean_name("Zoë 李"), "Zoë 李");
+        assert_eq!(
+            clean_name("a\r\nINFO forged\u{0}\u{1b}[31mred\u{7f}\u{85}"),
+            "aINFO forged[31mred"
+        );
+        assert_eq!(
+            clean_name("\u{202a}\u{202b}\u{202c}\u{202d}\u{202e}x\u{2066}\u{2067}\u{2068}\u{2069}"),
+            "x"
+        );
+        assert_eq!(
+            clean_name("z\u{200b}e\u{200c}r\u{200d}o\u{feff}\u{2060}\u{ad}\u{2028}\u{2029}"),
+            "zero"
+        );
+        assert_eq!(clean_name(&"é".repeat(100)).chars().count(), MAX_NAME_CHARS);
+        let hub = Hub::new(vec![], 10, 10);
+        let (a, _, _arx) = hub.join("r", "\u{202e}eve\n", MemberKind::Client).unwrap();
+        assert_eq!(a.info().name, "eve");
+    }
 
     #[test]
     fn join_relay_leave() {

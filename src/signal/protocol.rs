@@ -1,8 +1,10 @@
 //! The signaling wire format (SPEC §2): one JSON object per WebSocket text frame.
 //!
 //! Parsing is strict about what it needs (`type`, `to`, `sdp`, `candidate`) and lenient about
-//! extra fields, so browser libraries that add their own keys still work. Every refusal carries
-//! an [`ErrorCode`] and, where it could be read, the `{type, to}` of the refused message.
+//! extra fields, so browser libraries that add their own keys still work. An object with a
+//! key twice, at any depth, is refused (`bad-message`), as the API refuses one: which of the
+//! two a reader takes differs between JSON parsers. Every refusal carries an [`ErrorCode`] and,
+//! where it could be read, the `{type, to}` of the refused message.
 
 use serde::{Deserialize, Serialize};
 
@@ -322,6 +324,84 @@ impl Refusal {
     }
 }
 
+/// A JSON value read with every object's keys unique (serde_json's own `Value` keeps the last
+/// of duplicate keys silently).
+struct UniqueKeys(serde_json::Value);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(UniqueKeysVisitor)
+            .map(UniqueKeys)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(UniqueKeys(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let UniqueKeys(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
 fn bad(message: impl Into<String>, reference: &MessageRef) -> Refusal {
     Refusal {
         code: ErrorCode::BadMessage,
@@ -350,7 +430,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, Refusal> {
             format!("frame of {} bytes is over {MAX_FRAME_BYTES}", text.len()),
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(text)
+    let UniqueKeys(value) = serde_json::from_str(text)
         .map_err(|e| Refusal::new(ErrorCode::BadMessage, format!("invalid JSON: {e}")))?;
     let serde_json::Value::Object(object) = value else {
         return Err(Refusal::new(
@@ -482,6 +562,27 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        for text in [
+            r#"{"type":"offer","to":"a","to":"b","sdp":"v=0"}"#,
+            r#"{"type":"answer","type":"offer","to":"a","sdp":"v=0"}"#,
+            r#"{"type":"candidate","to":"a","candidate":{"candidate":"","candidate":"x"}}"#,
+            r#"{"type":"leave","x":[{"k":1,"k":2}]}"#,
+        ] {
+            let refusal = parse_client_message(text).unwrap_err();
+            assert_eq!(refusal.code, ErrorCode::BadMessage, "{text}");
+            assert!(
+                refusal.message.contains("duplicate key"),
+                "{text}: {refusal:?}"
+            );
+        }
+        // Equal keys in different objects, values of every kind, nesting: all fine.
+        let text = r#"{"type":"candidate","to":"a","x":{"to":1,"n":[-1,2.5,null,true]},
+            "candidate":{"candidate":"","sdpMid":"0","sdpMLineIndex":0}}"#;
+        assert!(parse_client_message(text).is_ok());
     }
 
     #[test]

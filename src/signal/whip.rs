@@ -6,6 +6,12 @@
 //! read by one task and fanned out through a [`Relay`]. The room's recording, present or
 //! future, subscribes to it ([`WhipSessions::tracks_of`], [`WhipSessions::announcements`]).
 //! `DELETE` on the session's Location ends it, and so does a failed connection.
+//!
+//! A session is named by its publisher's peer id and holds a secret of its own: its Location is
+//! `/rooms/{room}/whip/{peer id}.{secret}`. `DELETE` and `PATCH` act only on a session of the
+//! room in the path whose secret matches (compared in constant time), with the room token as
+//! bearer when one is configured; the API token as bearer ends any session by its peer id
+//! (`/rooms/{room}/whip/{peer id}`, for operators). Anything else is `404`.
 
 use super::hub::{MemberKind, Membership};
 use super::protocol::{valid_room_name, PeerInfo};
@@ -52,6 +58,8 @@ pub struct WhipTrack {
 
 struct Session {
     room: String,
+    /// 256 random bits in hex: the capability the Location carries.
+    secret: String,
     peer: PeerInfo,
     pc: Pc,
     tracks: Vec<WhipTrack>,
@@ -110,6 +118,20 @@ impl WhipSessions {
         }
     }
 
+    /// The key of the session `id` names in `room` (`{peer id}.{secret}`, or the peer id alone
+    /// when `operator`), if that session exists there and the secret matches.
+    fn find(&self, room: &str, id: &str, operator: bool) -> Option<String> {
+        let (key, secret) = match id.split_once('.') {
+            Some((key, secret)) => (key, Some(secret)),
+            None => (id, None),
+        };
+        let sessions = self.lock();
+        let session = sessions.get(key)?;
+        let allowed = session.room == room
+            && (operator || secret.is_some_and(|s| secret_matches(s, &session.secret)));
+        allowed.then(|| key.to_owned())
+    }
+
     /// Ends a session: closes its connection; its relays end, so do recordings of it.
     fn end(&self, id: &str) -> bool {
         let Some(session) = self.lock().remove(id) else {
@@ -141,6 +163,35 @@ pub struct WhipQuery {
     /// Display name.
     #[serde(default)]
     pub name: Option<String>,
+}
+
+/// Whether the request carries the API token (when one is configured).
+fn is_operator(app: &App, headers: &HeaderMap) -> bool {
+    app.config
+        .args
+        .api_token
+        .as_deref()
+        .is_some_and(|expected| bearer(headers).is_some_and(|t| secret_matches(t, expected)))
+}
+
+/// The session a `DELETE`/`PATCH` on `/rooms/{room}/whip/{id}` may act on (see the module
+/// doc): `401` without the room token (unless the API token is presented), `404` for a
+/// session that is not there, in another room, or named without its secret.
+fn authorize(app: &App, room: &str, id: &str, headers: &HeaderMap) -> Result<String, ApiError> {
+    let operator = is_operator(app, headers);
+    if !operator {
+        check_room_token(app, headers)?;
+    }
+    app.whip
+        .find(room, id, operator)
+        .ok_or_else(|| ApiError::not_found(format!("no such WHIP session in room `{room}`")))
+}
+
+/// A new session secret: 256 random bits in lowercase hex.
+fn new_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn check_room_token(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -264,8 +315,9 @@ async fn create(
             MemberKind::Whip,
         )
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string()))?;
-    let session = crate::signal::hub::new_peer_id();
     let peer = membership.info().clone();
+    let session = peer.id.clone();
+    let secret = new_secret();
     let (gathered, mut gathered_rx) = watch::channel(false);
     let (end, end_rx) = watch::channel(false);
     let handler = Arc::new(Handler {
@@ -299,6 +351,7 @@ async fn create(
         session.clone(),
         Session {
             room: room.clone(),
+            secret: secret.clone(),
             peer: peer.clone(),
             pc: Arc::clone(&pc),
             tracks: Vec::new(),
@@ -317,8 +370,8 @@ async fn create(
         }
         drop::<Membership>(membership);
     });
-    tracing::info!(room, peer = %peer.id, session, "WHIP session started");
-    let location = format!("/rooms/{room}/whip/{session}");
+    tracing::info!(room, peer = %peer.id, "WHIP session started");
+    let location = format!("/rooms/{room}/whip/{session}.{secret}");
     Ok((
         StatusCode::CREATED,
         [
@@ -341,35 +394,33 @@ fn peer_error(e: PeerError) -> ApiError {
 
 async fn delete(
     State(app): State<Arc<App>>,
-    Path((_room, id)): Path<(String, String)>,
+    Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    check_room_token(&app, &headers)?;
-    if app.whip.end(&id) {
+    let key = authorize(&app, &room, &id, &headers)?;
+    if app.whip.end(&key) {
         Ok(StatusCode::OK)
     } else {
-        Err(ApiError::not_found(format!("no WHIP session `{id}`")))
+        Err(ApiError::not_found(format!(
+            "no such WHIP session in room `{room}`"
+        )))
     }
 }
 
 async fn patch(
     State(app): State<Arc<App>>,
-    Path((_room, id)): Path<(String, String)>,
+    Path((room, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    check_room_token(&app, &headers)?;
-    if app.whip.lock().contains_key(&id) {
-        // Trickle ICE is not supported: the answer carried every candidate.
-        Ok((
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "DELETE")],
-            axum::Json(serde_json::json!({"error": {
-                "code": "method-not-allowed",
-                "message": "trickle ICE (PATCH) is not supported: the answer has every candidate"
-            }})),
-        )
-            .into_response())
-    } else {
-        Err(ApiError::not_found(format!("no WHIP session `{id}`")))
-    }
+    authorize(&app, &room, &id, &headers)?;
+    // Trickle ICE is not supported: the answer carried every candidate.
+    Ok((
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE")],
+        axum::Json(serde_json::json!({"error": {
+            "code": "method-not-allowed",
+            "message": "trickle ICE (PATCH) is not supported: the answer has every candidate"
+        }})),
+    )
+        .into_response())
 }
