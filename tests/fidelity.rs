@@ -373,16 +373,38 @@ async fn silence_without_packets_keeps_its_time() {
     srv.shutdown().await;
 }
 
-/// Records one publisher whose outgoing RTP loses `drop` (and reorders as many) and checks the
-/// video: only complete, original frames, starting on a keyframe, duration = live time.
-/// Returns (frames written, packets, packets lost, keyframe requests).
+/// What [`lossy_run`] saw.
+#[derive(Debug)]
+struct LossyRun {
+    frames: usize,
+    packets: u64,
+    packets_lost: u64,
+    keyframe_requests: u64,
+    /// Largest distance (ms) between consecutive video blocks of the recorded file: the hole a
+    /// lost frame leaves until a keyframe is written again.
+    largest_gap_ms: u64,
+}
+
+/// Largest distance (ms) between consecutive blocks of `info` (one video track).
+fn largest_gap_ms(info: &WebmInfo) -> u64 {
+    info.blocks
+        .windows(2)
+        .map(|w| u64::try_from(w[1].ts_ms - w[0].ts_ms).unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Records one publisher whose outgoing RTP loses `drop` (and reorders as many) for `seconds`
+/// and checks the video: only complete, original frames, starting on a keyframe, duration =
+/// live time.
 async fn lossy_run(
     srv: &TestServer,
     room: &str,
     drop: f64,
     sticky: bool,
     seed: u64,
-) -> (usize, u64, u64, u64) {
+    seconds: f64,
+) -> LossyRun {
     let originals: HashSet<Vec<u8>> = {
         let file = std::fs::File::open(data("clip.ivf")).unwrap();
         let mut reader = recbot::media::ivf::IvfReader::new(file).unwrap().0;
@@ -402,7 +424,7 @@ async fn lossy_run(
         clip(),
         PeerFactory::new(config),
         Default::default(),
-        6.0,
+        seconds,
     )
     .await;
     let video = track(&doc, "video");
@@ -438,8 +460,9 @@ async fn lossy_run(
         "a.ogg",
         file(&files, audio["file"].as_str().unwrap()),
     ));
+    let largest_gap_ms = largest_gap_ms(&info);
     println!(
-        "{room} ({:.0}% drop, sticky {sticky}): {} frames written, video packets {} lost {}, keyframe requests {requests}, duration error {:.1} ms",
+        "{room} ({:.0}% drop, sticky {sticky}): {} frames written, video packets {} lost {}, keyframe requests {requests}, largest video gap {largest_gap_ms} ms, duration error {:.1} ms",
         drop * 100.0,
         info.blocks.len(),
         video["packets"],
@@ -447,12 +470,13 @@ async fn lossy_run(
         duration - live
     );
     publisher.leave().await;
-    (
-        info.blocks.len(),
-        video["packets"].as_u64().unwrap(),
-        video["packets_lost"].as_u64().unwrap(),
-        requests,
-    )
+    LossyRun {
+        frames: info.blocks.len(),
+        packets: video["packets"].as_u64().unwrap(),
+        packets_lost: video["packets_lost"].as_u64().unwrap(),
+        keyframe_requests: requests,
+        largest_gap_ms,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,12 +486,46 @@ async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
     // 5 %: NACK retransmissions recover it. 5 % sticky: retransmissions of a lost packet are
     // lost too, so frames are dropped until the next keyframe and PLIs are sent on loss.
     let (light, heavy) = tokio::join!(
-        lossy_run(&srv, "lossy", 0.05, false, 7),
-        lossy_run(&srv, "lossy-sticky", 0.05, true, 11)
+        lossy_run(&srv, "lossy", 0.05, false, 7, 6.0),
+        lossy_run(&srv, "lossy-sticky", 0.05, true, 11, 6.0)
     );
-    assert!(light.3 >= 1, "the initial PLI was sent");
-    assert!(heavy.2 > 0, "heavy loss is not all recovered: {heavy:?}");
-    assert!(heavy.3 >= 2, "PLIs on loss: {heavy:?}");
+    assert!(light.keyframe_requests >= 1, "the initial PLI was sent");
+    assert!(
+        heavy.packets_lost > 0,
+        "heavy loss is not all recovered: {heavy:?}"
+    );
+    assert!(heavy.keyframe_requests >= 2, "PLIs on loss: {heavy:?}");
+    assert!(light.frames > 0 && heavy.packets > 0);
+    srv.shutdown().await;
+}
+
+/// Longest hole a lost frame may leave in the video when NACK cannot recover it (issue 10
+/// item 6): a keyframe is asked for at once (150 ms after the gap opened, NACK's chance), it
+/// comes back within a round trip and a frame or two, and an incomplete one is asked for again
+/// at once. Waiting for the clip's next periodic keyframe (every 1 s) leaves 1.0–1.1 s.
+const MAX_LOSS_HOLE_MS: u64 = 600;
+
+/// Issue 10 item 6 end to end: 5 % loss that NACK cannot recover (retransmissions are lost
+/// too), clip keyframes only every second, and the recorded file's largest gap between
+/// consecutive video blocks stays well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecoverable_loss_leaves_only_short_video_holes() {
+    let _serial = heavy().await;
+    let srv = TestServer::start().await;
+    let mut worst = 0;
+    for (room, seed) in [("hole-a", 11), ("hole-b", 23)] {
+        let run = lossy_run(&srv, room, 0.05, true, seed, 8.0).await;
+        assert!(
+            run.packets_lost >= 5,
+            "{room}: too little loss to measure: {run:?}"
+        );
+        worst = worst.max(run.largest_gap_ms);
+    }
+    println!("unrecoverable 5 % loss: largest video hole {worst} ms");
+    assert!(
+        worst < MAX_LOSS_HOLE_MS,
+        "a lost frame left a {worst} ms hole in the video"
+    );
     srv.shutdown().await;
 }
 
