@@ -373,16 +373,38 @@ async fn silence_without_packets_keeps_its_time() {
     srv.shutdown().await;
 }
 
-/// Records one publisher whose outgoing RTP loses `drop` (and reorders as many) and checks the
-/// video: only complete, original frames, starting on a keyframe, duration = live time.
-/// Returns (frames written, packets, packets lost, keyframe requests).
+/// What [`lossy_run`] saw.
+#[derive(Debug)]
+struct LossyRun {
+    frames: usize,
+    packets: u64,
+    packets_lost: u64,
+    keyframe_requests: u64,
+    /// Largest distance (ms) between consecutive video blocks of the recorded file: the hole a
+    /// lost frame leaves until a keyframe is written again.
+    largest_gap_ms: u64,
+}
+
+/// Largest distance (ms) between consecutive blocks of `info` (one video track).
+fn largest_gap_ms(info: &WebmInfo) -> u64 {
+    info.blocks
+        .windows(2)
+        .map(|w| u64::try_from(w[1].ts_ms - w[0].ts_ms).unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Records one publisher whose outgoing RTP loses `drop` (and reorders as many) for `seconds`
+/// and checks the video: only complete, original frames, starting on a keyframe, duration =
+/// live time.
 async fn lossy_run(
     srv: &TestServer,
     room: &str,
     drop: f64,
     sticky: bool,
     seed: u64,
-) -> (usize, u64, u64, u64) {
+    seconds: f64,
+) -> LossyRun {
     let originals: HashSet<Vec<u8>> = {
         let file = std::fs::File::open(data("clip.ivf")).unwrap();
         let mut reader = recbot::media::ivf::IvfReader::new(file).unwrap().0;
@@ -402,7 +424,7 @@ async fn lossy_run(
         clip(),
         PeerFactory::new(config),
         Default::default(),
-        6.0,
+        seconds,
     )
     .await;
     let video = track(&doc, "video");
@@ -438,8 +460,9 @@ async fn lossy_run(
         "a.ogg",
         file(&files, audio["file"].as_str().unwrap()),
     ));
+    let largest_gap_ms = largest_gap_ms(&info);
     println!(
-        "{room} ({:.0}% drop, sticky {sticky}): {} frames written, video packets {} lost {}, keyframe requests {requests}, duration error {:.1} ms",
+        "{room} ({:.0}% drop, sticky {sticky}): {} frames written, video packets {} lost {}, keyframe requests {requests}, largest video gap {largest_gap_ms} ms, duration error {:.1} ms",
         drop * 100.0,
         info.blocks.len(),
         video["packets"],
@@ -447,12 +470,13 @@ async fn lossy_run(
         duration - live
     );
     publisher.leave().await;
-    (
-        info.blocks.len(),
-        video["packets"].as_u64().unwrap(),
-        video["packets_lost"].as_u64().unwrap(),
-        requests,
-    )
+    LossyRun {
+        frames: info.blocks.len(),
+        packets: video["packets"].as_u64().unwrap(),
+        packets_lost: video["packets_lost"].as_u64().unwrap(),
+        keyframe_requests: requests,
+        largest_gap_ms,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,12 +486,46 @@ async fn a_lossy_path_gives_complete_frames_and_keyframe_requests() {
     // 5 %: NACK retransmissions recover it. 5 % sticky: retransmissions of a lost packet are
     // lost too, so frames are dropped until the next keyframe and PLIs are sent on loss.
     let (light, heavy) = tokio::join!(
-        lossy_run(&srv, "lossy", 0.05, false, 7),
-        lossy_run(&srv, "lossy-sticky", 0.05, true, 11)
+        lossy_run(&srv, "lossy", 0.05, false, 7, 6.0),
+        lossy_run(&srv, "lossy-sticky", 0.05, true, 11, 6.0)
     );
-    assert!(light.3 >= 1, "the initial PLI was sent");
-    assert!(heavy.2 > 0, "heavy loss is not all recovered: {heavy:?}");
-    assert!(heavy.3 >= 2, "PLIs on loss: {heavy:?}");
+    assert!(light.keyframe_requests >= 1, "the initial PLI was sent");
+    assert!(
+        heavy.packets_lost > 0,
+        "heavy loss is not all recovered: {heavy:?}"
+    );
+    assert!(heavy.keyframe_requests >= 2, "PLIs on loss: {heavy:?}");
+    assert!(light.frames > 0 && heavy.packets > 0);
+    srv.shutdown().await;
+}
+
+/// Longest hole a lost frame may leave in the video when NACK cannot recover it (issue 10
+/// item 6): a keyframe is asked for at once (150 ms after the gap opened, NACK's chance), it
+/// comes back within a round trip and a frame or two, and an incomplete one is asked for again
+/// at once. Waiting for the clip's next periodic keyframe (every 1 s) leaves 1.0–1.1 s.
+const MAX_LOSS_HOLE_MS: u64 = 600;
+
+/// Issue 10 item 6 end to end: 5 % loss that NACK cannot recover (retransmissions are lost
+/// too), clip keyframes only every second, and the recorded file's largest gap between
+/// consecutive video blocks stays well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrecoverable_loss_leaves_only_short_video_holes() {
+    let _serial = heavy().await;
+    let srv = TestServer::start().await;
+    let mut worst = 0;
+    for (room, seed) in [("hole-a", 11), ("hole-b", 23)] {
+        let run = lossy_run(&srv, room, 0.05, true, seed, 8.0).await;
+        assert!(
+            run.packets_lost >= 5,
+            "{room}: too little loss to measure: {run:?}"
+        );
+        worst = worst.max(run.largest_gap_ms);
+    }
+    println!("unrecoverable 5 % loss: largest video hole {worst} ms");
+    assert!(
+        worst < MAX_LOSS_HOLE_MS,
+        "a lost frame left a {worst} ms hole in the video"
+    );
     srv.shutdown().await;
 }
 
@@ -533,4 +591,235 @@ async fn a_resolution_change_keeps_recording() {
     ffmpeg_decodes_cleanly(&save(work.path(), "v.webm", bytes));
     publisher.leave().await;
     srv.shutdown().await;
+}
+
+/// Largest distance between a flash and its beep, over the flashes that have a beep within
+/// half a second (the clip has one of each per second; the recording's ends may cut one of a
+/// pair). At least 3 pairs must match, so a participant placed far off fails.
+fn matched_sync_error(flashes: &[f64], beeps: &[f64]) -> f64 {
+    let pairs: Vec<f64> = flashes
+        .iter()
+        .map(|f| beeps.iter().map(|b| (b - f).abs()).fold(f64::MAX, f64::min))
+        .filter(|d| *d <= 0.5)
+        .collect();
+    assert!(
+        pairs.len() >= 3,
+        "flashes {flashes:?} and beeps {beeps:?} do not pair up"
+    );
+    pairs.into_iter().fold(0.0, f64::max)
+}
+
+/// A CPU hog beside the server: `stress-ng --cpu N` in its own process group, bounded by its
+/// own timeout, and stopped (TERM, then KILL, by its process-group id) when dropped, on every
+/// exit path of the test, panics included.
+struct CpuHog {
+    child: std::process::Child,
+}
+
+impl CpuHog {
+    /// Starts `workers` busy workers for at most `limit`. `None` when stress-ng is missing
+    /// outside CI (under CI=true that fails the test, like the other tool checks).
+    fn start(workers: u32, limit: Duration) -> Option<Self> {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("stress-ng")
+            .args(["--cpu", &workers.to_string(), "--quiet", "--timeout"])
+            .arg(format!("{}s", limit.as_secs().max(1)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn();
+        match child {
+            Ok(child) => Some(Self { child }),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("stress-ng is required under CI=true: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping the CPU hog: stress-ng does not start: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for CpuHog {
+    fn drop(&mut self) {
+        use rustix::process::{kill_process_group, Pid, Signal};
+        let Some(group) = Pid::from_raw(self.child.id() as i32) else {
+            return;
+        };
+        let _ = kill_process_group(group, Signal::TERM);
+        for _ in 0..40 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Workers that outlived their parent's TERM handling.
+        let _ = kill_process_group(group, Signal::KILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 10 items 9 and 10 under load: a CPU hog (4 busy workers on the 2-core machine)
+/// beside the server, three publishers in a mesh (each sends to the two others and to the
+/// recorder) and the recorder. Every recorded file decodes cleanly with strictly increasing
+/// timestamps, and each participant's flashes and beeps, placed on the recording's timeline
+/// by their files' `start_offset_ms`, agree within SPEC §5's 40 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_cpu_load_files_stay_clean_and_participants_in_sync() {
+    let _serial = heavy().await;
+    let hog = CpuHog::start(4, Duration::from_secs(60));
+    let srv = TestServer::start().await;
+    let clip = Clip::load(Some(&data("flash.ivf")), Some(&data("beeps.ogg"))).unwrap();
+    let room = "load";
+    let (status, rec) = srv
+        .post_json("/api/recordings", serde_json::json!({ "room": room }))
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let options = PublishOptions {
+        mesh: true,
+        ignore_keyframe_requests: true,
+        ..Default::default()
+    };
+    let names = ["ann", "ben", "cat"];
+    let mut publishers = Vec::new();
+    for name in names {
+        let publisher = recbot::publish::start(
+            &srv.base,
+            room,
+            name,
+            clip.clone(),
+            factory(),
+            options.clone(),
+        )
+        .await
+        .expect("publisher joins");
+        publishers.push(publisher);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (status, doc) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["state"], "stopped", "{doc}");
+    for p in publishers {
+        p.leave().await;
+    }
+    drop(hog);
+
+    let dir = srv.dir.path().join(&id);
+    let files = doc["files"].as_array().unwrap();
+    assert_eq!(
+        files.len(),
+        6,
+        "a video and an audio file per participant: {doc}"
+    );
+    for f in files {
+        ffmpeg_decodes_cleanly(&dir.join(f["name"].as_str().unwrap()));
+    }
+    let tracks = doc["tracks"].as_array().unwrap();
+    let mut errors = Vec::new();
+    for name in names {
+        let of = |kind: &str| {
+            tracks
+                .iter()
+                .find(|t| t["participant_name"] == name && t["kind"] == kind)
+                .unwrap_or_else(|| panic!("no {kind} track of {name}: {doc}"))
+        };
+        let (video, audio) = (of("video"), of("audio"));
+        let voff = video["start_offset_ms"].as_f64().unwrap() / 1000.0;
+        let aoff = audio["start_offset_ms"].as_f64().unwrap() / 1000.0;
+        let vpath = dir.join(video["file"].as_str().unwrap());
+        let abytes = std::fs::read(dir.join(audio["file"].as_str().unwrap())).unwrap();
+        let Some(flashes) = flash_times(&vpath) else {
+            continue;
+        };
+        let flashes: Vec<f64> = flashes.iter().map(|t| t + voff).collect();
+        let beeps: Vec<f64> = onsets(&decode_ogg(&abytes))
+            .iter()
+            .map(|t| t + aoff)
+            .collect();
+        let err = matched_sync_error(&flashes, &beeps);
+        println!(
+            "under load, {name}: video start {:.0} ms, audio start {:.0} ms, worst A/V sync error {:.1} ms",
+            voff * 1000.0,
+            aoff * 1000.0,
+            err * 1000.0
+        );
+        errors.push((name, err, flashes, beeps));
+    }
+    for (name, err, flashes, beeps) in &errors {
+        assert!(
+            *err <= 0.040,
+            "{name}: {:.1} ms off; flashes {flashes:?} beeps {beeps:?}",
+            err * 1000.0
+        );
+    }
+    srv.shutdown().await;
+}
+
+/// Block times (ms) of a real Chromium video file (`bob-video-1.webm` of a `tests/browser.rs`
+/// run whose ffmpeg check failed): 20 fps from the sender's capture timestamps, with two capture
+/// stalls (a frame 82 ms late, then frames 38 and 25 ms apart; a frame 96 ms late, then 7 ms).
+fn browser_frame_times() -> Vec<u64> {
+    let mut times: Vec<u64> = (0..=115).map(|i| i * 50).collect();
+    times.extend([5836, 5874, 5925, 5950]);
+    times.extend((120..=141).map(|i| i * 50 + 1));
+    times.extend([7147, 7154, 7200]);
+    times.extend((145..=160).map(|i| i * 50));
+    times
+}
+
+/// Item 9's check (`ffmpeg_decodes_cleanly`) judges the file's own timestamps: a file whose
+/// frames keep the sender's uneven capture spacing is clean (the writer writes those times
+/// as given), and the same file with one block's timestamp repeated is refused.
+#[test]
+fn the_decode_check_takes_uneven_frame_spacing_and_refuses_repeated_times() {
+    let frames: Vec<Vec<u8>> = {
+        let file = std::fs::File::open(data("clip.ivf")).unwrap();
+        let mut reader = recbot::media::ivf::IvfReader::new(file).unwrap().0;
+        std::iter::from_fn(|| reader.next_frame().unwrap().map(|f| f.data)).collect()
+    };
+    let is_key = |f: &[u8]| f[0] & 1 == 0;
+    let times = browser_frame_times();
+    assert!(frames.len() > 101 && is_key(&frames[0]));
+    let track = recbot::record::webm::WebmTrack::Video {
+        number: 1,
+        width: 320,
+        height: 240,
+    };
+    let mut writer =
+        recbot::record::webm::WebmWriter::new(std::io::Cursor::new(Vec::new()), &[track]).unwrap();
+    for (i, t) in times.iter().enumerate() {
+        let frame = &frames[i % frames.len()];
+        let written = writer.write_frame(1, *t, is_key(frame), frame).unwrap();
+        assert_eq!(written, *t, "the writer keeps the sender's frame times");
+    }
+    let bytes = writer.finalize(8_050).unwrap().into_inner();
+    let work = tempfile::tempdir().unwrap();
+    if !ffmpeg_decodes_cleanly(&save(work.path(), "uneven.webm", &bytes)) {
+        return;
+    }
+
+    // Block 101 (not a keyframe, so not a cluster's first) gets block 100's time: a SimpleBlock
+    // is [track][i16 relative time][flags][frame].
+    let k = 101;
+    assert!(!is_key(&frames[k]));
+    let at = |frame: &[u8]| {
+        bytes
+            .windows(frame.len())
+            .position(|w| w == frame)
+            .expect("frame in the file")
+            - 3
+    };
+    let (previous, this) = (at(&frames[k - 1]), at(&frames[k]));
+    let mut repeated = bytes.clone();
+    repeated.copy_within(previous..previous + 2, this);
+    let info = read_webm(std::io::Cursor::new(&repeated)).unwrap();
+    assert_eq!(info.blocks[k].ts_ms, info.blocks[k - 1].ts_ms);
+    let path = save(work.path(), "repeated.webm", &repeated);
+    let refused = std::panic::catch_unwind(|| ffmpeg_decodes_cleanly(&path)).is_err();
+    assert!(refused, "a repeated block time passed the check");
 }

@@ -516,7 +516,6 @@ impl<W: Write + Seek> WebmWriter<W> {
     }
 }
 
-/// Checks track numbers (unique, 1..=126) and per-kind parameters.
 /// The timestamp a block wanted at `wanted` gets after a track's block at `last`: `wanted`, or
 /// 1 ms after `last` when `wanted` is not strictly later (pure; see [`WebmWriter::write_frame`]).
 pub fn next_timestamp(last: Option<u64>, wanted: u64) -> u64 {
@@ -526,6 +525,7 @@ pub fn next_timestamp(last: Option<u64>, wanted: u64) -> u64 {
     }
 }
 
+/// Checks track numbers (unique, 1..=126) and per-kind parameters.
 fn validate_tracks(tracks: &[WebmTrack]) -> Result<(), WebmError> {
     if tracks.is_empty() {
         return Err(WebmError::InvalidTrack("no tracks".to_string()));

@@ -123,6 +123,12 @@ pub fn tool_available(tool: &str) -> bool {
 
 /// Decodes `path` fully with ffmpeg and asserts it printed no error; a WebM is also checked by
 /// `mkvinfo --check-mode`. Returns false when ffmpeg is missing outside CI.
+///
+/// Video frames reach ffmpeg's null muxer in the file's own time base (`-enc_time_base:v -1`,
+/// 1 ms for WebM), so a repeated or backwards timestamp in the file is an error, while frames
+/// closer than ffmpeg's guessed frame interval are not: by default ffmpeg rounds them to its
+/// guess of the frame rate (from the first frames, e.g. 20 fps), and two real frames 7–38 ms
+/// apart (a sender's capture stall) land on one tick and fail "non monotonically increasing dts".
 pub fn ffmpeg_decodes_cleanly(path: &Path) -> bool {
     if !tool_available("ffmpeg") {
         return false;
@@ -130,7 +136,7 @@ pub fn ffmpeg_decodes_cleanly(path: &Path) -> bool {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-nostdin", "-i"])
         .arg(path)
-        .args(["-f", "null", "-"])
+        .args(["-enc_time_base:v", "-1", "-f", "null", "-"])
         .output()
         .expect("ffmpeg runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
