@@ -115,6 +115,11 @@ impl Server {
         let router = crate::api::router(Arc::clone(&app));
         let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));
+        let hub = Arc::clone(&app.hub);
+        tokio::spawn(crate::limits::trim_memory_after_churn(
+            move || hub.counts().1,
+            app.shutdown.subscribe(),
+        ));
         tracing::info!(%addr, "listening");
         // Under systemd (Type=notify): ready now. A no-op elsewhere.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
