@@ -64,12 +64,13 @@ impl App {
             args.max_connections_per_ip,
             args.trusted_proxies.clone(),
         ));
-        let hub = Hub::new(
+        let hub = Hub::with_limits(
             config.ice_servers.clone(),
             args.max_peers_per_room,
             args.max_rooms,
-        )
-        .with_limits(args.reserved_rooms, fds);
+            args.reserved_rooms,
+            fds,
+        );
         let factory = PeerFactory::new(PeerConfig {
             udp_bind: args.udp_bind.clone(),
             udp_ports: config.udp_ports,

@@ -287,6 +287,57 @@ async fn few_file_descriptors_give_503_never_500() {
     assert_eq!(r.status(), 200);
 }
 
+/// Item 3: at the descriptor budget every kind of new work is refused with a JSON `503
+/// server-busy` (recordings, bots, WHIP, WebSocket joins), and nothing is left behind.
+#[tokio::test]
+async fn at_the_fd_budget_new_work_gets_503() {
+    let srv = TestServer::start().await;
+    let app = Arc::clone(&srv.server.as_ref().unwrap().app);
+    // Warm the client's connection, then leave room for a few connections but no session.
+    let (status, _) = srv.get_json("/healthz").await;
+    assert_eq!(status, 200);
+    let fds = &app.limits.fds;
+    let _held = fds
+        .take(fds.capacity() - fds.used() - (recbot::limits::SESSION_FDS - 1))
+        .unwrap();
+    let (status, err) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "r"}))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (503, Some("server-busy"))
+    );
+    let (status, err) = srv
+        .post_json(
+            "/api/bots",
+            serde_json::json!({"room": "r", "mode": "echo"}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (503, Some("server-busy"))
+    );
+    let sdp = dead_offer().await;
+    let r = post_whip(&srv.http, &srv.url("/rooms/r/whip"), &sdp).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r).await, "server-busy");
+    match tokio_tungstenite::connect_async(srv.ws_url("/rooms/r/ws")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503 for a WebSocket join, got {other:?}"),
+    }
+    let (_, list) = srv.get_json("/api/recordings").await;
+    assert_eq!(
+        list["recordings"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    let (_, rooms) = srv.get_json("/api/rooms").await;
+    assert_eq!(rooms["rooms"].as_array().map(Vec::len), Some(0), "{rooms}");
+    drop(_held);
+    srv.shutdown().await;
+}
+
 /// Whether the server closed `stream` (EOF or reset) within `within`; bytes it sent are
 /// returned too.
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {

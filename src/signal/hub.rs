@@ -89,28 +89,44 @@ impl Hub {
         max_peers_per_room: usize,
         max_rooms: usize,
     ) -> Arc<Self> {
+        Self::build(ice_servers, max_peers_per_room, max_rooms, 0, None)
+    }
+
+    /// Like [`new`](Self::new), also keeping `reserved_rooms` rooms (at most half of
+    /// `max_rooms`) for bots, and refusing joins while `fds` cannot cover one more peer
+    /// connection.
+    pub fn with_limits(
+        ice_servers: Vec<IceServer>,
+        max_peers_per_room: usize,
+        max_rooms: usize,
+        reserved_rooms: usize,
+        fds: Arc<crate::limits::FdBudget>,
+    ) -> Arc<Self> {
+        Self::build(
+            ice_servers,
+            max_peers_per_room,
+            max_rooms,
+            reserved_rooms,
+            Some(fds),
+        )
+    }
+
+    fn build(
+        ice_servers: Vec<IceServer>,
+        max_peers_per_room: usize,
+        max_rooms: usize,
+        reserved_rooms: usize,
+        fds: Option<Arc<crate::limits::FdBudget>>,
+    ) -> Arc<Self> {
+        let max_rooms = max_rooms.max(1);
         Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             ice_servers,
             max_peers_per_room: max_peers_per_room.max(1),
-            max_rooms: max_rooms.max(1),
-            reserved_rooms: 0,
-            fds: None,
+            max_rooms,
+            reserved_rooms: reserved_rooms.min(max_rooms / 2),
+            fds,
         })
-    }
-
-    /// This hub keeping `reserved_rooms` rooms (at most half of `max_rooms`) for bots and
-    /// refusing joins while `fds` cannot cover one more peer connection. For building only.
-    pub fn with_limits(
-        mut self: Arc<Self>,
-        reserved_rooms: usize,
-        fds: Arc<crate::limits::FdBudget>,
-    ) -> Arc<Self> {
-        if let Some(hub) = Arc::get_mut(&mut self) {
-            hub.reserved_rooms = reserved_rooms.min(hub.max_rooms / 2);
-            hub.fds = Some(fds);
-        }
-        self
     }
 
     /// Whether a client (WebSocket) can join `room` now (exists with space, or can be created).
@@ -457,7 +473,7 @@ mod tests {
     #[test]
     fn clients_cannot_take_the_rooms_reserved_for_bots() {
         let fds = crate::limits::FdBudget::new(100);
-        let hub = Hub::new(vec![], 2, 3).with_limits(1, Arc::clone(&fds));
+        let hub = Hub::with_limits(vec![], 2, 3, 1, Arc::clone(&fds));
         let (_a, _, _arx) = hub.join("a", "a", MemberKind::Whip).unwrap();
         let (_b, _, _brx) = hub.join("b", "b", MemberKind::Client).unwrap();
         for kind in [MemberKind::Client, MemberKind::Whip] {
