@@ -111,6 +111,39 @@ async fn whip_flood_is_capped_per_client_and_unconnected_sessions_are_reaped() {
     srv.shutdown().await;
 }
 
+/// Item 2: forwarded addresses name the client only when the TCP peer is a trusted proxy;
+/// otherwise a client cannot dodge its cap by sending `X-Forwarded-For`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+    let _serial = heavy().await;
+    let sdp = dead_offer().await;
+    for trusted in [false, true] {
+        let srv = TestServer::start_with(|a| {
+            a.max_whip_per_client = 1;
+            if trusted {
+                a.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            }
+        })
+        .await;
+        let mut statuses = Vec::new();
+        for (i, client) in ["203.0.113.1", "203.0.113.2"].iter().enumerate() {
+            let r = srv
+                .http
+                .post(srv.url(&format!("/rooms/fwd{i}/whip")))
+                .header("content-type", "application/sdp")
+                .header("x-forwarded-for", *client)
+                .body(sdp.clone())
+                .send()
+                .await
+                .unwrap();
+            statuses.push(r.status().as_u16());
+        }
+        let expected = if trusted { [201, 201] } else { [201, 429] };
+        assert_eq!(statuses, expected, "trusted proxy: {trusted}");
+        srv.shutdown().await;
+    }
+}
+
 /// Item 2: WebSocket and WHIP clients cannot take the rooms kept for API recordings and bots;
 /// a recording refused for lack of rooms leaves no `failed` recording behind.
 #[tokio::test]
