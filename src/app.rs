@@ -26,6 +26,8 @@ pub struct App {
     pub disk: Arc<crate::record::disk::DiskGuard>,
     /// The answering bots (echo, play, voicemail).
     pub bots: Arc<crate::bot::registry::BotStore>,
+    /// Per-client counters and the file-descriptor budget.
+    pub limits: Arc<crate::limits::Limits>,
     /// Turns true when the service shuts down (WebSocket sessions close on it).
     pub shutdown: watch::Sender<bool>,
 }
@@ -55,10 +57,19 @@ impl App {
             &args.recordings_dir,
             args.min_free_disk_mb.saturating_mul(1024 * 1024),
         ));
-        let hub = Hub::new(
+        let fds = crate::limits::FdBudget::for_process(args.fd_headroom);
+        let limits = Arc::new(crate::limits::Limits::new(
+            Arc::clone(&fds),
+            args.max_whip_per_client,
+            args.max_connections_per_ip,
+            args.trusted_proxies.clone(),
+        ));
+        let hub = Hub::with_limits(
             config.ice_servers.clone(),
             args.max_peers_per_room,
             args.max_rooms,
+            args.reserved_rooms,
+            fds,
         );
         let factory = PeerFactory::new(PeerConfig {
             udp_bind: args.udp_bind.clone(),
@@ -76,6 +87,7 @@ impl App {
             whip: Arc::default(),
             disk,
             bots: crate::bot::registry::BotStore::new(),
+            limits,
             shutdown: watch::Sender::new(false),
         }))
     }
@@ -102,18 +114,13 @@ impl Server {
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
         let router = crate::api::router(Arc::clone(&app));
-        let mut shutdown = app.shutdown.subscribe();
-        let task = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));
+        let hub = Arc::clone(&app.hub);
+        tokio::spawn(crate::limits::trim_memory_after_churn(
+            move || hub.counts().1,
+            app.shutdown.subscribe(),
+        ));
         tracing::info!(%addr, "listening");
         // Under systemd (Type=notify): ready now. A no-op elsewhere.
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -142,6 +149,77 @@ impl Server {
             }
         }
     }
+}
+
+/// Accepts connections and serves HTTP/1.1 on them until shutdown, then lets the open ones
+/// finish their requests. Each connection counts against the descriptor budget and its peer
+/// address's connection cap for as long as its socket lives (an upgraded WebSocket included);
+/// one over either is answered `429`/`503` and closed at once. Headers must arrive within
+/// `--header-timeout-s`, and a kept-alive connection idle that long is closed.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    app: Arc<App>,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let header_timeout = std::time::Duration::from_secs(app.config.args.header_timeout_s);
+    let mut shutdown = app.shutdown.subscribe();
+    let connections = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors despite the budget, or a connection reset before
+                    // accept: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::util::until_true(&mut shutdown) => break,
+        };
+        let permits = match crate::limits::admit_connection(&app.limits, peer.ip()) {
+            Ok(permits) => permits,
+            Err(refusal) => {
+                // Best effort, never waiting on the client: the reply, then close.
+                let _ = stream.try_write(refusal.as_bytes());
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = router.clone().map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                request
+            },
+        );
+        let io = TokioIo::new(crate::limits::Counted::new(stream, permits));
+        let mut shutdown = app.shutdown.subscribe();
+        connections.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let conn = builder
+                .serve_connection(io, hyper_util::service::TowerToHyperService::new(service))
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = crate::util::until_true(&mut shutdown) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
 }
 
 /// Every [`CHECK_EVERY`](crate::record::disk::CHECK_EVERY): when free space is low, stops

@@ -26,6 +26,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the `serve` options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
@@ -138,6 +140,33 @@ pub struct ServeArgs {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RECBOT_LOG", default_value = "info")]
     pub log: String,
+    /// Rooms kept for API-created recordings and bots: WebSocket and WHIP clients may create
+    /// new rooms only while fewer than `--max-rooms` minus this exist (at most half of
+    /// `--max-rooms`).
+    #[arg(long, env = "RECBOT_RESERVED_ROOMS", default_value_t = 16)]
+    pub reserved_rooms: usize,
+    /// Most WHIP sessions one client address may hold at once (more get 429).
+    #[arg(long, env = "RECBOT_MAX_WHIP_PER_CLIENT", default_value_t = 32)]
+    pub max_whip_per_client: usize,
+    /// Most open TCP connections from one peer address (more are answered 429 and closed);
+    /// trusted proxies are exempt.
+    #[arg(long, env = "RECBOT_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may take to send a request's headers, and may stay idle between
+    /// requests, before it is closed.
+    #[arg(long, env = "RECBOT_HEADER_TIMEOUT_S", default_value_t = 10)]
+    pub header_timeout_s: u64,
+    /// Seconds a WHIP session has to connect (ICE and DTLS) before it is removed.
+    #[arg(long, env = "RECBOT_WHIP_CONNECT_TIMEOUT_S", default_value_t = 10)]
+    pub whip_connect_timeout_s: u64,
+    /// File descriptors kept out of the session budget (recording files, logs, the runtime);
+    /// the budget is the soft `RLIMIT_NOFILE` minus those open at start minus this.
+    #[arg(long, env = "RECBOT_FD_HEADROOM", default_value_t = 64)]
+    pub fd_headroom: usize,
+    /// Reverse proxies whose `Forwarded`/`X-Forwarded-For` name the client (addresses or CIDR
+    /// networks, comma-separated); from anyone else those headers are ignored.
+    #[arg(long, env = "RECBOT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::limits::parse_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Use only loopback ICE candidates of remote peers (for tests with a local browser).
     #[arg(long, env = "RECBOT_LOOPBACK_CANDIDATES_ONLY", hide = true)]
     pub loopback_candidates_only: bool,
@@ -172,6 +201,13 @@ impl Default for ServeArgs {
                 min_free_disk_mb: 512,
                 log_format: LogFormat::Text,
                 log: "info".into(),
+                reserved_rooms: 16,
+                max_whip_per_client: 32,
+                max_connections_per_ip: 256,
+                header_timeout_s: 10,
+                whip_connect_timeout_s: 10,
+                fd_headroom: 64,
+                trusted_proxies: vec![],
                 loopback_candidates_only: false,
             },
         }
@@ -243,6 +279,19 @@ impl ServeArgs {
         }
         if self.max_rooms == 0 {
             return Err(ConfigError::ZeroLimit("--max-rooms"));
+        }
+        for (value, flag) in [
+            (self.max_whip_per_client, "--max-whip-per-client"),
+            (self.max_connections_per_ip, "--max-connections-per-ip"),
+            (self.header_timeout_s as usize, "--header-timeout-s"),
+            (
+                self.whip_connect_timeout_s as usize,
+                "--whip-connect-timeout-s",
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::ZeroLimit(flag));
+            }
         }
         if self.max_recording_s == 0 {
             return Err(ConfigError::ZeroLimit("--max-recording-s"));

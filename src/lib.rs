@@ -14,6 +14,7 @@ pub mod bot;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod logging;
 pub mod media;
 pub mod peer;

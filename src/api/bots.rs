@@ -47,6 +47,9 @@ impl From<BotError> for ApiError {
             BotError::Join(JoinError::TooManyRooms) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "too-many-rooms")
             }
+            BotError::Join(JoinError::AtCapacity) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "server-busy")
+            }
             BotError::Join(_) => (StatusCode::SERVICE_UNAVAILABLE, "room-full"),
             BotError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

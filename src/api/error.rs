@@ -146,6 +146,11 @@ impl From<StartError> for ApiError {
     fn from(e: StartError) -> Self {
         match e {
             StartError::Record(e) => e.into(),
+            StartError::Join(e @ crate::signal::hub::JoinError::AtCapacity) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server-busy",
+                e.to_string(),
+            ),
             StartError::Join(e) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string())
             }

@@ -171,6 +171,9 @@ pub fn start(
     }
     let cap = std::time::Duration::from_secs(app.config.args.max_recording_s);
     let max_duration = Some(options.max_duration.map_or(cap, |d| d.min(cap)));
+    // Refused before the recording exists, so a full service leaves no `failed` one behind.
+    app.hub
+        .can_join(room, crate::signal::hub::MemberKind::Bot)?;
     let recording = app.store.create(room, options)?;
     let behaviour = Arc::new(Recorder {
         recording: Arc::clone(&recording),

@@ -49,6 +49,10 @@ pub struct Hub {
     ice_servers: Vec<IceServer>,
     max_peers_per_room: usize,
     max_rooms: usize,
+    /// Rooms only bots may create (the last ones before `max_rooms`).
+    reserved_rooms: usize,
+    /// When set, joins are refused while this budget could not cover one more peer connection.
+    fds: Option<Arc<crate::limits::FdBudget>>,
 }
 
 /// Why a join was refused.
@@ -57,9 +61,13 @@ pub enum JoinError {
     /// The room already has the configured maximum of peers.
     #[error("room {0} is full")]
     RoomFull(String),
-    /// The service already has the configured maximum of rooms.
+    /// The service already has the configured maximum of rooms (for this kind of member:
+    /// clients may not take the rooms reserved for bots).
     #[error("too many rooms")]
     TooManyRooms,
+    /// The service is at its file-descriptor budget: no new peer connection fits.
+    #[error("the server is at capacity")]
+    AtCapacity,
 }
 
 /// A member's place in a room. Dropping it leaves the room (others get `peer-left`).
@@ -112,23 +120,82 @@ impl Hub {
         max_peers_per_room: usize,
         max_rooms: usize,
     ) -> Arc<Self> {
+        Self::build(ice_servers, max_peers_per_room, max_rooms, 0, None)
+    }
+
+    /// Like [`new`](Self::new), also keeping `reserved_rooms` rooms (at most half of
+    /// `max_rooms`) for bots, and refusing joins while `fds` cannot cover one more peer
+    /// connection.
+    pub fn with_limits(
+        ice_servers: Vec<IceServer>,
+        max_peers_per_room: usize,
+        max_rooms: usize,
+        reserved_rooms: usize,
+        fds: Arc<crate::limits::FdBudget>,
+    ) -> Arc<Self> {
+        Self::build(
+            ice_servers,
+            max_peers_per_room,
+            max_rooms,
+            reserved_rooms,
+            Some(fds),
+        )
+    }
+
+    fn build(
+        ice_servers: Vec<IceServer>,
+        max_peers_per_room: usize,
+        max_rooms: usize,
+        reserved_rooms: usize,
+        fds: Option<Arc<crate::limits::FdBudget>>,
+    ) -> Arc<Self> {
+        let max_rooms = max_rooms.max(1);
         Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             ice_servers,
             max_peers_per_room: max_peers_per_room.max(1),
-            max_rooms: max_rooms.max(1),
+            max_rooms,
+            reserved_rooms: reserved_rooms.min(max_rooms / 2),
+            fds,
         })
     }
 
-    /// Whether `room` can take one more peer now (exists with space, or can be created).
+    /// Whether a client (WebSocket) can join `room` now (exists with space, or can be created).
     pub fn has_room_for(&self, room: &str) -> Result<(), JoinError> {
+        self.can_join(room, MemberKind::Client)
+    }
+
+    /// Whether a member of `kind` can join `room` now.
+    pub fn can_join(&self, room: &str, kind: MemberKind) -> Result<(), JoinError> {
         let rooms = self.rooms();
+        self.check(&rooms, room, kind)
+    }
+
+    fn check(
+        &self,
+        rooms: &HashMap<String, Room>,
+        room: &str,
+        kind: MemberKind,
+    ) -> Result<(), JoinError> {
+        // A WHIP session has taken its descriptors already; others need one connection's worth.
+        let needs = if kind == MemberKind::Whip {
+            0
+        } else {
+            crate::limits::SESSION_FDS
+        };
+        if self.fds.as_ref().is_some_and(|fds| !fds.fits(needs)) {
+            return Err(JoinError::AtCapacity);
+        }
+        let max_rooms = match kind {
+            MemberKind::Bot => self.max_rooms,
+            MemberKind::Client | MemberKind::Whip => self.max_rooms - self.reserved_rooms,
+        };
         match rooms.get(room) {
             Some(r) if r.members.len() >= self.max_peers_per_room => {
                 Err(JoinError::RoomFull(room.to_owned()))
             }
             Some(_) => Ok(()),
-            None if rooms.len() >= self.max_rooms => Err(JoinError::TooManyRooms),
+            None if rooms.len() >= max_rooms => Err(JoinError::TooManyRooms),
             None => Ok(()),
         }
     }
@@ -167,16 +234,8 @@ impl Hub {
             MEMBER_QUEUE
         });
         let mut rooms = self.rooms();
-        if !rooms.contains_key(room) && rooms.len() >= self.max_rooms {
-            return Err(JoinError::TooManyRooms);
-        }
+        self.check(&rooms, room, kind)?;
         let entry = rooms.entry(room.to_owned()).or_default();
-        if entry.members.len() >= self.max_peers_per_room {
-            if entry.members.is_empty() {
-                rooms.remove(room);
-            }
-            return Err(JoinError::RoomFull(room.to_owned()));
-        }
         let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
         let joined = ServerMessage::PeerJoined { peer: info.clone() };
         let slow = send_all(&entry.members, &joined, None);
@@ -481,6 +540,30 @@ mod tests {
             small.join("two", "b", MemberKind::Client),
             Err(JoinError::TooManyRooms)
         ));
+    }
+
+    #[test]
+    fn clients_cannot_take_the_rooms_reserved_for_bots() {
+        let fds = crate::limits::FdBudget::new(100);
+        let hub = Hub::with_limits(vec![], 2, 3, 1, Arc::clone(&fds));
+        let (_a, _, _arx) = hub.join("a", "a", MemberKind::Whip).unwrap();
+        let (_b, _, _brx) = hub.join("b", "b", MemberKind::Client).unwrap();
+        for kind in [MemberKind::Client, MemberKind::Whip] {
+            assert_eq!(hub.can_join("c", kind), Err(JoinError::TooManyRooms));
+        }
+        // An existing room still takes clients; a bot may open the reserved room.
+        assert_eq!(hub.has_room_for("a"), Ok(()));
+        let (_c, _, _crx) = hub.join("c", "recorder", MemberKind::Bot).unwrap();
+        assert!(matches!(
+            hub.join("d", "bot", MemberKind::Bot),
+            Err(JoinError::TooManyRooms)
+        ));
+        let _taken = fds.take(100 - crate::limits::SESSION_FDS + 1).unwrap();
+        assert_eq!(
+            hub.can_join("a", MemberKind::Bot),
+            Err(JoinError::AtCapacity)
+        );
+        assert_eq!(hub.can_join("a", MemberKind::Whip), Ok(()));
     }
 
     #[test]

@@ -18,11 +18,12 @@ use super::protocol::{valid_room_name, PeerInfo};
 use crate::api::error::ApiError;
 use crate::api::{bearer, secret_matches};
 use crate::app::App;
+use crate::limits::{ClientPermit, FdPermit, SESSION_FDS};
 use crate::media::source::{MediaSource, Relay, RemoteSource};
 use crate::peer::{CandidatePolicy, Pc, PeerError};
 use async_trait::async_trait;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,6 +31,7 @@ use axum::Router;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
@@ -64,6 +66,8 @@ struct Session {
     pc: Pc,
     tracks: Vec<WhipTrack>,
     end: watch::Sender<bool>,
+    /// Its client's slot and its descriptors, given back when the session is removed.
+    _permits: (ClientPermit, FdPermit),
 }
 
 /// The WHIP sessions of the service.
@@ -211,6 +215,7 @@ struct Handler {
     peer: PeerInfo,
     room: String,
     gathered: watch::Sender<bool>,
+    connected: watch::Sender<bool>,
     end: watch::Receiver<bool>,
 }
 
@@ -223,6 +228,9 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            self.connected.send_replace(true);
+        }
         if matches!(
             state,
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
@@ -270,8 +278,18 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// A refusal for lack of capacity: JSON error with `Retry-After`.
+fn busy(status: StatusCode, code: &'static str, message: String, retry_after: u64) -> Response {
+    (
+        [(header::RETRY_AFTER, retry_after.to_string())],
+        ApiError::new(status, code, message),
+    )
+        .into_response()
+}
+
 async fn create(
     State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Path(room): Path<String>,
     Query(query): Query<WhipQuery>,
     headers: HeaderMap,
@@ -307,25 +325,63 @@ async fn create(
     let offer = RTCSessionDescription::offer(sdp)
         .map_err(|e| ApiError::bad_request(format!("bad SDP offer: {e}")))?;
 
-    let (membership, _welcome, mut queue) = app
-        .hub
-        .join(
-            &room,
-            query.name.as_deref().unwrap_or("whip"),
-            MemberKind::Whip,
-        )
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string()))?;
+    // Per client, then global capacity; both held by the session until it is removed.
+    let reap_after = Duration::from_secs(app.config.args.whip_connect_timeout_s);
+    let client = app.limits.client_ip(remote, &headers);
+    let Some(client_permit) = app.limits.whip.take(client) else {
+        tracing::warn!(%client, "WHIP session refused: per-client limit");
+        return Ok(busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-sessions",
+            format!(
+                "this client already has {} WHIP sessions",
+                app.config.args.max_whip_per_client
+            ),
+            reap_after.as_secs(),
+        ));
+    };
+    let Some(fd_permit) = app.limits.fds.take(SESSION_FDS) else {
+        tracing::warn!("WHIP session refused: file descriptor budget spent");
+        return Ok(busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server-busy",
+            "the server is at its session capacity".to_owned(),
+            reap_after.as_secs(),
+        ));
+    };
+    let joined = app.hub.join(
+        &room,
+        query.name.as_deref().unwrap_or("whip"),
+        MemberKind::Whip,
+    );
+    let (membership, _welcome, mut queue) = match joined {
+        Ok(joined) => joined,
+        Err(e) => {
+            let code = match e {
+                crate::signal::hub::JoinError::AtCapacity => "server-busy",
+                _ => "room-full",
+            };
+            return Ok(busy(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code,
+                e.to_string(),
+                reap_after.as_secs(),
+            ));
+        }
+    };
     let peer = membership.info().clone();
     let session = peer.id.clone();
     let secret = new_secret();
     let (gathered, mut gathered_rx) = watch::channel(false);
     let (end, end_rx) = watch::channel(false);
+    let (connected, connected_rx) = watch::channel(false);
     let handler = Arc::new(Handler {
         app: Arc::clone(&app),
         session: session.clone(),
         peer: peer.clone(),
         room: room.clone(),
         gathered,
+        connected,
         end: end_rx.clone(),
     });
     let pc = app.factory.build(handler).await.map_err(peer_error)?;
@@ -356,8 +412,10 @@ async fn create(
             pc: Arc::clone(&pc),
             tracks: Vec::new(),
             end,
+            _permits: (client_permit, fd_permit),
         },
     );
+    reap_if_unconnected(&app, &session, reap_after, connected_rx, end_rx.clone());
     // The membership lives as long as the session; its queue is drained (nobody negotiates
     // with a WHIP peer, but room notices still arrive).
     let mut end_rx = end_rx;
@@ -381,6 +439,30 @@ async fn create(
         local.sdp,
     )
         .into_response())
+}
+
+/// Removes the session if its connection is not up within `after` (ICE never succeeded: a
+/// publisher that went away, or offers sent only to take a room), freeing its slots.
+fn reap_if_unconnected(
+    app: &Arc<App>,
+    session: &str,
+    after: Duration,
+    mut connected: watch::Receiver<bool>,
+    mut end: watch::Receiver<bool>,
+) {
+    let app = Arc::clone(app);
+    let session = session.to_owned();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = crate::util::until_true(&mut connected) => {}
+            _ = crate::util::until_true(&mut end) => {}
+            _ = tokio::time::sleep(after) => {
+                if app.whip.end(&session) {
+                    tracing::warn!(session, "WHIP session removed: not connected in time");
+                }
+            }
+        }
+    });
 }
 
 fn peer_error(e: PeerError) -> ApiError {
