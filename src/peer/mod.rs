@@ -25,12 +25,21 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use webrtc::data_channel::DataChannel;
+use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, Registry,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceErrorEvent,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSignalingState, Registry,
+};
+use webrtc::runtime::{
+    AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, Runtime,
 };
 
 /// Payload type recbot offers for Opus.
@@ -299,6 +308,8 @@ impl PeerConfig {
 pub struct PeerFactory {
     config: PeerConfig,
     next_port: AtomicU32,
+    /// [`DtlsKick`]s consumed by the connections built here.
+    dtls_kicks: Arc<AtomicU64>,
 }
 
 /// A built connection, shareable between tasks.
@@ -310,7 +321,14 @@ impl PeerFactory {
         Arc::new(Self {
             config,
             next_port: AtomicU32::new(0),
+            dtls_kicks: Arc::default(),
         })
+    }
+
+    /// How many [`DtlsKick`]s the connections built here consumed (one per connection whose
+    /// ICE connected, normally).
+    pub fn dtls_kicks_applied(&self) -> u64 {
+        self.dtls_kicks.load(Ordering::Relaxed)
     }
 
     /// The network settings.
@@ -389,16 +407,218 @@ impl PeerFactory {
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
+        // See [`DtlsKick`]: without it, the DTLS client's first flight waits for the next
+        // ICE tick (up to 200 ms) after the pair is selected.
+        let kick = Arc::new(DtlsKick::counted_in(Arc::clone(&self.dtls_kicks)));
+        let runtime = KickRuntime::new(Arc::clone(&kick)).ok_or_else(|| {
+            PeerError::WebRtc(webrtc::error::Error::Other(
+                "no async runtime for webrtc-rs".to_owned(),
+            ))
+        })?;
+        let handler = Arc::new(KickHandler {
+            inner: handler,
+            kick,
+        });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_media_engine(media_engine)
             .with_setting_engine(settings.build())
             .with_interceptor_registry(registry)
             .with_handler(handler)
+            .with_runtime(Arc::new(runtime))
             .with_udp_addrs(addrs)
             .build()
             .await?;
         Ok(Arc::new(pc))
+    }
+}
+
+/// A request that a connection's webrtc-rs driver run its timers at once, made when ICE
+/// connects.
+///
+/// Why: in webrtc-rs 0.21.1, when ICE selects a pair, the DTLS client's `connect()` (in
+/// `rtc`'s `DtlsHandler::handle_event`) puts the ClientHello into the DTLS endpoint's
+/// transmit queue, and only the handler's `handle_timeout`, `handle_read` and `handle_write`
+/// of DTLS records move that queue to the socket. Nothing is read or written until the
+/// handshake starts, so the ClientHello waits for the next timer of the driver: the ICE
+/// check tick, up to 200 ms later (measured: 200 ms, every time). [`KickHandler`] requests
+/// a kick when ICE connects (the driver calls it after the DTLS handler has queued the
+/// ClientHello, in the same loop iteration), and [`KickRuntime`] makes the driver's next
+/// timer, armed right after in that iteration, due at once; its expiry runs the
+/// connection's `handle_timeout`, which sends the ClientHello. A DTLS server only gets one
+/// extra timer pass. Nothing in webrtc-rs is patched.
+///
+/// Invariant: a requested kick is consumed by exactly one timer of the connection's runtime.
+#[derive(Debug, Default)]
+pub struct DtlsKick {
+    pending: AtomicBool,
+    applied: Arc<AtomicU64>,
+}
+
+impl DtlsKick {
+    /// A kick whose consumptions are added to `applied` (shared by a factory's connections).
+    pub fn counted_in(applied: Arc<AtomicU64>) -> Self {
+        Self {
+            pending: AtomicBool::new(false),
+            applied,
+        }
+    }
+
+    /// Asks for the connection's next timer to be due at once.
+    pub fn request(&self) {
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Whether a kick is pending; consumes it.
+    fn take(&self) -> bool {
+        let taken = self.pending.swap(false, Ordering::AcqRel);
+        if taken {
+            self.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// How many kicks a timer has consumed (tests and diagnostics; shared with the other
+    /// kicks counted in the same place).
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Relaxed)
+    }
+}
+
+/// The event handler recbot gives webrtc-rs: forwards every event to the link's handler and
+/// requests a [`DtlsKick`] when ICE connects.
+struct KickHandler {
+    inner: Arc<dyn PeerConnectionEventHandler>,
+    kick: Arc<DtlsKick>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for KickHandler {
+    async fn on_negotiation_needed(&self) {
+        self.inner.on_negotiation_needed().await;
+    }
+
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        self.inner.on_ice_candidate(event).await;
+    }
+
+    async fn on_ice_candidate_error(&self, event: RTCPeerConnectionIceErrorEvent) {
+        self.inner.on_ice_candidate_error(event).await;
+    }
+
+    async fn on_signaling_state_change(&self, state: RTCSignalingState) {
+        self.inner.on_signaling_state_change(state).await;
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Connected {
+            self.kick.request();
+        }
+        self.inner.on_ice_connection_state_change(state).await;
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.inner.on_ice_gathering_state_change(state).await;
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.inner.on_connection_state_change(state).await;
+    }
+
+    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
+        self.inner.on_data_channel(data_channel).await;
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.inner.on_track(track).await;
+    }
+}
+
+/// webrtc-rs's default runtime (tokio), except that the first timer armed after a
+/// [`DtlsKick`] request is due at once. One per connection.
+#[derive(Debug)]
+pub struct KickRuntime {
+    inner: Arc<dyn Runtime>,
+    kick: Arc<DtlsKick>,
+}
+
+impl KickRuntime {
+    /// Wraps webrtc-rs's default runtime; `None` when it has none (no runtime feature).
+    pub fn new(kick: Arc<DtlsKick>) -> Option<Self> {
+        Some(Self {
+            inner: webrtc::runtime::default_runtime()?,
+            kick,
+        })
+    }
+}
+
+impl Runtime for KickRuntime {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) -> Box<dyn JoinHandle> {
+        self.inner.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        reactor_pool_size: usize,
+        future: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Box<dyn JoinHandle> {
+        self.inner.spawn_reactor(reactor_pool_size, future)
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+        self.inner.wrap_udp_socket(socket)
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<Arc<dyn AsyncTcpListener>> {
+        self.inner.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
+        self.inner.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>> {
+        self.inner.resolve_host(host)
+    }
+
+    fn now(&self) -> Instant {
+        self.inner.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        if self.kick.take() {
+            self.inner.sleep(Duration::ZERO)
+        } else {
+            self.inner.sleep(duration)
+        }
+    }
+
+    fn interval(&self, period: Duration) -> Box<dyn AsyncInterval> {
+        self.inner.interval(period)
+    }
+
+    fn block_on(&self, future: Pin<Box<dyn Future<Output = ()> + '_>>) {
+        self.inner.block_on(future)
+    }
+
+    fn yield_now(&self) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        self.inner.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
     }
 }
 
@@ -592,6 +812,152 @@ mod tests {
 
     fn host(address: &str, port: u16) -> String {
         format!("candidate:1 1 udp 2130706431 {address} {port} typ host")
+    }
+
+    /// A handler that only counts ICE state changes (what the kick handler forwards).
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Counting {
+        async fn on_ice_connection_state_change(&self, _state: RTCIceConnectionState) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test]
+    async fn ice_connected_requests_a_kick_and_events_are_forwarded() {
+        let inner = Arc::new(Counting::default());
+        let kick = Arc::new(DtlsKick::default());
+        let handler = KickHandler {
+            inner: inner.clone(),
+            kick: kick.clone(),
+        };
+        handler
+            .on_ice_connection_state_change(RTCIceConnectionState::Checking)
+            .await;
+        assert!(!kick.take(), "no kick while checking");
+        handler
+            .on_ice_connection_state_change(RTCIceConnectionState::Connected)
+            .await;
+        assert_eq!(inner.0.load(Ordering::Relaxed), 2);
+        assert!(kick.take(), "ICE connected requests a kick");
+        assert!(!kick.take(), "a kick is consumed once");
+        assert_eq!(kick.applied(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kick_makes_the_next_timer_due_at_once_and_only_that_one() {
+        let kick = Arc::new(DtlsKick::default());
+        let runtime = KickRuntime::new(kick.clone()).expect("tokio runtime");
+        const HOUR: Duration = Duration::from_secs(3600);
+        // Bounds far from an hour tell "due now" from "due in an hour"; they time nothing.
+        let fires_within =
+            |timer, bound| async move { tokio::time::timeout(bound, timer).await.is_ok() };
+        assert!(!fires_within(runtime.sleep(HOUR), Duration::from_millis(50)).await);
+        kick.request();
+        assert!(fires_within(runtime.sleep(HOUR), Duration::from_secs(60)).await);
+        assert!(!fires_within(runtime.sleep(HOUR), Duration::from_millis(50)).await);
+        assert_eq!(kick.applied(), 1);
+    }
+
+    /// Forwards trickled candidates into a channel and reports connection states.
+    struct Signal {
+        candidates: tokio::sync::mpsc::UnboundedSender<RTCPeerConnectionIceEvent>,
+        state: tokio::sync::watch::Sender<RTCPeerConnectionState>,
+    }
+
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Signal {
+        async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+            let _ = self.candidates.send(event);
+        }
+        async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+            self.state.send_replace(state);
+        }
+    }
+
+    async fn connection(
+        factory: &PeerFactory,
+    ) -> (
+        Pc,
+        tokio::sync::mpsc::UnboundedReceiver<RTCPeerConnectionIceEvent>,
+        tokio::sync::watch::Receiver<RTCPeerConnectionState>,
+    ) {
+        let (candidates, candidates_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (state, state_rx) = tokio::sync::watch::channel(RTCPeerConnectionState::New);
+        let pc = factory
+            .build(Arc::new(Signal { candidates, state }))
+            .await
+            .expect("connection");
+        (pc, candidates_rx, state_rx)
+    }
+
+    fn trickle(mut from: tokio::sync::mpsc::UnboundedReceiver<RTCPeerConnectionIceEvent>, to: Pc) {
+        tokio::spawn(async move {
+            while let Some(event) = from.recv().await {
+                if let Ok(init) = event.candidate.to_json() {
+                    let _ = to.add_ice_candidate(init).await;
+                }
+            }
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_built_by_the_factory_get_their_dtls_kick() {
+        use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+        let factory = PeerFactory::new(PeerConfig::loopback());
+        let (offerer, offerer_candidates, mut offerer_state) = connection(&factory).await;
+        let (answerer, answerer_candidates, mut answerer_state) = connection(&factory).await;
+        offerer
+            .add_transceiver_from_kind(
+                RtpCodecKind::Video,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .expect("transceiver");
+        let offer = offerer.create_offer(None).await.expect("offer");
+        offerer
+            .set_local_description(offer.clone())
+            .await
+            .expect("local offer");
+        answerer
+            .set_remote_description(offer)
+            .await
+            .expect("remote offer");
+        let answer = answerer.create_answer(None).await.expect("answer");
+        answerer
+            .set_local_description(answer.clone())
+            .await
+            .expect("local answer");
+        offerer
+            .set_remote_description(answer)
+            .await
+            .expect("remote answer");
+        trickle(offerer_candidates, Arc::clone(&answerer));
+        trickle(answerer_candidates, Arc::clone(&offerer));
+        // A generous bound against a hang, not a speed check.
+        let connected = |state: RTCPeerConnectionState| state == RTCPeerConnectionState::Connected;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            offerer_state
+                .wait_for(|s| connected(*s))
+                .await
+                .expect("offerer state");
+            answerer_state
+                .wait_for(|s| connected(*s))
+                .await
+                .expect("answerer state");
+        })
+        .await
+        .expect("both sides connect");
+        // Each side's ICE connected once: the DTLS client's kick sent its ClientHello, the
+        // server's cost one extra timer pass.
+        assert_eq!(factory.dtls_kicks_applied(), 2);
+        let _ = offerer.close().await;
+        let _ = answerer.close().await;
     }
 
     #[test]
