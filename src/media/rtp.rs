@@ -122,12 +122,16 @@ const HISTORY: u64 = 1024;
 const HISTORY_WORDS: usize = (HISTORY / 64) as usize;
 /// `max_delay` is capped at this, so deadlines are always representable.
 const MAX_DELAY_CAP: Duration = Duration::from_secs(3600);
+/// Longest start-up hold of the first packet (when `max_delay` is longer). Reordering around
+/// the very first packet spans a burst (the packets of one frame), not a NACK round trip, and
+/// every held millisecond delays the start of a recording (a track's first keyframe on disk).
+pub const START_HOLD: Duration = Duration::from_millis(20);
 
 /// Orders packets by extended sequence number.
 ///
-/// At the start, the first packet is held for `max_delay` (or until `max_packets` are
-/// buffered), so that packets reordered around the very first one are not lost: a packet
-/// just before it is still accepted then. After that, packets in order pass straight
+/// At the start, the first packet is held for `max_delay` but at most [`START_HOLD`] (or until
+/// `max_packets` are buffered), so that packets reordered around the very first one are not
+/// lost: a packet just before it is still accepted then. After that, packets in order pass straight
 /// through.
 ///
 /// A missing packet (a gap) is waited for at most `max_delay`, counted from the arrival of
@@ -193,7 +197,10 @@ impl<T> ReorderBuffer<T> {
     pub fn push(&mut self, ext_seq: u64, item: T, now: Instant) -> PushOutcome {
         let next = match self.next {
             None => {
-                self.start_deadline = Some(self.deadline_from(now));
+                self.start_deadline = Some(
+                    now.checked_add(self.max_delay.min(START_HOLD))
+                        .unwrap_or(now),
+                );
                 ext_seq
             }
             // Reordered around the first packet, before anything was released.
@@ -471,12 +478,17 @@ mod tests {
         b.push(11, 11, t + MS);
         b.push(14, 14, t + 2 * MS);
         b.push(10, 10, t + 3 * MS);
-        assert_eq!(b.pop(t + 99 * MS), None);
-        assert_eq!(b.next_deadline(), Some(t + 100 * MS));
+        // The start-up hold is START_HOLD (shorter than max_delay)...
+        assert_eq!(b.pop(t + START_HOLD - MS), None);
+        assert_eq!(b.next_deadline(), Some(t + START_HOLD));
+        let out = pop_all(&mut b, t + START_HOLD);
+        assert_eq!(packets(&out), vec![10, 11, 12]);
+        // ...while a gap after it still waits max_delay from the arrival behind it.
+        assert_eq!(b.next_deadline(), Some(t + 102 * MS));
         b.push(13, 13, t + 99 * MS);
-        let out = pop_all(&mut b, t + 100 * MS);
-        assert_eq!(packets(&out), vec![10, 11, 12, 13, 14]);
-        assert_eq!(out.len(), 5);
+        let out = pop_all(&mut b, t + 99 * MS);
+        assert_eq!(packets(&out), vec![13, 14]);
+        assert_eq!(out.len(), 2);
         // Once started, a packet before the first is too late.
         assert_eq!(b.push(9, 9, t + 100 * MS), PushOutcome::TooLate);
         // The hold also ends once max_packets are buffered.
