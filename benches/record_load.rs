@@ -145,8 +145,7 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     while all_keys.is_none() && created.elapsed() < Duration::from_secs(20) {
         let mut with_key = 0;
         for url in &urls {
-            let doc: serde_json::Value =
-                http.get(url).send().await.unwrap().json().await.unwrap();
+            let doc: serde_json::Value = http.get(url).send().await.unwrap().json().await.unwrap();
             with_key += doc["tracks"]
                 .as_array()
                 .map(|t| {

@@ -6,6 +6,7 @@
 //! server-side peers (the recorder), [`publish`] the test client, [`app`] the service's
 //! lifecycle and [`config`] its options. `ARCHITECTURE.md` has the map.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
