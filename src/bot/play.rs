@@ -18,11 +18,12 @@
 use super::registry::{Bot, BotError};
 use super::Behaviour;
 use crate::app::App;
+use crate::media::opus::opus_packet_samples;
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
 use crate::peer::{Pc, PeerError};
 use crate::record::manifest::StopReason;
-use crate::record::ogg::{opus_packet_samples, read_ogg_opus};
+use crate::record::ogg::read_ogg_opus;
 use crate::record::webm_reader::{read_webm, WebmReadError};
 use crate::signal::protocol::PeerInfo;
 use async_trait::async_trait;
