@@ -31,7 +31,7 @@ pub enum Command {
     /// Run the service (the default).
     Serve(ServeArgs),
     /// Join a room as ordinary peer(s) and send pre-encoded VP8 and Opus at real-time pace.
-    Publish(crate::publish::PublishArgs),
+    Publish(crate::client::PublishArgs),
     /// Repair recordings left unfinished by a crash: a recording folder, or a recordings
     /// directory (every unfinished recording in it). What `serve` does at start.
     Repair {

@@ -3,8 +3,8 @@
 //! The modules follow the flow of media: [`signal`] (rooms, WebSocket signaling) →
 //! [`peer`] (webrtc-rs connections, negotiation) → [`media`] (reorder, VP8 assembly, PLI,
 //! clocks) → [`record`] (WebM and Ogg writers, recordings) → [`api`] (HTTP). [`bot`] holds the
-//! server-side peers (the recorder), [`publish`] the test client, [`app`] the service's
-//! lifecycle and [`config`] its options. `ARCHITECTURE.md` has the map.
+//! server-side peers (the recorder), [`client`] the test client (`recbot publish`), [`app`] the
+//! service's lifecycle and [`config`] its options. `ARCHITECTURE.md` has the map.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -12,12 +12,12 @@
 pub mod api;
 pub mod app;
 pub mod bot;
+pub mod client;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod media;
 pub mod peer;
-pub mod publish;
 pub mod record;
 pub mod signal;
 pub mod telemetry;

@@ -26,7 +26,7 @@ async fn main() -> ExitCode {
                 LogFormat::Text,
                 &std::env::var("RECBOT_LOG").unwrap_or("info".into()),
             );
-            match recbot::publish::run(args).await {
+            match recbot::client::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recbot publish: {e}");
