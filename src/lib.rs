@@ -12,6 +12,7 @@
 pub mod api;
 pub mod app;
 pub mod bot;
+pub mod cli;
 pub mod client;
 pub mod config;
 #[doc(hidden)]

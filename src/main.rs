@@ -1,7 +1,8 @@
 //! The `recbot` binary: parses the command line and runs a subcommand.
 
 use clap::{CommandFactory, Parser};
-use recbot::config::{Cli, Command, LogFormat};
+use recbot::cli::{Cli, Command};
+use recbot::config::LogFormat;
 use std::path::Path;
 use std::process::ExitCode;
 
