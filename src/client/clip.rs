@@ -1,9 +1,10 @@
-//! The media a publisher sends: VP8 (IVF) and Opus (Ogg) clips, loaded once and shared.
+//! The media a publisher sends: VP8 (IVF, [`crate::media::ivf`]) and Opus (Ogg, the shared
+//! loader [`crate::record::clip`]) clips, loaded once and shared.
 
 use super::PublishError;
 use crate::media::ivf::IvfReader;
 use crate::peer::outlet::MediaFrame;
-use crate::record::ogg::read_ogg_opus;
+use crate::record::clip as loader;
 use bytes::Bytes;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,16 +26,17 @@ impl Clip {
         }
         if let Some(path) = audio {
             let err = |e: String| PublishError::Clip(path.to_owned(), e);
-            let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-            let info =
-                read_ogg_opus(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
-            clip.audio = info
-                .packets
+            let bytes = loader::read_limited(path, u64::MAX).map_err(|e| err(e.to_string()))?;
+            clip.audio = loader::ogg_audio(&bytes)
+                .map_err(|e| match e {
+                    // The reader's own words, as before the loader was shared.
+                    loader::ClipError::Ogg(e) => err(e.to_string()),
+                    e => err(e.to_string()),
+                })?
                 .into_iter()
-                .filter(|p| p.samples > 0)
                 .map(|p| MediaFrame {
-                    duration: Duration::from_micros(u64::from(p.samples) * 1_000_000 / 48_000),
-                    data: Bytes::from(p.data),
+                    duration: Duration::from_micros(p.own_us.max(0) as u64),
+                    data: p.data,
                     keyframe: true,
                     skip: false,
                 })
