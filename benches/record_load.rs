@@ -14,8 +14,8 @@
 mod common;
 
 use common::{cpu_seconds, env_or, status_kib, Server};
+use recbot::client::{Clip, PublishOptions};
 use recbot::peer::{PeerConfig, PeerFactory};
-use recbot::publish::{Clip, PublishOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -107,7 +107,7 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     for phase in 0..2 {
         if (phase == 0) == peers_first {
             for i in 0..n {
-                let p = recbot::publish::start(
+                let p = recbot::client::start(
                     base,
                     &format!("load{}", i / room_size),
                     &format!("p{i}"),

@@ -5,8 +5,8 @@
 mod common;
 
 use common::{env_or, fds, status_kib, Server};
+use recbot::client::{Clip, PublishOptions};
 use recbot::peer::{PeerConfig, PeerFactory};
-use recbot::publish::{Clip, PublishOptions};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -62,7 +62,7 @@ async fn main() {
         let mut handles = Vec::new();
         for i in 0..batch.min(peers - joined) {
             let name = format!("p{}", joined + i);
-            match recbot::publish::start(
+            match recbot::client::start(
                 &base,
                 "soak",
                 &name,

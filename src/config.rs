@@ -4,57 +4,9 @@
 //! turns the raw options into a [`ServerConfig`] or a clear error before anything is bound.
 
 use crate::signal::protocol::IceServer;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-
-/// recbot: a WebRTC peer that records rooms and answers calls.
-#[derive(Debug, Parser)]
-#[command(
-    name = "recbot",
-    version,
-    about,
-    args_conflicts_with_subcommands = true
-)]
-pub struct Cli {
-    /// What to do; `serve` when omitted.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Options of `serve`, accepted without the word `serve` too.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-/// The subcommands.
-// Parsed once at start: the size of the `serve` options does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the service (the default).
-    Serve(ServeArgs),
-    /// Join a room as ordinary peer(s) and send pre-encoded VP8 and Opus at real-time pace.
-    Publish(crate::publish::PublishArgs),
-    /// Repair recordings left unfinished by a crash: a recording folder, or a recordings
-    /// directory (every unfinished recording in it). What `serve` does at start.
-    Repair {
-        /// A recording folder or the recordings directory.
-        dir: PathBuf,
-    },
-    /// Print what a recording file holds: codec, duration, frames, keyframes, cues, gaps.
-    Inspect {
-        /// WebM or Ogg files.
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-    },
-    /// Write the manual pages generated from these definitions: recbot(1) and one page per
-    /// subcommand into DIR with --out (e.g. /usr/local/share/man/man1), else recbot(1) to
-    /// standard output.
-    Man {
-        /// Folder for `recbot.1`, `recbot-serve.1`, ... (created if missing).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-    },
-}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,11 +124,19 @@ pub struct ServeArgs {
     pub loopback_candidates_only: bool,
 }
 
+/// The serve options alone, as the command line parses them without a subcommand (for
+/// [`ServeArgs::default`]; the whole command line is [`crate::cli::Cli`]).
+#[derive(Debug, Parser)]
+struct ServeOnly {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
 impl Default for ServeArgs {
     fn default() -> Self {
         // Parsing an empty command line can only fail on a bad environment variable; then the
         // caller gets the embedded defaults and the bad value is reported when it parses for real.
-        let cli = Cli::try_parse_from(["recbot"]);
+        let cli = ServeOnly::try_parse_from(["recbot"]);
         match cli {
             Ok(cli) => cli.serve,
             Err(_) => Self {
@@ -348,6 +308,7 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Command};
 
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["recbot", "serve"];

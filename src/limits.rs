@@ -342,6 +342,8 @@ pub async fn trim_memory_after_churn(
     }
 }
 
+/// Gives glibc's free arena pages back to the system. The crate's only unsafe code.
+#[allow(unsafe_code)]
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it is thread-safe and

@@ -1,7 +1,8 @@
 //! The `recbot` binary: parses the command line and runs a subcommand.
 
 use clap::{CommandFactory, Parser};
-use recbot::config::{Cli, Command, LogFormat};
+use recbot::cli::{Cli, Command};
+use recbot::config::LogFormat;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -14,7 +15,7 @@ async fn main() -> ExitCode {
                 LogFormat::Text,
                 &std::env::var("RECBOT_LOG").unwrap_or("info".into()),
             );
-            match recbot::publish::run(args).await {
+            match recbot::client::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("recbot publish: {e}");

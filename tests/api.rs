@@ -10,7 +10,7 @@ use std::time::Duration;
 async fn conflicts_limits_and_bad_requests() {
     let _serial = heavy().await;
     let srv = TestServer::start_with(|a| a.max_recordings = 2).await;
-    let pub1 = recbot::publish::start(&srv.base, "api", "p", clip(), factory(), Default::default())
+    let pub1 = recbot::client::start(&srv.base, "api", "p", clip(), factory(), Default::default())
         .await
         .unwrap();
 

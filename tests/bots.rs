@@ -168,7 +168,7 @@ impl Probe {
             keyframe_wanted: Arc::clone(&keyframe_wanted),
             received: Arc::clone(&received),
         });
-        let connection = recbot::publish::connect_room(&url, name, factory(), behaviour)
+        let connection = recbot::client::connect_room(&url, name, factory(), behaviour)
             .await
             .expect("joins the room");
         Self {

@@ -98,7 +98,7 @@ async fn sigkill_loses_at_most_a_second_and_the_restart_repairs() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());
     let publisher =
-        recbot::publish::start(&base, "crash", "pat", clip(), factory(), Default::default())
+        recbot::client::start(&base, "crash", "pat", clip(), factory(), Default::default())
             .await
             .expect("publisher joins");
     let rec = post(
@@ -190,7 +190,7 @@ async fn sigterm_finalizes_every_recording_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, base) = spawn_server(dir.path());
     let publisher =
-        recbot::publish::start(&base, "term", "tess", clip(), factory(), Default::default())
+        recbot::client::start(&base, "term", "tess", clip(), factory(), Default::default())
             .await
             .expect("publisher joins");
     let rec = post(

@@ -48,7 +48,7 @@ async fn recorder_joining_a_room_of_50_records_everyone() {
     let factory = recbot::peer::PeerFactory::new(config);
     let mut publishers = Vec::new();
     for i in 0..N {
-        let p = recbot::publish::start(
+        let p = recbot::client::start(
             &srv.base,
             "crowd",
             &format!("p{i}"),

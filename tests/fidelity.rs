@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use recbot::client::{Clip, PublishOptions};
 use recbot::peer::{LossSpec, PeerConfig, PeerFactory};
-use recbot::publish::{Clip, PublishOptions};
 use recbot::record::ogg::read_ogg_opus;
 use recbot::record::webm_reader::{read_webm, WebmInfo};
 use std::collections::HashSet;
@@ -34,12 +34,12 @@ async fn record(
 ) -> (
     serde_json::Value,
     Vec<(String, Vec<u8>)>,
-    recbot::publish::PublisherHandle,
+    recbot::client::PublisherHandle,
 ) {
     let (status, rec) = srv.post_json("/api/recordings", body).await;
     assert_eq!(status, 201, "{rec}");
     let id = rec["id"].as_str().unwrap().to_owned();
-    let publisher = recbot::publish::start(&srv.base, room, "pub", clip, factory, options)
+    let publisher = recbot::client::start(&srv.base, room, "pub", clip, factory, options)
         .await
         .expect("publisher joins");
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -687,7 +687,7 @@ async fn under_cpu_load_files_stay_clean_and_participants_in_sync() {
     let names = ["ann", "ben", "cat"];
     let mut publishers = Vec::new();
     for name in names {
-        let publisher = recbot::publish::start(
+        let publisher = recbot::client::start(
             &srv.base,
             room,
             name,

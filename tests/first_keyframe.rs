@@ -50,7 +50,7 @@ async fn first_keyframe_after_create_with_publish_peers() {
     let mut figures = Vec::new();
     for round in 0..rounds {
         let room = format!("fk{round}");
-        let publisher = recbot::publish::start(
+        let publisher = recbot::client::start(
             &srv.base,
             &room,
             "alice",

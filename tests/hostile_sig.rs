@@ -142,7 +142,7 @@ async fn hostile_names_are_cleaned_and_the_log_stays_plain() {
     );
     assert_eq!(joined["peer"]["name"], CLEANED, "{joined}");
 
-    let cam = recbot::publish::start_whip(
+    let cam = recbot::client::start_whip(
         &format!("{base}/rooms/h/whip?name={}", encode(HOSTILE)),
         None,
         clip(),
@@ -210,7 +210,7 @@ async fn whip_sessions_end_only_through_their_own_location() {
     .await;
     let publish = |room: &str, name: &str| {
         let url = srv.url(&format!("/rooms/{room}/whip?name={name}"));
-        async move { recbot::publish::start_whip(&url, Some("rt"), clip(), factory()).await }
+        async move { recbot::client::start_whip(&url, Some("rt"), clip(), factory()).await }
     };
     let cam_a = publish("a", "cam-a").await.expect("WHIP in room a");
     let cam_b = publish("b", "cam-b").await.expect("WHIP in room b");

@@ -85,7 +85,7 @@ fn the_systemd_unit_verifies() {
 async fn a_full_disk_stops_recordings_cleanly_and_refuses_new_ones() {
     let _serial = heavy().await;
     let srv = TestServer::start().await;
-    let publisher = recbot::publish::start(
+    let publisher = recbot::client::start(
         &srv.base,
         "disk",
         "d",

@@ -36,7 +36,7 @@ async fn records_present_and_late_publishers_to_webm_and_ogg() {
     let srv = TestServer::start().await;
     let clip = clip();
     let factory = factory();
-    let alice = recbot::publish::start(
+    let alice = recbot::client::start(
         &srv.base,
         "demo",
         "alice",
@@ -46,7 +46,7 @@ async fn records_present_and_late_publishers_to_webm_and_ogg() {
     )
     .await
     .expect("alice joins");
-    let bob = recbot::publish::start(
+    let bob = recbot::client::start(
         &srv.base,
         "demo",
         "bob",
@@ -67,7 +67,7 @@ async fn records_present_and_late_publishers_to_webm_and_ogg() {
     assert!(rec["bot_peer"].is_string());
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let carol = recbot::publish::start(
+    let carol = recbot::client::start(
         &srv.base,
         "demo",
         "carol",

@@ -13,10 +13,10 @@ async fn whip_publishers_are_recorded_next_to_websocket_ones() {
     let _serial = heavy().await;
     let srv = TestServer::start().await;
     let whip_url = |name: &str| srv.url(&format!("/rooms/mix/whip?name={name}"));
-    let cam = recbot::publish::start_whip(&whip_url("cam"), None, clip(), factory())
+    let cam = recbot::client::start_whip(&whip_url("cam"), None, clip(), factory())
         .await
         .expect("WHIP publisher starts");
-    let ws = recbot::publish::start(
+    let ws = recbot::client::start(
         &srv.base,
         "mix",
         "ws",
@@ -42,7 +42,7 @@ async fn whip_publishers_are_recorded_next_to_websocket_ones() {
     assert_eq!(status, 201, "{rec}");
     let id = rec["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let cam2 = recbot::publish::start_whip(&whip_url("cam2"), None, clip(), factory())
+    let cam2 = recbot::client::start_whip(&whip_url("cam2"), None, clip(), factory())
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -166,7 +166,7 @@ async fn bad_whip_requests_get_clear_answers() {
     assert_eq!(r.status(), 401);
 
     // A real session: PATCH (trickle) is 405, DELETE 200, then 404.
-    let publisher = recbot::publish::start_whip(
+    let publisher = recbot::client::start_whip(
         &srv.url("/rooms/w/whip?name=cam"),
         Some("rt"),
         clip(),

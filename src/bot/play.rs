@@ -21,16 +21,13 @@ use crate::app::App;
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
 use crate::peer::{Pc, PeerError};
+use crate::record::clip::{self, TimedFrame as Timed};
 use crate::record::manifest::StopReason;
-use crate::record::ogg::{opus_packet_samples, read_ogg_opus};
-use crate::record::webm_reader::{read_webm, WebmReadError};
 use crate::signal::protocol::PeerInfo;
 use async_trait::async_trait;
-use bytes::Bytes;
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::HashSet;
-use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -76,31 +73,11 @@ fn bad(name: &str, why: impl Into<String>) -> BotError {
     BotError::BadMedia(name.to_owned(), why.into())
 }
 
-/// Reads media file `path` (shown as `name` in errors): Ogg Opus, or WebM with VP8 and/or Opus.
+/// Reads media file `path` (shown as `name` in errors): Ogg Opus, or WebM with VP8 and/or Opus
+/// (the shared loader, [`crate::record::clip`]), paced as one pass.
 pub fn load(path: &Path, name: &str) -> Result<Media, BotError> {
-    let mut file = std::fs::File::open(path).map_err(|e| bad(name, e.to_string()))?;
-    let size = file.metadata().map_err(|e| bad(name, e.to_string()))?.len();
-    if size > MAX_MEDIA_BYTES {
-        return Err(bad(
-            name,
-            format!("{size} bytes; at most {MAX_MEDIA_BYTES} are played"),
-        ));
-    }
-    let mut magic = [0u8; 4];
-    let got = file
-        .read(&mut magic)
-        .map_err(|e| bad(name, e.to_string()))?;
-    let bytes = {
-        let mut all = magic[..got].to_vec();
-        file.read_to_end(&mut all)
-            .map_err(|e| bad(name, e.to_string()))?;
-        all
-    };
-    let media = match magic {
-        [b'O', b'g', b'g', b'S'] => from_ogg(&bytes, name)?,
-        [0x1a, 0x45, 0xdf, 0xa3] => from_webm(&bytes, name)?,
-        _ => return Err(bad(name, "not an Ogg or WebM file")),
-    };
+    let file = clip::load(path, MAX_MEDIA_BYTES).map_err(|e| bad(name, e.to_string()))?;
+    let media = assemble(file.video, file.audio, file.declared_us);
     if media.video.is_empty() && media.audio.is_empty() {
         return Err(bad(name, "no VP8 frame or Opus packet in it"));
     }
@@ -108,92 +85,6 @@ pub fn load(path: &Path, name: &str) -> Result<Media, BotError> {
         return Err(bad(name, "shorter than 100 ms"));
     }
     Ok(media)
-}
-
-fn from_ogg(bytes: &[u8], name: &str) -> Result<Media, BotError> {
-    let info = read_ogg_opus(std::io::Cursor::new(bytes))
-        .map_err(|e| bad(name, format!("not a readable Ogg Opus stream: {e}")))?;
-    let packets: Vec<(i64, Bytes, u32)> = {
-        let mut at = 0i64;
-        info.packets
-            .into_iter()
-            .filter(|p| p.samples > 0)
-            .map(|p| {
-                let t = at;
-                at += i64::from(p.samples);
-                (t, Bytes::from(p.data), p.samples)
-            })
-            .collect()
-    };
-    // Positions in 48 kHz samples → microseconds.
-    let audio: Vec<Timed> = packets
-        .into_iter()
-        .map(|(t, data, samples)| Timed {
-            at_us: t * 1000 / 48,
-            data,
-            keyframe: true,
-            own_us: i64::from(samples) * 1000 / 48,
-        })
-        .collect();
-    Ok(assemble(Vec::new(), audio, 0))
-}
-
-fn from_webm(bytes: &[u8], name: &str) -> Result<Media, BotError> {
-    let info = match read_webm(BufReader::new(bytes)) {
-        Ok(info) => info,
-        Err(WebmReadError::Truncated { partial, .. }) => *partial,
-        Err(e) => return Err(bad(name, format!("not a readable WebM file: {e}"))),
-    };
-    let video_track = info.tracks.iter().find(|t| t.codec_id == "V_VP8");
-    let audio_track = info.tracks.iter().find(|t| t.codec_id == "A_OPUS");
-    if video_track.is_none() && audio_track.is_none() {
-        let codecs: Vec<&str> = info.tracks.iter().map(|t| t.codec_id.as_str()).collect();
-        return Err(bad(
-            name,
-            format!("no VP8 or Opus track (tracks: {codecs:?}); only VP8 and Opus are sent"),
-        ));
-    }
-    let scale_us = |ts: i64| ts.saturating_mul(1000);
-    let collect = |number: Option<u64>, audio: bool| -> Vec<Timed> {
-        let Some(number) = number else {
-            return Vec::new();
-        };
-        let mut list: Vec<Timed> = info
-            .blocks
-            .iter()
-            .filter(|b| b.track == number && !b.data.is_empty())
-            .filter_map(|b| {
-                let own_us = if audio {
-                    i64::from(opus_packet_samples(&b.data)?) * 1000 / 48
-                } else {
-                    0
-                };
-                Some(Timed {
-                    at_us: scale_us(b.ts_ms),
-                    keyframe: audio || b.data[0] & 1 == 0,
-                    data: Bytes::copy_from_slice(&b.data),
-                    own_us,
-                })
-            })
-            .collect();
-        list.sort_by_key(|t| t.at_us);
-        list
-    };
-    let video = collect(video_track.map(|t| t.number), false);
-    let audio = collect(audio_track.map(|t| t.number), true);
-    let declared_us = info
-        .duration_ms
-        .filter(|d| d.is_finite() && *d > 0.0 && *d < 86_400_000.0)
-        .map_or(0, |d| (d * 1000.0) as i64);
-    Ok(assemble(video, audio, declared_us))
-}
-
-/// A frame at its file position (µs), with its own length (audio) if known.
-struct Timed {
-    at_us: i64,
-    data: Bytes,
-    keyframe: bool,
-    own_us: i64,
 }
 
 /// Turns timed frames into paced frame lists sharing one pass length.
@@ -460,6 +351,7 @@ pub fn start(app: &Arc<App>, bot: &Arc<Bot>, media: Arc<Media>) -> Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn timed(at_ms: i64, own_ms: i64) -> Timed {
         Timed {

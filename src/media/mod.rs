@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod ivf;
+pub mod opus;
 pub mod pli;
 pub mod rtp;
 pub mod source;

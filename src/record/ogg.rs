@@ -21,8 +21,7 @@ use std::io::{self, Read, Seek, Write};
 
 use ogg::{OggReadError, PacketReader, PacketWriteEndInfo, PacketWriter};
 
-/// Opus always runs its Ogg timeline at 48 kHz (RFC 7845 §4).
-const SAMPLE_RATE: u32 = 48_000;
+use crate::media::opus::{opus_head, opus_packet_samples, OpusHead, SAMPLE_RATE};
 /// End a page after this many packets (≈ 1 s of 20 ms packets).
 const MAX_PAGE_PACKETS: u32 = 50;
 /// End a page once it holds this much audio (1 s).
@@ -33,16 +32,10 @@ const MAX_PAGE_SEGMENTS: usize = 255;
 /// is dropped ([`DropReason::TooFarAhead`]): it can only come from a broken timestamp mapping,
 /// and filling it would write gigabytes.
 pub const MAX_FILL_SAMPLES: u64 = 24 * 3600 * SAMPLE_RATE as u64;
-/// Largest frame payload an Opus packet can carry (RFC 6716 §3.2.1).
-const MAX_FRAME_BYTES: usize = 1275;
-/// Largest duration of one Opus packet: 120 ms at 48 kHz (RFC 6716 §3.2.5).
-const MAX_PACKET_SAMPLES: u32 = 5760;
 /// Vendor string of the OpusTags header.
 const VENDOR: &str = "recbot";
 /// User comments of the OpusTags header.
 const COMMENTS: [&str; 1] = ["ENCODER=recbot"];
-/// Length of an OpusHead packet with channel mapping family 0.
-const OPUS_HEAD_LEN: usize = 19;
 
 /// Packets that fill gaps: one-frame CELT-only fullband packets (TOC configs 31, 30, 29, 28:
 /// 20, 10, 5 and 2.5 ms; frame count code 0) whose range-coded payload `FF FE` sets the CELT
@@ -469,19 +462,6 @@ impl<W: Write> OggOpusWriter<W> {
     }
 }
 
-/// The OpusHead packet (RFC 7845 §5.1) for mapping family 0.
-fn opus_head(channels: u8, pre_skip: u16) -> Vec<u8> {
-    let mut head = Vec::with_capacity(OPUS_HEAD_LEN);
-    head.extend_from_slice(b"OpusHead");
-    head.push(1); // version
-    head.push(channels);
-    head.extend_from_slice(&pre_skip.to_le_bytes());
-    head.extend_from_slice(&SAMPLE_RATE.to_le_bytes()); // input sample rate (informational)
-    head.extend_from_slice(&0i16.to_le_bytes()); // output gain
-    head.push(0); // channel mapping family
-    head
-}
-
 /// The OpusTags packet (RFC 7845 §5.2).
 fn opus_tags() -> Vec<u8> {
     let mut tags = Vec::new();
@@ -498,88 +478,6 @@ fn push_len_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     // The strings are short compile-time constants.
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
     out.extend_from_slice(bytes);
-}
-
-/// Duration in 48 kHz samples of one Opus packet, or `None` when the packet breaks any of the
-/// requirements R1–R7 of RFC 6716 §3.4 (empty, frame longer than 1275 bytes, code 1 with an
-/// odd payload, code 2/3 frame lengths that do not fit, code 3 with zero frames or more than
-/// 120 ms, padding that overruns the packet).
-///
-/// Duration = frame size from the TOC configuration × frame count (RFC 6716 §3.1). Works on
-/// any bytes without panicking.
-pub fn opus_packet_samples(packet: &[u8]) -> Option<u32> {
-    let (&toc, rest) = packet.split_first()?;
-    let frame = frame_samples(toc);
-    let frames = match toc & 0x03 {
-        0 => (rest.len() <= MAX_FRAME_BYTES).then_some(1)?,
-        1 => (rest.len() % 2 == 0 && rest.len() / 2 <= MAX_FRAME_BYTES).then_some(2)?,
-        2 => {
-            let (first, used) = frame_length(rest)?;
-            let remaining = rest.len() - used;
-            (first <= remaining && remaining - first <= MAX_FRAME_BYTES).then_some(2)?
-        }
-        _ => code3_frame_count(rest, frame)?,
-    };
-    let total = frame * frames;
-    (total <= MAX_PACKET_SAMPLES).then_some(total)
-}
-
-/// Samples per frame at 48 kHz for a TOC byte's configuration (RFC 6716 §3.1, Table 2).
-fn frame_samples(toc: u8) -> u32 {
-    let config = usize::from(toc >> 3);
-    match config {
-        0..=11 => [480, 960, 1920, 2880][config % 4], // SILK: 10, 20, 40, 60 ms
-        12..=15 => [480, 960][config % 2],            // Hybrid: 10, 20 ms
-        _ => [120, 240, 480, 960][config % 4],        // CELT: 2.5, 5, 10, 20 ms
-    }
-}
-
-/// Reads a frame length (RFC 6716 §3.2.1): returns (length, bytes used).
-fn frame_length(bytes: &[u8]) -> Option<(usize, usize)> {
-    match bytes {
-        [b0, ..] if *b0 < 252 => Some((usize::from(*b0), 1)),
-        [b0, b1, ..] => Some((usize::from(*b1) * 4 + usize::from(*b0), 2)),
-        _ => None,
-    }
-}
-
-/// Validates the part of a code 3 packet after the TOC (RFC 6716 §3.2.5, R5–R7) and returns
-/// its frame count.
-fn code3_frame_count(rest: &[u8], frame: u32) -> Option<u32> {
-    let (&count_byte, mut body) = rest.split_first()?;
-    let vbr = count_byte & 0x80 != 0;
-    let has_padding = count_byte & 0x40 != 0;
-    let count = u32::from(count_byte & 0x3F);
-    if count == 0 || count * frame > MAX_PACKET_SAMPLES {
-        return None;
-    }
-    let mut padding = 0usize;
-    if has_padding {
-        loop {
-            let (&b, tail) = body.split_first()?;
-            body = tail;
-            padding += if b == 255 { 254 } else { usize::from(b) };
-            if b != 255 {
-                break;
-            }
-        }
-    }
-    let data_len = body.len().checked_sub(padding)?;
-    let mut data = body.get(..data_len)?;
-    let n = count as usize;
-    if vbr {
-        // Lengths of all frames but the last lead the data; the last frame takes the rest.
-        let mut lengths = 0usize;
-        for _ in 1..n {
-            let (len, used) = frame_length(data)?;
-            data = data.get(used..)?;
-            lengths += len;
-        }
-        let last = data.len().checked_sub(lengths)?;
-        (last <= MAX_FRAME_BYTES).then_some(count)
-    } else {
-        (data.len() % n == 0 && data.len() / n <= MAX_FRAME_BYTES).then_some(count)
-    }
 }
 
 /// One audio packet read back from an Ogg Opus stream.
@@ -645,7 +543,8 @@ pub fn read_ogg_opus<R: Read + Seek>(r: R) -> Result<OggOpusInfo, OggError> {
     if head.absgp_page() != 0 {
         return Err(OggError::InvalidHeader("header page granule must be 0"));
     }
-    let (channels, pre_skip) = parse_opus_head(&head.data)?;
+    let OpusHead { channels, pre_skip } =
+        OpusHead::parse(&head.data).map_err(OggError::InvalidHeader)?;
     let serial = head.stream_serial();
 
     let tags = loop {
@@ -710,51 +609,6 @@ pub fn read_ogg_opus<R: Read + Seek>(r: R) -> Result<OggOpusInfo, OggError> {
     Ok(info)
 }
 
-/// Validates an OpusHead packet (RFC 7845 §5.1); returns (channels, pre-skip).
-fn parse_opus_head(p: &[u8]) -> Result<(u8, u16), OggError> {
-    if p.len() < OPUS_HEAD_LEN || !p.starts_with(b"OpusHead") {
-        return Err(OggError::InvalidHeader("first packet is not OpusHead"));
-    }
-    if p[8] >> 4 != 0 {
-        return Err(OggError::InvalidHeader("unsupported OpusHead version"));
-    }
-    let channels = p[9];
-    if channels == 0 {
-        return Err(OggError::InvalidHeader("OpusHead has 0 channels"));
-    }
-    let pre_skip = u16::from_le_bytes([p[10], p[11]]);
-    match p[18] {
-        0 if channels > 2 => Err(OggError::InvalidHeader(
-            "mapping family 0 allows only 1 or 2 channels",
-        )),
-        0 => Ok((channels, pre_skip)),
-        _ => {
-            // Stream count, coupled count, then one mapping byte per channel.
-            let table_len = 2 + usize::from(channels);
-            let Some(table) = p.get(OPUS_HEAD_LEN..OPUS_HEAD_LEN + table_len) else {
-                return Err(OggError::InvalidHeader(
-                    "OpusHead mapping table is truncated",
-                ));
-            };
-            let (streams, coupled) = (u16::from(table[0]), u16::from(table[1]));
-            if streams == 0 || coupled > streams || streams + coupled > 255 {
-                return Err(OggError::InvalidHeader(
-                    "OpusHead stream counts are invalid",
-                ));
-            }
-            if table[2..]
-                .iter()
-                .any(|&m| m != 255 && u16::from(m) >= streams + coupled)
-            {
-                return Err(OggError::InvalidHeader(
-                    "OpusHead channel mapping is invalid",
-                ));
-            }
-            Ok((channels, pre_skip))
-        }
-    }
-}
-
 /// Validates an OpusTags packet (RFC 7845 §5.2): magic, vendor string and comment list whose
 /// length fields all stay inside the packet.
 fn parse_opus_tags(p: &[u8]) -> Result<(), OggError> {
@@ -780,6 +634,7 @@ fn parse_opus_tags(p: &[u8]) -> Result<(), OggError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::opus::MAX_PACKET_SAMPLES;
     use std::io::Cursor;
     use std::path::{Path, PathBuf};
     use std::process::Command;

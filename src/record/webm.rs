@@ -18,6 +18,7 @@
 //! so they can be overwritten in place (which needs `Seek`); seeks happen only when a
 //! cluster closes and at finalize, which suits a `BufWriter<File>` output.
 
+use crate::media::opus::opus_head;
 use std::io::{Seek, SeekFrom, Write};
 
 use webm_iterable::errors::TagWriterError;
@@ -591,19 +592,6 @@ fn track_entry(track: &WebmTrack) -> MatroskaSpec {
         ]),
     }
     MatroskaSpec::TrackEntry(Master::Full(children))
-}
-
-/// OpusHead identification header (RFC 7845 §5.1), channel mapping family 0.
-fn opus_head(channels: u8, pre_skip: u16) -> Vec<u8> {
-    let mut head = Vec::with_capacity(19);
-    head.extend_from_slice(b"OpusHead");
-    head.push(1); // version
-    head.push(channels);
-    head.extend_from_slice(&pre_skip.to_le_bytes());
-    head.extend_from_slice(&OPUS_RATE.to_le_bytes()); // input sample rate (informational)
-    head.extend_from_slice(&0i16.to_le_bytes()); // output gain
-    head.push(0); // mapping family
-    head
 }
 
 /// An 8-byte EBML size field holding `size` (which must be below 2^56 - 1).

@@ -4,9 +4,9 @@
 #![allow(dead_code)]
 
 use recbot::app::Server;
+use recbot::client::Clip;
 use recbot::config::ServeArgs;
 use recbot::peer::{PeerConfig, PeerFactory};
-use recbot::publish::Clip;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
