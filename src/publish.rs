@@ -111,10 +111,14 @@ impl Clip {
             let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
             let info =
                 read_ogg_opus(std::io::BufReader::new(file)).map_err(|e| err(e.to_string()))?;
-            clip.audio = info
-                .packets
+            let mut packets: Vec<_> = info.packets.into_iter().filter(|p| p.samples > 0).collect();
+            let playable = info
+                .final_granule
+                .map(|g| g.saturating_sub(u64::from(info.pre_skip)));
+            let samples: Vec<u32> = packets.iter().map(|p| p.samples).collect();
+            packets.truncate(loop_packets(&samples, playable));
+            clip.audio = packets
                 .into_iter()
-                .filter(|p| p.samples > 0)
                 .map(|p| MediaFrame {
                     duration: Duration::from_micros(u64::from(p.samples) * 1_000_000 / 48_000),
                     data: Bytes::from(p.data),
@@ -167,6 +171,28 @@ impl Clip {
         let sum = |v: &[MediaFrame]| v.iter().map(|f| f.duration).sum();
         (sum(&self.video), sum(&self.audio))
     }
+}
+
+/// How many of an Ogg Opus clip's packets (`samples` each, in order) make one loop whose RTP
+/// length is nearest its playable length (`playable`: final granule − pre-skip, RFC 7845).
+///
+/// Encoders pad the last packet, and the file's final granule trims it: played whole on every
+/// loop, that padding (plus the pre-skip the receiver plays as audio at each restart) makes the
+/// audio loop longer than the clip (6.02 s for a 6 s clip of 20 ms packets), and a looping
+/// publisher's audio drifts one packet later than its video per loop. Packets are kept while
+/// the loop's end stays within half a packet of `playable`; all of them without a granule.
+pub fn loop_packets(samples: &[u32], playable: Option<u64>) -> usize {
+    let Some(playable) = playable else {
+        return samples.len();
+    };
+    let mut total = 0u64;
+    for (i, &n) in samples.iter().enumerate() {
+        if i > 0 && total + u64::from(n) / 2 > playable {
+            return i;
+        }
+        total += u64::from(n);
+    }
+    samples.len()
 }
 
 fn load_ivf(path: &Path) -> Result<Vec<MediaFrame>, PublishError> {
@@ -680,4 +706,41 @@ pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
         handle.leave().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sync clip (`tests/data/beeps.ogg`): 301 packets of 960 samples, pre-skip 312, final
+    /// granule 288 312 (6 s played). Looping all 301 would make the audio loop 6.02 s against
+    /// the video's 6 s: 300 packets make it exactly 6 s.
+    #[test]
+    fn an_audio_loop_lasts_the_clips_playable_length() {
+        let samples = vec![960u32; 301];
+        assert_eq!(loop_packets(&samples, Some(288_312 - 312)), 300);
+        // Nearest whole packet: a clip of 287 600 samples (299.6 packets) loops 300, one of
+        // 287 000 (298.96) loops 299.
+        assert_eq!(loop_packets(&samples, Some(287_600)), 300);
+        assert_eq!(loop_packets(&samples, Some(287_000)), 299);
+        // Without a granule (or a tiny clip) every packet is kept; never none.
+        assert_eq!(loop_packets(&samples, None), 301);
+        assert_eq!(loop_packets(&samples, Some(0)), 1);
+        assert_eq!(loop_packets(&samples, Some(10_000_000)), 301);
+    }
+
+    /// The sync clips as loaded: audio and video loops of the same length.
+    #[test]
+    fn the_sync_clips_loop_in_step() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let clip = Clip::load(Some(&data.join("flash.ivf")), Some(&data.join("beeps.ogg")))
+            .expect("sync clips load");
+        let (video, audio) = clip.lengths();
+        // Video frame durations are whole nanoseconds: 6 s within a microsecond.
+        assert!(video.abs_diff(Duration::from_secs(6)) < Duration::from_micros(1));
+        assert!(
+            audio.abs_diff(video) < Duration::from_micros(1),
+            "{audio:?} {video:?}"
+        );
+    }
 }
