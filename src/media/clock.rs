@@ -81,6 +81,8 @@ pub fn ntp_seconds(ntp: u64) -> f64 {
 pub struct SenderClock {
     /// (window index, largest `ntp − arrival` in it), oldest first, indices increasing.
     windows: std::collections::VecDeque<(i64, f64)>,
+    /// The estimate last logged (changes are logged at debug level).
+    logged: Option<f64>,
 }
 
 impl SenderClock {
@@ -102,6 +104,19 @@ impl SenderClock {
                 while self.windows.len() > OFFSET_WINDOWS {
                     self.windows.pop_front();
                 }
+            }
+        }
+        let offset = self.offset();
+        if let (Some(now), last) = (offset, self.logged) {
+            if last.is_none_or(|l| (now - l).abs() >= 0.001) {
+                tracing::debug!(
+                    arrival,
+                    offset_ms = now * 1e3,
+                    moved_ms = last.map(|l| (l - now) * 1e3),
+                    sample_ms = sample * 1e3,
+                    "sender offset changed"
+                );
+                self.logged = offset;
             }
         }
     }
@@ -148,6 +163,8 @@ pub struct TrackClock {
     last_ext: Option<i64>,
     reanchors: u32,
     generation: u32,
+    /// Wallclock of RTP time 0 under the report last logged.
+    logged_base: Option<f64>,
 }
 
 /// A shared [`SenderClock`].
@@ -168,6 +185,7 @@ impl TrackClock {
             last_ext: None,
             reanchors: 0,
             generation: 0,
+            logged_base: None,
         }
     }
 
@@ -227,6 +245,16 @@ impl TrackClock {
         let arrived = self.clock.seconds(arrival);
         self.last_ext = Some(self.last_ext.map_or(ts, |l| l.max(ts)));
         if let Some(report) = self.report() {
+            let base = report.ntp - report.ext as f64 / self.rate;
+            if self.logged_base.is_none_or(|b| (b - base).abs() >= 0.001) {
+                tracing::debug!(
+                    rate = self.rate,
+                    arrived,
+                    moved_ms = self.logged_base.map(|b| (base - b) * 1e3),
+                    "track mapping report changed"
+                );
+                self.logged_base = Some(base);
+            }
             let ntp = report.ntp + (ts - report.ext) as f64 / self.rate;
             let mut sender = lock(sender);
             sender.observe(ntp, arrived);
@@ -331,6 +359,11 @@ impl FileTimeline {
             self.generation = clock.generation();
             if clock.synced() && self.adjust == 0 {
                 if let Some(first_t) = clock.time_of(self.first_ext, sender) {
+                    tracing::debug!(
+                        by_ms = (first_t - self.first_t) * 1e3,
+                        first_t,
+                        "file start placed by the first sender report"
+                    );
                     self.first_t = first_t;
                     moved = true;
                 }
@@ -344,10 +377,15 @@ impl FileTimeline {
             if clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64 {
                 // Still settling: the file starts elsewhere; its positions stay exact.
                 self.first_t += (wanted - position) as f64 / self.rate;
-                tracing::debug!(by_ms, "file start re-placed on the recording clock");
+                tracing::debug!(
+                    by_ms,
+                    position,
+                    t,
+                    "file start re-placed on the recording clock"
+                );
                 return (position, true);
             }
-            tracing::debug!(by_ms, "file re-aligned to the recording clock");
+            tracing::debug!(by_ms, position, t, "file re-aligned to the recording clock");
             self.adjust += wanted - position;
             self.realigned += 1;
             return (wanted, moved);
