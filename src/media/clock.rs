@@ -34,10 +34,15 @@ pub const REANCHOR_AFTER: Duration = Duration::from_secs(3);
 /// Largest disagreement between a file's own positions and the recording's clock before the
 /// file is re-aligned (by a gap, or by dropping what overlaps).
 pub const MAX_FILE_DRIFT: Duration = Duration::from_millis(30);
-/// While a file is younger than this, a disagreement with the recording's clock moves the
-/// file's start instead of its positions: it comes from the sender-offset estimate settling
+/// While a file is younger than this, a disagreement with the recording's clock (over
+/// [`PLACEMENT_TOLERANCE`]) moves the file's start instead of its positions: it comes from the sender-offset estimate settling
 /// (its first fast packet), not from drift.
 pub const PLACEMENT_WINDOW: Duration = Duration::from_secs(10);
+/// While a file is in its [`PLACEMENT_WINDOW`], a disagreement larger than this moves its start.
+/// Much less than [`MAX_FILE_DRIFT`]: moving a start costs nothing (positions stay exact), and
+/// leaving each of a participant's files up to [`MAX_FILE_DRIFT`] from the estimate could put
+/// its audio and video twice that apart.
+pub const PLACEMENT_TOLERANCE: Duration = Duration::from_millis(2);
 /// Length of one window of the sender-offset filter (its fastest sample is kept).
 pub const OFFSET_WINDOW: Duration = Duration::from_secs(1);
 /// Windows the sender-offset filter remembers.
@@ -414,10 +419,17 @@ impl FileTimeline {
         }
         let position = ext - self.first_ext + self.adjust;
         let wanted = ((t - self.first_t) * self.rate).round() as i64;
-        let limit = (MAX_FILE_DRIFT.as_secs_f64() * self.rate) as i64;
+        let settling =
+            clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64;
+        let limit = if settling {
+            PLACEMENT_TOLERANCE
+        } else {
+            MAX_FILE_DRIFT
+        };
+        let limit = (limit.as_secs_f64() * self.rate) as i64;
         if (wanted - position).abs() > limit {
             let by_ms = (wanted - position) as f64 * 1000.0 / self.rate;
-            if clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64 {
+            if settling {
                 // Still settling: the file starts elsewhere; its positions stay exact.
                 self.first_t += (wanted - position) as f64 / self.rate;
                 tracing::debug!(
@@ -548,6 +560,49 @@ mod tests {
         assert!(moved);
         assert_eq!(p, 960);
         assert!((f.first_t() - 1.0).abs() < 1e-6, "{}", f.first_t());
+    }
+
+    /// Both files of a participant follow a settling estimate that moves less than
+    /// MAX_FILE_DRIFT (under a CPU hog: a better video SR moved the shared offset 16 ms): each
+    /// file's start follows it, so audio and video cannot end up to 2 × 30 ms apart.
+    #[test]
+    fn a_settling_file_start_follows_small_moves_of_the_estimate() {
+        let zero = Instant::now();
+        let s = sender();
+        let rc = RecordingClock::new(zero);
+        let mut audio = TrackClock::new(rc, 48_000);
+        let mut video = TrackClock::new(rc, 90_000);
+        let rec = |w: f64| w - 999.5;
+        let at = |r: f64| zero + Duration::from_secs_f64(r);
+        let a_ts = |w: f64| (48_000.0 * (w - 1000.0)).round() as i64;
+        let v_ts = |w: f64| 777_777 + (90_000.0 * (w - 1000.0)).round() as i64;
+        audio.on_sender_report(ntp64(1000.0), 0);
+        let (mut fa, mut fv) = (None, None);
+        for i in 0..300 {
+            let w = 1000.0 + 0.02 * f64::from(i);
+            // The video's reports are stamped 20 ms late until a good one comes at 3 s.
+            let late = if i < 150 { 0.020 } else { 0.0 };
+            if i % 50 == 0 {
+                audio.on_sender_report(ntp64(w), a_ts(w) as u32);
+                video.on_sender_report(ntp64(w + late), v_ts(w) as u32);
+            }
+            let ta = audio.map(a_ts(w), at(rec(w) + 0.020), &s);
+            let tv = video.map(v_ts(w), at(rec(w) + 0.020), &s);
+            let fa = fa.get_or_insert_with(|| FileTimeline::start(a_ts(w), ta, &audio));
+            let fv = fv.get_or_insert_with(|| FileTimeline::start(v_ts(w), tv, &video));
+            fa.position(a_ts(w), ta, &audio, &s);
+            fv.position(v_ts(w), tv, &video, &s);
+        }
+        let (fa, fv) = (fa.unwrap(), fv.unwrap());
+        // Both started with the first sample (wallclock 1000.0): the same recording time.
+        let apart = fa.first_t() - fv.first_t();
+        assert!(
+            apart.abs() < 0.003,
+            "audio and video {:.1} ms apart",
+            apart * 1e3
+        );
+        let placed = fa.first_t() - (rec(1000.0) + 0.020);
+        assert!(placed.abs() < 0.003, "placed {:.1} ms off", placed * 1e3);
     }
 
     fn ntp64(secs: f64) -> u64 {
