@@ -667,7 +667,7 @@ impl Drop for CpuHog {
 /// timestamps, and each participant's flashes and beeps, placed on the recording's timeline
 /// by their files' `start_offset_ms`, agree within SPEC §5's 40 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "placement under a CPU hog still misses 40 ms in ~2 of 5 runs (issue 10 item 10 open): run with --ignored"]
+#[ignore = "under a CPU hog the in-process publisher's SRs of one track run 30-100 ms late for seconds, ~2 of 7 runs miss 40 ms (issue 10 item 10 open): run with --ignored"]
 async fn under_cpu_load_files_stay_clean_and_participants_in_sync() {
     let _serial = heavy().await;
     let hog = CpuHog::start(4, Duration::from_secs(60));
