@@ -27,7 +27,7 @@ impl Clip {
         if let Some(path) = audio {
             let err = |e: String| PublishError::Clip(path.to_owned(), e);
             let bytes = loader::read_limited(path, u64::MAX).map_err(|e| err(e.to_string()))?;
-            clip.audio = loader::ogg_audio(&bytes)
+            clip.audio = loader::ogg_audio_loop(&bytes)
                 .map_err(|e| match e {
                     // The reader's own words, as before the loader was shared.
                     loader::ClipError::Ogg(e) => err(e.to_string()),
@@ -121,4 +121,24 @@ fn load_ivf(path: &Path) -> Result<Vec<MediaFrame>, PublishError> {
         return Err(err("the clip must start with a keyframe".into()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sync clips as loaded: audio and video loops of the same length.
+    #[test]
+    fn the_sync_clips_loop_in_step() {
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let clip = Clip::load(Some(&data.join("flash.ivf")), Some(&data.join("beeps.ogg")))
+            .expect("sync clips load");
+        let (video, audio) = clip.lengths();
+        // Video frame durations are whole nanoseconds: 6 s within a microsecond.
+        assert!(video.abs_diff(Duration::from_secs(6)) < Duration::from_micros(1));
+        assert!(
+            audio.abs_diff(video) < Duration::from_micros(1),
+            "{audio:?} {video:?}"
+        );
+    }
 }

@@ -16,6 +16,8 @@
 //!   windowed minimum-delay filter: the fastest sample of each [`OFFSET_WINDOW`], and of the
 //!   last [`OFFSET_WINDOWS`] windows a value that several agree on (an early-stamped outlier
 //!   in one window is ignored). Old windows expire, so the estimate follows clock drift.
+//!   Samples are kept per track in RTP seconds, so a track's better report re-maps its past
+//!   samples too (a late-stamped first report does not linger in the filter).
 //! - **Arrival**, until the track's first SR: the first packet's arrival anchors the track, and
 //!   its RTP clock runs from there.
 //!
@@ -32,10 +34,15 @@ pub const REANCHOR_AFTER: Duration = Duration::from_secs(3);
 /// Largest disagreement between a file's own positions and the recording's clock before the
 /// file is re-aligned (by a gap, or by dropping what overlaps).
 pub const MAX_FILE_DRIFT: Duration = Duration::from_millis(30);
-/// While a file is younger than this, a disagreement with the recording's clock moves the
-/// file's start instead of its positions: it comes from the sender-offset estimate settling
+/// While a file is younger than this, a disagreement with the recording's clock (over
+/// [`PLACEMENT_TOLERANCE`]) moves the file's start instead of its positions: it comes from the sender-offset estimate settling
 /// (its first fast packet), not from drift.
 pub const PLACEMENT_WINDOW: Duration = Duration::from_secs(10);
+/// While a file is in its [`PLACEMENT_WINDOW`], a disagreement larger than this moves its start.
+/// Much less than [`MAX_FILE_DRIFT`]: moving a start costs nothing (positions stay exact), and
+/// leaving each of a participant's files up to [`MAX_FILE_DRIFT`] from the estimate could put
+/// its audio and video twice that apart.
+pub const PLACEMENT_TOLERANCE: Duration = Duration::from_millis(2);
 /// Length of one window of the sender-offset filter (its fastest sample is kept).
 pub const OFFSET_WINDOW: Duration = Duration::from_secs(1);
 /// Windows the sender-offset filter remembers.
@@ -77,31 +84,70 @@ pub fn ntp_seconds(ntp: u64) -> f64 {
 /// over the last [`OFFSET_WINDOWS`] windows: the value that at least a quarter of them (and at
 /// least two, once two exist) reach, so one early-stamped sample cannot move it and late
 /// (bunched, starved) arrivals never do.
+///
+/// A sample's `ntp` comes from its track's current sender-report mapping, which changes when a
+/// better report arrives (the first one may have been stamped late). Samples are therefore
+/// kept per track as `rtp seconds − arrival`, with the track's mapping (`base`: the wallclock
+/// of its RTP time 0) applied when the offset is read: a track's new mapping re-expresses all
+/// its past samples at once, and none keeps the old (wrong) mapping alive in the filter until
+/// its window expires.
 #[derive(Debug, Clone, Default)]
 pub struct SenderClock {
-    /// (window index, largest `ntp − arrival` in it), oldest first, indices increasing.
-    windows: std::collections::VecDeque<(i64, f64)>,
+    /// (window index, per track: (track id, largest `rtp seconds − arrival` in it)), oldest
+    /// first, indices increasing.
+    windows: std::collections::VecDeque<(i64, Vec<(u64, f64)>)>,
+    /// Per track id: the wallclock of its RTP time 0 (`ntp = base + rtp seconds`).
+    bases: Vec<(u64, f64)>,
+    /// The estimate last logged (changes are logged at debug level).
+    logged: Option<f64>,
 }
 
 impl SenderClock {
-    /// A sample stamped `ntp` (sender wallclock) arrived at recording time `arrival`.
+    /// A sample stamped `ntp` (sender wallclock) arrived at recording time `arrival`, from a
+    /// source whose mapping never changes (track id 0, base 0).
     pub fn observe(&mut self, ntp: f64, arrival: f64) {
-        let sample = ntp - arrival;
-        if !sample.is_finite() {
+        self.observe_track(0, 0.0, ntp, arrival);
+    }
+
+    /// A sample of track `track`, at `rtp` seconds of its RTP clock, arrived at recording time
+    /// `arrival`; the track's current mapping puts RTP time 0 at wallclock `base`.
+    pub fn observe_track(&mut self, track: u64, base: f64, rtp: f64, arrival: f64) {
+        let sample = rtp - arrival;
+        if !sample.is_finite() || !base.is_finite() {
             return;
+        }
+        match self.bases.iter_mut().find(|(id, _)| *id == track) {
+            Some((_, b)) => *b = base,
+            None => self.bases.push((track, base)),
         }
         let index = (arrival / OFFSET_WINDOW.as_secs_f64()).floor() as i64;
         match self.windows.iter_mut().rev().find(|(i, _)| *i <= index) {
-            Some((i, best)) if *i == index => *best = best.max(sample),
+            Some((i, best)) if *i == index => match best.iter_mut().find(|(id, _)| *id == track) {
+                Some((_, b)) => *b = b.max(sample),
+                None => best.push((track, sample)),
+            },
             _ => {
                 if self.windows.back().is_some_and(|(i, _)| *i > index) {
                     // Older than the newest window and its own window is gone: too old to count.
                     return;
                 }
-                self.windows.push_back((index, sample));
+                self.windows.push_back((index, vec![(track, sample)]));
                 while self.windows.len() > OFFSET_WINDOWS {
                     self.windows.pop_front();
                 }
+            }
+        }
+        let offset = self.offset();
+        if let (Some(now), last) = (offset, self.logged) {
+            if last.is_none_or(|l| (now - l).abs() >= 0.001) {
+                tracing::debug!(
+                    arrival,
+                    offset_ms = now * 1e3,
+                    moved_ms = last.map(|l| (l - now) * 1e3),
+                    sample_ms = (base + sample) * 1e3,
+                    "sender offset changed"
+                );
+                self.logged = offset;
             }
         }
     }
@@ -110,12 +156,23 @@ impl SenderClock {
     pub fn offset(&self) -> Option<f64> {
         // Called for every packet placed: sort a copy on the stack, not in a new Vec.
         let mut buf = [0f64; OFFSET_WINDOWS];
-        let n = self.windows.len().min(OFFSET_WINDOWS);
+        let mut n = 0;
+        for (slot, (_, tracks)) in buf.iter_mut().zip(&self.windows) {
+            // The window's fastest sample, each track's under its current mapping.
+            let best = tracks
+                .iter()
+                .filter_map(|(id, w)| {
+                    let base = self.bases.iter().find(|(b, _)| b == id)?.1;
+                    Some(base + w)
+                })
+                .fold(f64::NEG_INFINITY, f64::max);
+            if best.is_finite() {
+                *slot = best;
+                n += 1;
+            }
+        }
         if n == 0 {
             return None;
-        }
-        for (slot, (_, b)) in buf.iter_mut().zip(&self.windows) {
-            *slot = *b;
         }
         let best = &mut buf[..n];
         best.sort_unstable_by(|a, b| b.total_cmp(a));
@@ -148,7 +205,14 @@ pub struct TrackClock {
     last_ext: Option<i64>,
     reanchors: u32,
     generation: u32,
+    /// Wallclock of RTP time 0 under the report last logged.
+    logged_base: Option<f64>,
+    /// This track's key in its [`SenderClock`].
+    id: u64,
 }
+
+/// Source of [`TrackClock`] ids (0 is [`SenderClock::observe`]'s).
+static NEXT_TRACK_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A shared [`SenderClock`].
 pub type SharedSenderClock = std::sync::Arc<std::sync::Mutex<SenderClock>>;
@@ -168,6 +232,8 @@ impl TrackClock {
             last_ext: None,
             reanchors: 0,
             generation: 0,
+            logged_base: None,
+            id: NEXT_TRACK_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -227,9 +293,19 @@ impl TrackClock {
         let arrived = self.clock.seconds(arrival);
         self.last_ext = Some(self.last_ext.map_or(ts, |l| l.max(ts)));
         if let Some(report) = self.report() {
+            let base = report.ntp - report.ext as f64 / self.rate;
+            if self.logged_base.is_none_or(|b| (b - base).abs() >= 0.001) {
+                tracing::debug!(
+                    rate = self.rate,
+                    arrived,
+                    moved_ms = self.logged_base.map(|b| (base - b) * 1e3),
+                    "track mapping report changed"
+                );
+                self.logged_base = Some(base);
+            }
             let ntp = report.ntp + (ts - report.ext) as f64 / self.rate;
             let mut sender = lock(sender);
-            sender.observe(ntp, arrived);
+            sender.observe_track(self.id, base, ts as f64 / self.rate, arrived);
             if let Some(t) = sender.to_recording(ntp) {
                 if (t - arrived).abs() <= REANCHOR_AFTER.as_secs_f64() {
                     return t;
@@ -331,6 +407,11 @@ impl FileTimeline {
             self.generation = clock.generation();
             if clock.synced() && self.adjust == 0 {
                 if let Some(first_t) = clock.time_of(self.first_ext, sender) {
+                    tracing::debug!(
+                        by_ms = (first_t - self.first_t) * 1e3,
+                        first_t,
+                        "file start placed by the first sender report"
+                    );
                     self.first_t = first_t;
                     moved = true;
                 }
@@ -338,16 +419,28 @@ impl FileTimeline {
         }
         let position = ext - self.first_ext + self.adjust;
         let wanted = ((t - self.first_t) * self.rate).round() as i64;
-        let limit = (MAX_FILE_DRIFT.as_secs_f64() * self.rate) as i64;
+        let settling =
+            clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64;
+        let limit = if settling {
+            PLACEMENT_TOLERANCE
+        } else {
+            MAX_FILE_DRIFT
+        };
+        let limit = (limit.as_secs_f64() * self.rate) as i64;
         if (wanted - position).abs() > limit {
             let by_ms = (wanted - position) as f64 * 1000.0 / self.rate;
-            if clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64 {
+            if settling {
                 // Still settling: the file starts elsewhere; its positions stay exact.
                 self.first_t += (wanted - position) as f64 / self.rate;
-                tracing::debug!(by_ms, "file start re-placed on the recording clock");
+                tracing::debug!(
+                    by_ms,
+                    position,
+                    t,
+                    "file start re-placed on the recording clock"
+                );
                 return (position, true);
             }
-            tracing::debug!(by_ms, "file re-aligned to the recording clock");
+            tracing::debug!(by_ms, position, t, "file re-aligned to the recording clock");
             self.adjust += wanted - position;
             self.realigned += 1;
             return (wanted, moved);
@@ -469,6 +562,49 @@ mod tests {
         assert!((f.first_t() - 1.0).abs() < 1e-6, "{}", f.first_t());
     }
 
+    /// Both files of a participant follow a settling estimate that moves less than
+    /// MAX_FILE_DRIFT (under a CPU hog: a better video SR moved the shared offset 16 ms): each
+    /// file's start follows it, so audio and video cannot end up to 2 × 30 ms apart.
+    #[test]
+    fn a_settling_file_start_follows_small_moves_of_the_estimate() {
+        let zero = Instant::now();
+        let s = sender();
+        let rc = RecordingClock::new(zero);
+        let mut audio = TrackClock::new(rc, 48_000);
+        let mut video = TrackClock::new(rc, 90_000);
+        let rec = |w: f64| w - 999.5;
+        let at = |r: f64| zero + Duration::from_secs_f64(r);
+        let a_ts = |w: f64| (48_000.0 * (w - 1000.0)).round() as i64;
+        let v_ts = |w: f64| 777_777 + (90_000.0 * (w - 1000.0)).round() as i64;
+        audio.on_sender_report(ntp64(1000.0), 0);
+        let (mut fa, mut fv) = (None, None);
+        for i in 0..300 {
+            let w = 1000.0 + 0.02 * f64::from(i);
+            // The video's reports are stamped 20 ms late until a good one comes at 3 s.
+            let late = if i < 150 { 0.020 } else { 0.0 };
+            if i % 50 == 0 {
+                audio.on_sender_report(ntp64(w), a_ts(w) as u32);
+                video.on_sender_report(ntp64(w + late), v_ts(w) as u32);
+            }
+            let ta = audio.map(a_ts(w), at(rec(w) + 0.020), &s);
+            let tv = video.map(v_ts(w), at(rec(w) + 0.020), &s);
+            let fa = fa.get_or_insert_with(|| FileTimeline::start(a_ts(w), ta, &audio));
+            let fv = fv.get_or_insert_with(|| FileTimeline::start(v_ts(w), tv, &video));
+            fa.position(a_ts(w), ta, &audio, &s);
+            fv.position(v_ts(w), tv, &video, &s);
+        }
+        let (fa, fv) = (fa.unwrap(), fv.unwrap());
+        // Both started with the first sample (wallclock 1000.0): the same recording time.
+        let apart = fa.first_t() - fv.first_t();
+        assert!(
+            apart.abs() < 0.003,
+            "audio and video {:.1} ms apart",
+            apart * 1e3
+        );
+        let placed = fa.first_t() - (rec(1000.0) + 0.020);
+        assert!(placed.abs() < 0.003, "placed {:.1} ms off", placed * 1e3);
+    }
+
     fn ntp64(secs: f64) -> u64 {
         (secs * 4_294_967_296.0) as u64
     }
@@ -505,6 +641,53 @@ mod tests {
         }
         // Placed at the fastest path (+20 ms), within a millisecond, before and after it.
         assert!(worst < 0.001, "worst placement error {:.1} ms", worst * 1e3);
+    }
+
+    /// Issue 10 item 10 (seen under a CPU hog): a track's *first* sender report is stamped
+    /// 50 ms late and there is no better one yet, so its samples look 50 ms fast. When the next
+    /// (good) report re-maps the track, the samples it fed the shared offset filter must follow
+    /// at once: before, they stayed in their windows and held the participant 50 ms early until
+    /// the windows expired (up to 8 s), which then moved it ~50 ms in one step.
+    #[test]
+    fn a_late_first_sender_report_stops_counting_once_a_better_one_maps_the_track() {
+        let zero = Instant::now();
+        let s = sender();
+        let rc = RecordingClock::new(zero);
+        let mut audio = TrackClock::new(rc, 48_000);
+        let mut video = TrackClock::new(rc, 90_000);
+        // Wallclock w is recording time w − 999.5; audio travels 20 ms, video 30 ms.
+        let rec = |w: f64| w - 999.5;
+        let at = |r: f64| zero + Duration::from_secs_f64(r);
+        let a_ts = |w: f64| (48_000.0 * (w - 1000.0)).round() as i64;
+        let v_ts = |w: f64| 777_777 + (90_000.0 * (w - 1000.0)).round() as i64;
+        let mut worst: (f64, f64) = (0.0, 0.0);
+        for i in 0..600 {
+            let w = 1000.0 + 0.02 * f64::from(i);
+            let ta = audio.map(a_ts(w), at(rec(w) + 0.020), &s);
+            let tv = video.map(v_ts(w), at(rec(w) + 0.030), &s);
+            // From the audio's second report on (1.2 s of wallclock, 1.72 s recording time).
+            if i > 60 {
+                for e in [ta - rec(w) - 0.020, tv - rec(w) - 0.020] {
+                    if e.abs() > worst.0.abs() {
+                        worst = (e, rec(w));
+                    }
+                }
+            }
+            if i == 10 || (i > 10 && i % 50 == 10) {
+                // The first audio SR says RTP time a_ts(w) was captured 50 ms later than it was.
+                let late = if i == 10 { 0.050 } else { 0.0 };
+                audio.on_sender_report(ntp64(w + late), a_ts(w) as u32);
+            }
+            if i % 50 == 35 {
+                video.on_sender_report(ntp64(w), v_ts(w) as u32);
+            }
+        }
+        assert!(
+            worst.0.abs() < 0.001,
+            "placed {:+.1} ms off at {:.2} s",
+            worst.0 * 1e3,
+            worst.1
+        );
     }
 
     /// One sample stamped 80 ms early does not move the offset; arrivals processed late in a

@@ -95,12 +95,28 @@ pub fn load(path: &Path, max_bytes: u64) -> Result<FileMedia, ClipError> {
 
 /// The packets of an Ogg Opus stream that carry audio, at their sample positions.
 pub fn ogg_audio(bytes: &[u8]) -> Result<Vec<TimedFrame>, ClipError> {
+    ogg_frames(bytes, false)
+}
+
+/// Like [`ogg_audio`], but only the packets of one loop of the stream's playable length (see
+/// [`loop_packets`]): what a publisher that loops the clip sends each time round.
+pub fn ogg_audio_loop(bytes: &[u8]) -> Result<Vec<TimedFrame>, ClipError> {
+    ogg_frames(bytes, true)
+}
+
+fn ogg_frames(bytes: &[u8], one_loop: bool) -> Result<Vec<TimedFrame>, ClipError> {
     let info = read_ogg_opus(std::io::Cursor::new(bytes)).map_err(ClipError::Ogg)?;
+    let mut packets: Vec<_> = info.packets.into_iter().filter(|p| p.samples > 0).collect();
+    if one_loop {
+        let playable = info
+            .final_granule
+            .map(|g| g.saturating_sub(u64::from(info.pre_skip)));
+        let samples: Vec<u32> = packets.iter().map(|p| p.samples).collect();
+        packets.truncate(loop_packets(&samples, playable));
+    }
     let mut at = 0i64;
-    Ok(info
-        .packets
+    Ok(packets
         .into_iter()
-        .filter(|p| p.samples > 0)
         .map(|p| {
             // Positions in 48 kHz samples → microseconds.
             let t = at;
@@ -113,6 +129,28 @@ pub fn ogg_audio(bytes: &[u8]) -> Result<Vec<TimedFrame>, ClipError> {
             }
         })
         .collect())
+}
+
+/// How many of an Ogg Opus clip's packets (`samples` each, in order) make one loop whose RTP
+/// length is nearest its playable length (`playable`: final granule − pre-skip, RFC 7845).
+///
+/// Encoders pad the last packet, and the file's final granule trims it: played whole on every
+/// loop, that padding makes the audio loop longer than the clip (6.02 s for a 6 s clip of
+/// 20 ms packets), and a looping publisher's audio drifts one packet later than its video per
+/// loop. Packets are kept while the loop's end stays within half a packet of `playable`; all
+/// of them without a granule; never none.
+pub fn loop_packets(samples: &[u32], playable: Option<u64>) -> usize {
+    let Some(playable) = playable else {
+        return samples.len();
+    };
+    let mut total = 0u64;
+    for (i, &n) in samples.iter().enumerate() {
+        if i > 0 && total + u64::from(n) / 2 > playable {
+            return i;
+        }
+        total += u64::from(n);
+    }
+    samples.len()
 }
 
 /// The first VP8 and the first Opus track of a WebM file (a truncated file up to its end).
@@ -168,6 +206,23 @@ pub fn webm_media(bytes: &[u8]) -> Result<FileMedia, ClipError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sync clip (`tests/data/beeps.ogg`): 301 packets of 960 samples, pre-skip 312, final
+    /// granule 288 312 (6 s played). Looping all 301 would make the audio loop 6.02 s against
+    /// the video's 6 s: 300 packets make it exactly 6 s.
+    #[test]
+    fn an_audio_loop_lasts_the_clips_playable_length() {
+        let samples = vec![960u32; 301];
+        assert_eq!(loop_packets(&samples, Some(288_312 - 312)), 300);
+        // Nearest whole packet: a clip of 287 600 samples (299.6 packets) loops 300, one of
+        // 287 000 (298.96) loops 299.
+        assert_eq!(loop_packets(&samples, Some(287_600)), 300);
+        assert_eq!(loop_packets(&samples, Some(287_000)), 299);
+        // Without a granule (or a tiny clip) every packet is kept; never none.
+        assert_eq!(loop_packets(&samples, None), 301);
+        assert_eq!(loop_packets(&samples, Some(0)), 1);
+        assert_eq!(loop_packets(&samples, Some(10_000_000)), 301);
+    }
 
     fn data(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
