@@ -9,6 +9,7 @@ pub mod mux;
 pub mod ogg;
 pub mod repair;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod track;
 pub mod webm;
