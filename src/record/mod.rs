@@ -3,6 +3,7 @@
 
 pub mod clip;
 pub mod disk;
+pub mod ebml;
 pub mod inspect;
 pub mod manifest;
 pub mod mux;
