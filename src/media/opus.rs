@@ -5,6 +5,10 @@
 
 /// Opus always runs at 48 kHz on the wire and in its containers (RFC 7845 §4).
 pub const SAMPLE_RATE: u32 = 48_000;
+/// Opus pre-skip recbot writes in its files (OpusHead, WebM CodecDelay): libopus' encoder
+/// lookahead at 48 kHz, which is what WebRTC senders use, so decoded audio lines up with its
+/// RTP timestamps.
+pub const OPUS_PRE_SKIP: u16 = 312;
 /// Largest frame payload an Opus packet can carry (RFC 6716 §3.2.1).
 pub const MAX_FRAME_BYTES: usize = 1275;
 /// Largest duration of one Opus packet: 120 ms at 48 kHz (RFC 6716 §3.2.5).

@@ -10,14 +10,13 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use super::ebml::CUES_ID;
 use super::ogg::{read_ogg_opus, OggError, OggOpusInfo};
 use super::repair::scan_webm;
 use super::webm_reader::{read_webm_with, ReadOptions, WebmInfo, WebmReadError, WebmTrackKind};
 
 /// Frames of one track further apart than this (ms) make a [`Gap`].
 pub const GAP_THRESHOLD_MS: i64 = 100;
-/// SeekHead ID of the Cues element.
-const CUES_ID: u64 = 0x1C53_BB6B;
 /// Opus runs at 48 kHz in Ogg: samples per ms.
 const SAMPLES_PER_MS: i64 = 48;
 
@@ -184,7 +183,7 @@ fn inspect_webm(path: &Path, file: File, bytes: u64) -> Result<FileReport, Inspe
     if cues == 0 {
         warnings.push("no Cues (not seekable)".into());
     }
-    let cues_in_seekhead = info.seek_entries.iter().any(|e| e.id == CUES_ID);
+    let cues_in_seekhead = info.seek_entries.iter().any(|e| e.id == u64::from(CUES_ID));
     if !info.has_seekhead {
         warnings.push("no SeekHead".into());
     } else if cues > 0 && !cues_in_seekhead {

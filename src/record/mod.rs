@@ -3,12 +3,14 @@
 
 pub mod clip;
 pub mod disk;
+pub mod ebml;
 pub mod inspect;
 pub mod manifest;
 pub mod mux;
 pub mod ogg;
 pub mod repair;
 pub mod session;
+pub mod stats;
 pub mod store;
 pub mod track;
 pub mod webm;

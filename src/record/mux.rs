@@ -9,8 +9,9 @@
 //! [`Interleaver`] releases an item once every live track has passed its timestamp, or once it
 //! is [`HOLD_MS`] behind the newest, so a stalled track cannot hold the other back for long.
 
-use super::session::TrackEntry;
+use super::stats::TrackEntry;
 use super::webm::{WebmError, WebmTrack, WebmWriter};
+use crate::media::opus::OPUS_PRE_SKIP;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
@@ -349,7 +350,7 @@ impl Inner {
             tracks.push(WebmTrack::Audio {
                 number: AUDIO,
                 channels: audio.channels,
-                pre_skip: super::track::OPUS_PRE_SKIP,
+                pre_skip: OPUS_PRE_SKIP,
             });
         }
         let file = File::create(&self.path).map_err(MuxError::Create)?;

@@ -25,9 +25,12 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use webm_iterable::matroska_spec::{Master, MatroskaSpec};
-use webm_iterable::WebmWriter as EbmlWriter;
-
+use super::ebml::{
+    self, parse_header, seekhead_in, size_field, CuePoint, Head, BLOCKGROUP_ID, CLUSTER_ID,
+    CRC32_ID, CUES_ID, DURATION_ID, EBML_ID, INFO_ID, MAX_EBML_HEADER, OTHER_CLUSTER_CHILDREN,
+    SEEKHEAD_ID, SEGMENT_CHILDREN, SEGMENT_ID, SIMPLEBLOCK_ID, TIMESTAMP_ID, TIMESTAMP_SCALE_ID,
+    TRACKS_ID, VOID_ID,
+};
 use super::ogg::read_ogg_opus;
 use super::webm_reader::{read_webm_with, ReadOptions, WebmTrackKind, MAX_ELEMENT_SIZE};
 
@@ -66,39 +69,6 @@ pub enum RepairOutcome {
 // EBML structure scan (shared with `inspect`)
 // ---------------------------------------------------------------------------------------
 
-const EBML_ID: u32 = 0x1A45_DFA3;
-const SEGMENT_ID: u32 = 0x1853_8067;
-const SEEKHEAD_ID: u32 = 0x114D_9B74;
-const INFO_ID: u32 = 0x1549_A966;
-const TRACKS_ID: u32 = 0x1654_AE6B;
-const CLUSTER_ID: u32 = 0x1F43_B675;
-const CUES_ID: u32 = 0x1C53_BB6B;
-const TAGS_ID: u32 = 0x1254_C367;
-const CHAPTERS_ID: u32 = 0x1043_A770;
-const ATTACHMENTS_ID: u32 = 0x1941_A469;
-const VOID_ID: u32 = 0xEC;
-const CRC32_ID: u32 = 0xBF;
-const DURATION_ID: u32 = 0x4489;
-const TIMESTAMP_SCALE_ID: u32 = 0x2A_D7B1;
-const TIMESTAMP_ID: u32 = 0xE7;
-const SIMPLEBLOCK_ID: u32 = 0xA3;
-const BLOCKGROUP_ID: u32 = 0xA0;
-/// Cluster children other than Timestamp and blocks: Position, PrevSize, SilentTracks,
-/// EncryptedBlock (plus the global Void and CRC-32).
-const OTHER_CLUSTER_CHILDREN: [u32; 6] = [0xA7, 0xAB, 0x5854, 0xAF, VOID_ID, CRC32_ID];
-/// Level-1 elements: inside an unknown-size Cluster one of them ends the cluster.
-const SEGMENT_CHILDREN: [u32; 8] = [
-    SEEKHEAD_ID,
-    INFO_ID,
-    TRACKS_ID,
-    CLUSTER_ID,
-    CUES_ID,
-    TAGS_ID,
-    CHAPTERS_ID,
-    ATTACHMENTS_ID,
-];
-/// Largest EBML header accepted (as in the reader).
-const MAX_EBML_HEADER: u64 = 4096;
 /// Largest Info element whose children are read (looking for Duration).
 const MAX_INFO: u64 = 1 << 20;
 /// Typical frame length used for Duration is capped at this (ms).
@@ -107,61 +77,6 @@ const MAX_FRAME_MS: i64 = 100;
 const MAX_SEEKHEAD_VOID: u64 = 64 * 1024;
 /// Blocks of a track looked at for its typical frame length.
 const FRAME_LEN_WINDOW: usize = 9;
-
-/// An element header.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    id: u32,
-    /// `None` for the reserved "unknown" value.
-    size: Option<u64>,
-    size_len: u8,
-    /// Bytes of ID + size field.
-    len: u64,
-}
-
-/// Result of reading an element header.
-enum Head {
-    Element(Header),
-    /// The input ends inside the header.
-    Incomplete,
-    /// Not a valid EBML header (bad ID or size length).
-    Invalid,
-}
-
-/// Decodes an element header at the start of `buf` (which may be short).
-fn parse_header(buf: &[u8]) -> Head {
-    let Some(&first) = buf.first() else {
-        return Head::Incomplete;
-    };
-    let id_len = first.leading_zeros() as usize + 1;
-    if id_len > 4 {
-        return Head::Invalid;
-    }
-    let Some(&size_first) = buf.get(id_len) else {
-        return Head::Incomplete;
-    };
-    let size_len = size_first.leading_zeros() as usize + 1;
-    if size_len > 8 {
-        return Head::Invalid;
-    }
-    let Some(bytes) = buf.get(..id_len + size_len) else {
-        return Head::Incomplete;
-    };
-    let id = bytes[..id_len]
-        .iter()
-        .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
-    let mut size = u64::from(size_first) & (0xFF >> size_len);
-    for b in &bytes[id_len + 1..] {
-        size = (size << 8) | u64::from(*b);
-    }
-    let unknown = (1u64 << (7 * size_len)) - 1;
-    Head::Element(Header {
-        id,
-        size: (size != unknown).then_some(size),
-        size_len: size_len as u8, // ok: size_len <= 8
-        len: (id_len + size_len) as u64,
-    })
-}
 
 /// Buffered random-access reads of a file of known length.
 struct Src<'a> {
@@ -523,58 +438,6 @@ pub(crate) fn scan_webm(file: &File) -> Result<WebmLayout, RepairError> {
 // WebM repair
 // ---------------------------------------------------------------------------------------
 
-/// EBML size field of exactly `len` bytes holding `value`, if it fits (and is not the
-/// reserved all-ones value).
-fn size_field(value: u64, len: u8) -> Option<Vec<u8>> {
-    if !(1..=8).contains(&len) || value >= (1u64 << (7 * u32::from(len))) - 1 {
-        return None;
-    }
-    let bytes = value.to_be_bytes();
-    let mut out = bytes[8 - usize::from(len)..].to_vec();
-    out[0] |= 0x80 >> (len - 1);
-    Some(out)
-}
-
-/// A Void element of exactly `total` bytes (`total` >= 2).
-fn void_element(total: u64) -> Option<Vec<u8>> {
-    (1..=8u8).find_map(|len| {
-        let data = total.checked_sub(1 + u64::from(len))?;
-        let mut out = vec![0xEC];
-        out.extend(size_field(data, len)?);
-        out.resize(usize::try_from(total).ok()?, 0);
-        Some(out)
-    })
-}
-
-/// A SeekHead with fixed-width fields (4-byte SeekID, 8-byte SeekPosition) followed by a
-/// Void, together exactly `total` bytes long; `None` if it does not fit.
-fn seekhead_in(entries: &[(u32, u64)], total: u64) -> Option<Vec<u8>> {
-    let mut seeks = Vec::new();
-    for (id, pos) in entries {
-        seeks.extend([0x4D, 0xBB, 0x80 | 18]);
-        seeks.extend([0x53, 0xAB, 0x84]);
-        seeks.extend(id.to_be_bytes());
-        seeks.extend([0x53, 0xAC, 0x88]);
-        seeks.extend(pos.to_be_bytes());
-    }
-    // A 1-byte gap cannot hold a Void: then widen the SeekHead's size field by one byte.
-    for size_len in [1u8, 2] {
-        let mut out = SEEKHEAD_ID.to_be_bytes().to_vec();
-        out.extend(size_field(seeks.len() as u64, size_len)?);
-        out.extend(&seeks);
-        let rest = total.checked_sub(out.len() as u64)?;
-        match rest {
-            0 => return Some(out),
-            1 => continue,
-            _ => {
-                out.extend(void_element(rest)?);
-                return Some(out);
-            }
-        }
-    }
-    None
-}
-
 /// Writes `bytes` at absolute position `at`.
 fn write_at(file: &mut File, at: u64, bytes: &[u8]) -> io::Result<()> {
     file.seek(SeekFrom::Start(at))?;
@@ -591,46 +454,6 @@ fn frame_length(ts: &[i64]) -> i64 {
     }
     gaps.sort_unstable();
     gaps[gaps.len() / 2].min(MAX_FRAME_MS)
-}
-
-/// A CuePoint to write: (time in TimestampScale units, track, cluster position relative to
-/// the Segment data).
-type CueEntry = (u64, u64, u64);
-
-/// Encodes a Cues element with one CuePoint per entry.
-fn cues_element(cues: &[CueEntry]) -> Result<Vec<u8>, RepairError> {
-    let ebml = |e: webm_iterable::errors::TagWriterError| not_repairable(format!("EBML: {e}"));
-    let mut w = EbmlWriter::new(Vec::new());
-    // The encoder checks the element hierarchy, so Cues must sit in a Segment: open one of
-    // unknown size and strip its header from the output.
-    w.write_advanced(
-        &MatroskaSpec::Segment(Master::Start),
-        webm_iterable::WriteOptions::is_unknown_sized_element(),
-    )
-    .map_err(ebml)?;
-    w.write(&MatroskaSpec::Cues(Master::Start)).map_err(ebml)?;
-    for &(time, track, position) in cues {
-        w.write(&MatroskaSpec::CuePoint(Master::Full(vec![
-            MatroskaSpec::CueTime(time),
-            MatroskaSpec::CueTrackPositions(Master::Full(vec![
-                MatroskaSpec::CueTrack(track),
-                MatroskaSpec::CueClusterPosition(position),
-            ])),
-        ])))
-        .map_err(ebml)?;
-    }
-    w.write(&MatroskaSpec::Cues(Master::End)).map_err(ebml)?;
-    let bytes = w.into_inner().map_err(ebml)?;
-    match parse_header(&bytes) {
-        Head::Element(h) if h.id == SEGMENT_ID => {
-            let cues = bytes.get(h.len as usize..).unwrap_or(&[]); // ok: len <= 12
-            match parse_header(cues) {
-                Head::Element(c) if c.id == CUES_ID => Ok(cues.to_vec()),
-                _ => Err(not_repairable("EBML: Cues not encoded as expected")),
-            }
-        }
-        _ => Err(not_repairable("EBML: Cues not encoded as expected")),
-    }
 }
 
 /// Repairs a WebM written by [`WebmWriter`](super::webm::WebmWriter) (and any WebM of the
@@ -705,7 +528,7 @@ pub fn repair_webm(path: &Path) -> Result<RepairOutcome, RepairError> {
         .filter(|t| t.kind == WebmTrackKind::Video)
         .map(|t| t.number)
         .collect();
-    let mut cues: Vec<CueEntry> = Vec::new();
+    let mut cues: Vec<CuePoint> = Vec::new();
     let mut first = 0;
     for (cluster, position) in layout.clusters.iter().zip(&positions) {
         let blocks = info
@@ -722,13 +545,21 @@ pub fn repair_webm(path: &Path) -> Result<RepairOutcome, RepairError> {
                 .filter(|b| b.keyframe)
         };
         if let Some(b) = cue_block {
-            cues.push((to_units(b.ts_ms), b.track, *position));
+            cues.push(CuePoint {
+                time: to_units(b.ts_ms),
+                track: b.track,
+                position: *position,
+            });
         }
     }
     let (cues_bytes, cues_pos, cue_count) = match layout.cues {
         Some(pos) => (Vec::new(), Some(pos), info.cues.len()),
         None if cues.is_empty() => (Vec::new(), None, 0),
-        None => (cues_element(&cues)?, Some(layout.valid_end), cues.len()),
+        None => (
+            ebml::cues_bytes(&cues).map_err(|e| not_repairable(format!("EBML: {e}")))?,
+            Some(layout.valid_end),
+            cues.len(),
+        ),
     };
     let new_end = layout.valid_end + cues_bytes.len() as u64;
 
@@ -1698,27 +1529,71 @@ pub(crate) mod tests {
         assert!(matches!(missing[..], [(_, Err(RepairError::Io(_)))]));
     }
 
-    #[test]
-    fn seekhead_fits_any_reservation() {
-        let entries = [(INFO_ID, 96), (TRACKS_ID, 200), (CUES_ID, 123_456)];
-        assert!(seekhead_in(&entries, 67).is_none());
-        for total in 68..400u64 {
-            let bytes = seekhead_in(&entries, total).unwrap();
-            assert_eq!(bytes.len() as u64, total);
-            let Head::Element(h) = parse_header(&bytes) else {
-                panic!()
+    /// Frames for the byte-for-byte checks: 12 s of VP8-shaped video (30 fps, keyframe every
+    /// 2 s, 3 clusters) and 20 ms audio packets, with deterministic varied lengths.
+    fn golden_frames() -> (Vec<WebmTrack>, Vec<Frame>) {
+        let mut frames: Vec<Frame> = Vec::new();
+        for i in 0..360u64 {
+            let key = i % 60 == 0;
+            let mut data = if key {
+                vec![0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]
+            } else {
+                vec![0x51, 0x01, 0x00]
             };
-            assert_eq!(h.id, SEEKHEAD_ID);
-            let rest = (h.len + h.size.unwrap()) as usize;
-            if rest < bytes.len() {
-                let Head::Element(v) = parse_header(&bytes[rest..]) else {
-                    panic!()
-                };
-                assert_eq!(
-                    (v.id, rest as u64 + v.len + v.size.unwrap()),
-                    (VOID_ID, total)
-                );
-            }
+            data.extend((0..(i * 7 % 23)).map(|k| (i + k) as u8));
+            frames.push((1, i * 100 / 3, key, data));
         }
+        for j in 0..600u64 {
+            let mut data = vec![0xfc];
+            data.extend((0..(j * 5 % 11)).map(|k| (j ^ k) as u8));
+            frames.push((2, j * 20, false, data));
+        }
+        frames.sort_by_key(|f| (f.1, f.0));
+        (vec![video_track(), audio_track(2, 312)], frames)
+    }
+
+    /// Compares `bytes` with the stored file `tests/data/golden/<name>` (written instead when
+    /// RECBOT_BLESS=1), reporting the first differing offset.
+    fn same_as_golden(name: &str, bytes: &[u8]) {
+        let path = data_file("golden").join(name);
+        if std::env::var("RECBOT_BLESS").as_deref() == Ok("1") {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let first_diff = golden.iter().zip(bytes).position(|(a, b)| a != b);
+        assert!(
+            first_diff.is_none() && golden.len() == bytes.len(),
+            "{name}: {} bytes, golden {}; first difference at {first_diff:?}",
+            bytes.len(),
+            golden.len()
+        );
+    }
+
+    /// The files the writer and the repair produce stay byte-identical (the EBML encoding is
+    /// shared by both and refactored under this check): a finalized file, and a file killed
+    /// after a flush and cut inside a block, then repaired.
+    #[test]
+    fn writer_and_repair_bytes_are_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tracks, frames) = golden_frames();
+        let path = dir.path().join("final.webm");
+        let mut w = WebmWriter::new(File::create(&path).unwrap(), &tracks).unwrap();
+        for (track, ts, key, data) in &frames {
+            w.write_frame(*track, *ts, *key, data).unwrap();
+        }
+        w.finalize(12_000).unwrap();
+        same_as_golden("writer.webm", &std::fs::read(&path).unwrap());
+
+        let killed = dir.path().join("killed.webm");
+        let snaps = write_killed(&killed, &tracks, &frames, &[frames.len() * 3 / 4]);
+        let cut = &snaps[0][..snaps[0].len() - 5];
+        std::fs::write(&killed, cut).unwrap();
+        let outcome = repair_webm(&killed).unwrap();
+        assert!(
+            matches!(outcome, RepairOutcome::Repaired { .. }),
+            "{outcome:?}"
+        );
+        same_as_golden("repaired.webm", &std::fs::read(&killed).unwrap());
     }
 }

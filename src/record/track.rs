@@ -11,6 +11,7 @@ use super::ogg::{OggOpusWriter, PacketOutcome};
 use super::session::{TrackContext, TrackEntry};
 use super::webm::{WebmTrack, WebmWriter};
 use crate::media::clock::{FileTimeline, TrackClock};
+use crate::media::opus::OPUS_PRE_SKIP;
 use crate::media::pli::{PliPolicy, Request};
 use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
 use crate::media::source::{MediaSource, SourceEvent};
@@ -32,9 +33,6 @@ pub const VIDEO_REORDER: Duration = Duration::from_millis(300);
 pub const VIDEO_LOSS_SUSPECT: Duration = Duration::from_millis(150);
 /// How long a missing audio packet is waited for.
 pub const AUDIO_REORDER: Duration = Duration::from_millis(120);
-/// Opus pre-skip written in the files: libopus' encoder lookahead at 48 kHz, which is what
-/// WebRTC senders use, so decoded audio lines up with its RTP timestamps.
-pub const OPUS_PRE_SKIP: u16 = 312;
 /// Write buffer per file.
 const WRITE_BUFFER: usize = 64 * 1024;
 

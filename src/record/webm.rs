@@ -18,6 +18,7 @@
 //! so they can be overwritten in place (which needs `Seek`); seeks happen only when a
 //! cluster closes and at finalize, which suits a `BufWriter<File>` output.
 
+use super::ebml::{self, cues_element, seekhead_element, CuePoint, CUES_ID, INFO_ID, TRACKS_ID};
 use crate::media::opus::opus_head;
 use std::io::{Seek, SeekFrom, Write};
 
@@ -41,10 +42,6 @@ const MAX_TRACK_NUMBER: u64 = 126;
 const SEEKHEAD_RESERVED: u64 = 96;
 /// Length of an element header with a 4-byte ID and an 8-byte size (Segment, Cluster).
 const LONG_HEADER_LEN: u64 = 12;
-/// EBML IDs written into the SeekHead.
-const INFO_ID: u32 = 0x1549_A966;
-const TRACKS_ID: u32 = 0x1654_AE6B;
-const CUES_ID: u32 = 0x1C53_BB6B;
 
 /// A track declared when the file is created. Track numbers must be unique and in 1..=126.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,15 +150,6 @@ struct OpenCluster {
     ts: u64,
 }
 
-/// One CuePoint: a cluster that starts with a video keyframe (any cluster when the file
-/// has no video track).
-struct Cue {
-    ts: u64,
-    track: u64,
-    /// Cluster position relative to the Segment data start.
-    position: u64,
-}
-
 /// Streaming WebM writer (see the module docs for the layout and crash-safety guarantees).
 ///
 /// Invariants: between calls every byte produced so far has been handed to the output
@@ -181,7 +169,9 @@ pub struct WebmWriter<W: Write + Seek> {
     tracks_pos: u64,
     duration_pos: u64,
     cluster: Option<OpenCluster>,
-    cues: Vec<Cue>,
+    /// One CuePoint per cluster that starts with a video keyframe (any cluster when the file
+    /// has no video track).
+    cues: Vec<CuePoint>,
     frames: u64,
     keyframes: u64,
     broken: bool,
@@ -358,7 +348,7 @@ impl<W: Write + Seek> WebmWriter<W> {
             None
         } else {
             let pos = self.relative(self.ebml.get_ref().pos);
-            self.ebml.write(&self.cues_element())?;
+            self.ebml.write(&cues_element(&self.cues))?;
             Some(pos)
         };
         let end = self.ebml.get_ref().pos;
@@ -415,8 +405,8 @@ impl<W: Write + Seek> WebmWriter<W> {
                 self.open_cluster(ts)?;
                 if video_keyframe || !self.has_video {
                     if let Some(c) = &self.cluster {
-                        self.cues.push(Cue {
-                            ts,
+                        self.cues.push(CuePoint {
+                            time: ts,
                             track,
                             position: self.relative(c.start),
                         });
@@ -455,23 +445,6 @@ impl<W: Write + Seek> WebmWriter<W> {
         Ok(())
     }
 
-    fn cues_element(&self) -> MatroskaSpec {
-        MatroskaSpec::Cues(Master::Full(
-            self.cues
-                .iter()
-                .map(|cue| {
-                    MatroskaSpec::CuePoint(Master::Full(vec![
-                        MatroskaSpec::CueTime(cue.ts),
-                        MatroskaSpec::CueTrackPositions(Master::Full(vec![
-                            MatroskaSpec::CueTrack(cue.track),
-                            MatroskaSpec::CueClusterPosition(cue.position),
-                        ])),
-                    ]))
-                })
-                .collect(),
-        ))
-    }
-
     /// Writes the SeekHead over the reserved Void (padding the rest with a smaller Void),
     /// then returns the output position to `end`.
     fn write_seekhead(&mut self, cues_pos: Option<u64>, end: u64) -> Result<(), WebmError> {
@@ -482,17 +455,7 @@ impl<W: Write + Seek> WebmWriter<W> {
         if let Some(pos) = cues_pos {
             entries.push((CUES_ID, pos));
         }
-        let seekhead = MatroskaSpec::SeekHead(Master::Full(
-            entries
-                .into_iter()
-                .map(|(id, pos)| {
-                    MatroskaSpec::Seek(Master::Full(vec![
-                        MatroskaSpec::SeekID(id.to_be_bytes().to_vec()),
-                        MatroskaSpec::SeekPosition(pos),
-                    ]))
-                })
-                .collect(),
-        ));
+        let seekhead = seekhead_element(&entries);
 
         let sink = self.ebml.get_mut();
         sink.inner.seek(SeekFrom::Start(self.void_pos))?;
@@ -595,15 +558,10 @@ fn track_entry(track: &WebmTrack) -> MatroskaSpec {
 }
 
 /// An 8-byte EBML size field holding `size` (which must be below 2^56 - 1).
-fn size_field(size: u64) -> Result<[u8; 8], WebmError> {
-    if size >= (1 << 56) - 1 {
-        return Err(WebmError::OutOfRange(
-            "element larger than an 8-byte size field",
-        ));
-    }
-    let mut bytes = size.to_be_bytes();
-    bytes[0] = 0x01;
-    Ok(bytes)
+fn size_field(size: u64) -> Result<Vec<u8>, WebmError> {
+    ebml::size_field(size, 8).ok_or(WebmError::OutOfRange(
+        "element larger than an 8-byte size field",
+    ))
 }
 
 #[cfg(test)]

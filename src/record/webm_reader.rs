@@ -6,6 +6,9 @@
 //!
 //! The Segment must directly follow the EBML header (as in every WebM file).
 
+use super::ebml::{
+    read_id, read_vint, unknown_size, vint_len, EBML_ID, MAX_EBML_HEADER, SEGMENT_ID,
+};
 use std::io::Read;
 
 use webm_iterable::errors::TagIteratorError;
@@ -14,10 +17,7 @@ use webm_iterable::WebmIterator;
 
 /// Largest element the reader accepts (guards allocations against corrupt size fields).
 pub const MAX_ELEMENT_SIZE: usize = 128 * 1024 * 1024;
-/// Largest EBML header accepted.
-const MAX_EBML_HEADER: u64 = 4096;
-const EBML_ID: u64 = 0x1A45_DFA3;
-const SEGMENT_ID: u64 = 0x1853_8067;
+/// TimestampScale of a file whose Info has none (1 ms, the Matroska default).
 const DEFAULT_TIMESTAMP_SCALE: u64 = 1_000_000;
 
 /// What the reader found in a file.
@@ -441,31 +441,6 @@ fn block_header(data: &[u8]) -> Result<(u64, i16, u8, &[u8]), WebmReadError> {
     }
 }
 
-/// Reads an EBML variable-length integer (marker bit removed): (value, length in bytes).
-fn read_vint(data: &[u8]) -> Option<(u64, usize)> {
-    let first = *data.first()?;
-    let len = first.leading_zeros() as usize + 1;
-    if len > 8 {
-        return None;
-    }
-    let bytes = data.get(..len)?;
-    let mut value = u64::from(first) & (0xFF >> len);
-    for b in &bytes[1..] {
-        value = (value << 8) | u64::from(*b);
-    }
-    Some((value, len))
-}
-
-/// Reads an element ID (marker bit kept) and its length in bytes.
-fn read_id(data: &[u8]) -> Option<(u64, usize)> {
-    let (_, len) = read_vint(data)?;
-    let bytes = data.get(..len)?;
-    Some((
-        bytes.iter().fold(0, |acc, b| (acc << 8) | u64::from(*b)),
-        len,
-    ))
-}
-
 /// Input adaptor that reads the EBML header and the Segment header up front and serves
 /// them again with the Segment size replaced by "unknown".
 ///
@@ -525,31 +500,26 @@ impl<R: Read> Read for HeadReader<R> {
     }
 }
 
-/// The value of an all-ones ("unknown") size field of `len` bytes.
-fn unknown_size(len: usize) -> u64 {
-    (1u64 << (7 * len as u32)) - 1
-}
-
 /// Reads an element header byte by byte into `prefix`: (id, size, size length), or `None`
 /// at a clean end of input.
 fn read_element_header<R: Read>(
     r: &mut R,
     prefix: &mut Vec<u8>,
-) -> Result<Option<(u64, u64, usize)>, WebmReadError> {
+) -> Result<Option<(u32, u64, usize)>, WebmReadError> {
     let start = prefix.len();
     let mut first = [0u8; 1];
     if r.read(&mut first)? == 0 {
         return Ok(None);
     }
     prefix.push(first[0]);
-    let id_len = first[0].leading_zeros() as usize + 1;
+    let id_len = vint_len(first[0]);
     if id_len > 4 {
         return Err(WebmReadError::NotWebm("invalid element ID".into()));
     }
     read_more(r, prefix, id_len - 1)?;
     let size_first = prefix.len();
     read_more(r, prefix, 1)?;
-    let size_len = prefix[size_first].leading_zeros() as usize + 1;
+    let size_len = vint_len(prefix[size_first]);
     if size_len > 8 {
         return Err(WebmReadError::NotWebm("invalid element size".into()));
     }
