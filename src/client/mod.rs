@@ -72,6 +72,10 @@ pub struct PublishArgs {
     /// Simulate a bad network: drop this fraction of outgoing RTP packets (e.g. 0.05).
     #[arg(long, default_value_t = 0.0)]
     pub loss: f64,
+    /// Keep the clip's own pace: do not jump to the next keyframe on a keyframe request, so
+    /// the video stays in step with the audio (for checking A/V sync). Not with `--whip`.
+    #[arg(long, conflicts_with = "whip")]
+    pub ignore_keyframe_requests: bool,
 }
 
 /// How a publisher behaves.
@@ -246,7 +250,7 @@ pub async fn run(args: PublishArgs) -> Result<(), PublishError> {
     let options = PublishOptions {
         token: args.token.clone(),
         mesh: args.mesh,
-        ignore_keyframe_requests: false,
+        ignore_keyframe_requests: args.ignore_keyframe_requests,
     };
     let mut handles = Vec::new();
     for i in 0..args.count.max(1) {
