@@ -770,13 +770,21 @@ async fn under_cpu_load_files_stay_clean_and_participants_in_sync() {
     }
     let nice =
         rustix::process::getpriority_process(Some(publishers.pid())).expect("publisher niceness");
-    if nice == PUBLISHER_NICE {
+    // The senders of a real meeting are on other machines: only the recorder is to be starved.
+    // Without the priority (not root), the publishers' own late sender reports would be
+    // measured, so the sync bound is then only reported; under CI=true (root) it is required.
+    let senders_unstarved = nice == PUBLISHER_NICE;
+    if senders_unstarved {
         println!(
             "under load: the publisher process runs at nice {nice}, the hog and the server at 0"
         );
     } else {
-        println!(
-            "under load: could not raise the publisher process's priority (nice {nice}, not root?): the publishers share the starved CPU"
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "under CI=true the publisher process must get nice {PUBLISHER_NICE} (run as root)"
+        );
+        eprintln!(
+            "under load: could not raise the publisher process's priority (nice {nice}, not root?): the publishers share the starved CPU, so the 40 ms bound is reported, not asserted"
         );
     }
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -847,7 +855,7 @@ async fn under_cpu_load_files_stay_clean_and_participants_in_sync() {
         );
         errors.push((name, err, flashes, beeps));
     }
-    for (name, err, flashes, beeps) in &errors {
+    for (name, err, flashes, beeps) in errors.iter().filter(|_| senders_unstarved) {
         assert!(
             *err <= 0.040,
             "{name}: {:.1} ms off; flashes {flashes:?} beeps {beeps:?}",
