@@ -293,9 +293,7 @@ async fn create_recording(
     ApiJson(body): ApiJson<CreateRecording>,
 ) -> Result<(StatusCode, Json<RecordingDoc>), ApiError> {
     if !valid_room_name(&body.room) {
-        return Err(ApiError::bad_request(
-            "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
-        ));
+        return Err(ApiError::bad_room());
     }
     let muxed = match body.audio.as_deref() {
         None | Some("ogg") => false,

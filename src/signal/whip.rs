@@ -296,11 +296,7 @@ async fn create(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if !valid_room_name(&room) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-room",
-            "room must be 1-64 characters of A-Z a-z 0-9 _ -",
-        ));
+        return Err(ApiError::bad_room());
     }
     check_room_token(&app, &headers)?;
     let content_type = headers
@@ -357,14 +353,11 @@ async fn create(
     let (membership, _welcome, mut queue) = match joined {
         Ok(joined) => joined,
         Err(e) => {
-            let code = match e {
-                crate::signal::hub::JoinError::AtCapacity => "server-busy",
-                _ => "room-full",
-            };
+            let refusal = ApiError::from(e);
             return Ok(busy(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code,
-                e.to_string(),
+                refusal.status,
+                refusal.code,
+                refusal.message,
                 reap_after.as_secs(),
             ));
         }

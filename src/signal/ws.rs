@@ -17,7 +17,6 @@ use crate::api::secret_matches;
 use crate::app::App;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -59,12 +58,7 @@ pub async fn handler(
     ws: WebSocketUpgrade,
 ) -> Response {
     if !valid_room_name(&room) {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-room",
-            "room must be 1-64 characters of A-Z a-z 0-9 _ -",
-        )
-        .into_response();
+        return ApiError::bad_room().into_response();
     }
     if let Some(expected) = &app.config.args.room_token {
         let ok = query
@@ -76,8 +70,7 @@ pub async fn handler(
         }
     }
     if let Err(e) = app.hub.has_room_for(&room) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string())
-            .into_response();
+        return ApiError::from(e).into_response();
     }
     let name = query.name.unwrap_or_default();
     ws.max_message_size(HARD_FRAME_LIMIT)
