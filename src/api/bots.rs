@@ -13,9 +13,9 @@
 
 use super::error::{join_code, ApiError};
 use super::ApiJson;
-use crate::app::App;
+use super::App;
 use crate::bot::registry::{
-    self, BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
+    BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
 };
 use crate::record::manifest::StopReason;
 use crate::record::store::valid_id;
@@ -137,7 +137,7 @@ async fn create_bot(
     ApiJson(body): ApiJson<CreateBot>,
 ) -> Result<(StatusCode, Json<BotDoc>), ApiError> {
     let spec = spec(body)?;
-    let bot = registry::start(&app, spec).await?;
+    let bot = crate::bot::launch::start(&app.services, &app.bots, spec).await?;
     Ok((StatusCode::CREATED, Json(bot.doc(&app.store))))
 }
 

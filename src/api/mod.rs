@@ -1,12 +1,14 @@
-//! The HTTP surface (SPEC §4): recordings, rooms, health, metrics, the page at `/`, and the
-//! room WebSocket route; with Host (SPEC §1), token and origin checks in front.
+//! The HTTP surface (SPEC §4): recordings, rooms, bots, health, metrics, the page at `/`, the
+//! room WebSocket route and WHIP; its state is [`App`]; with Host (SPEC §1), token and origin checks in front.
 
 pub mod bots;
 pub mod error;
 pub mod files;
+pub mod state;
 pub mod web;
+pub mod whip;
+pub mod ws;
 
-use crate::app::App;
 use crate::bot::recorder;
 use crate::record::manifest::{RecordingDoc, StopReason};
 use crate::record::session::RecordOptions;
@@ -20,9 +22,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
 use serde::Deserialize;
+pub use state::App;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -56,8 +58,8 @@ pub fn router(app: Arc<App>) -> Router {
     // `/healthz` and the page (static files, no data) are served under any Host.
     let guarded = Router::new()
         .merge(api)
-        .route("/rooms/{room}/ws", get(crate::signal::ws::handler))
-        .merge(crate::signal::whip::routes())
+        .route("/rooms/{room}/ws", get(ws::handler))
+        .merge(whip::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             check_host,
@@ -96,10 +98,7 @@ fn cors_layer(app: &App) -> tower_http::cors::CorsLayer {
         .expose_headers([header::CONTENT_RANGE, header::ETAG, header::CONTENT_LENGTH])
 }
 
-/// Constant-time comparison of a presented secret with the configured one.
-pub fn secret_matches(presented: &str, expected: &str) -> bool {
-    presented.as_bytes().ct_eq(expected.as_bytes()).into()
-}
+pub use crate::util::secret_matches;
 
 /// The bearer token of a request, if any: `Authorization: Bearer <token>`, the scheme in any
 /// case (RFC 9110 §11.1) and spaces around the token ignored.
@@ -319,7 +318,7 @@ async fn create_recording(
         Some(s) => Some(Duration::from_secs(s)),
     };
     let recording = recorder::start(
-        &app,
+        &app.services,
         &body.room,
         RecordOptions {
             pli_interval,
@@ -355,7 +354,7 @@ async fn stop_recording(
     Path(id): Path<String>,
 ) -> Result<Json<RecordingDoc>, ApiError> {
     let recording = app.store.get(checked_id(&id)?)?;
-    recorder::stop(&app, &recording, StopReason::Requested).await;
+    recorder::stop(&app.services, &recording, StopReason::Requested).await;
     Ok(Json(recording.doc()))
 }
 

@@ -1,4 +1,5 @@
-//! Signaling: the wire protocol, the rooms hub, and the WebSocket route.
+//! Signaling: the wire protocol, the rooms hub, and the WebSocket and WHIP sessions (their
+//! HTTP routes are in `api`).
 
 pub mod hub;
 pub mod protocol;
