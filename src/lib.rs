@@ -1,8 +1,8 @@
 //! recbot: a server-side WebRTC peer that records rooms and answers calls.
 //!
 //! The modules form a stack, each using only those below it: [`media`] (reorder, VP8 assembly,
-//! PLI, clocks) → [`record`] (WebM and Ogg writers, recordings) → [`peer`] (webrtc-rs
-//! connections, negotiation) and [`signal`] (the wire protocol, rooms, WebSocket and WHIP
+//! PLI, clocks) → [`record`] (WebM and Ogg writers, recordings) → [`signal`] (the wire
+//! protocol, rooms, WebSocket sessions) → [`peer`] (webrtc-rs connections, negotiation, WHIP
 //! sessions) → [`bot`] (the server-side peers: recorder, echo, play, voicemail) → [`api`]
 //! (HTTP, its state [`api::App`]) → [`server`] (startup, shutdown, the disk guard). [`client`]
 //! is the test client (`recbot publish`), [`config`] the options. `ARCHITECTURE.md` has the

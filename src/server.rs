@@ -4,11 +4,11 @@
 use crate::api::App;
 use crate::bot::Services;
 use crate::config::ServerConfig;
+use crate::peer::whip::WhipSessions;
 use crate::peer::{PeerConfig, PeerFactory};
 use crate::record::manifest::StopReason;
 use crate::record::store::{RecordError, RecordingStore};
 use crate::signal::hub::Hub;
-use crate::signal::whip::WhipSessions;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;

@@ -4,11 +4,11 @@ use crate::bot::registry::BotStore;
 use crate::bot::Services;
 use crate::config::ServerConfig;
 use crate::limits::Limits;
+use crate::peer::whip::WhipSessions;
 use crate::peer::PeerFactory;
 use crate::record::disk::DiskGuard;
 use crate::record::store::RecordingStore;
 use crate::signal::hub::Hub;
-use crate::signal::whip::WhipSessions;
 use std::sync::Arc;
 use tokio::sync::watch;
 

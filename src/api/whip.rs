@@ -1,6 +1,6 @@
 //! The WHIP routes (RFC 9725, SPEC §3): `POST /rooms/{room}/whip` with an SDP offer, and
 //! `DELETE`/`PATCH` on a session's Location. The sessions themselves are
-//! [`crate::signal::whip::WhipSessions`].
+//! [`crate::peer::whip::WhipSessions`].
 //!
 //! A session's Location is `/rooms/{room}/whip/{peer id}.{secret}`. `DELETE` and `PATCH` act
 //! only on a session of the room in the path whose secret matches (compared in constant time),
@@ -11,9 +11,9 @@
 use super::error::ApiError;
 use super::{bearer, App};
 use crate::limits::SESSION_FDS;
+use crate::peer::whip::{OpenError, Opened};
 use crate::peer::{CandidatePolicy, PeerError};
 use crate::signal::protocol::valid_room_name;
-use crate::signal::whip::{OpenError, Opened};
 use crate::util::secret_matches;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, Query, State};

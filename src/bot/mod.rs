@@ -11,11 +11,11 @@ pub mod voicemail;
 
 pub use crate::peer::room::Behaviour;
 use crate::peer::room::RoomPeer;
+use crate::peer::whip::WhipSessions;
 use crate::peer::PeerFactory;
 use crate::record::disk::DiskGuard;
 use crate::record::store::RecordingStore;
 use crate::signal::hub::{Hub, JoinError, MemberKind};
-use crate::signal::whip::WhipSessions;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

@@ -117,7 +117,7 @@ fn record_whip(services: &Arc<Services>, recording: &Arc<Recording>) {
     // recorded once.
     let mut announcements = services.whip.announcements();
     let mut seen: Vec<Arc<crate::media::source::Relay>> = Vec::new();
-    let mut take = move |recording: &Arc<Recording>, track: crate::signal::whip::WhipTrack| {
+    let mut take = move |recording: &Arc<Recording>, track: crate::peer::whip::WhipTrack| {
         if seen.iter().any(|r| Arc::ptr_eq(r, &track.relay)) {
             return;
         }

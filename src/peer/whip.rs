@@ -14,11 +14,11 @@
 //! bearer when one is configured; the API token as bearer ends any session by its peer id
 //! (`/rooms/{room}/whip/{peer id}`, for operators). Anything else is `404`.
 
-use super::hub::{Hub, JoinError, MemberKind, Membership};
-use super::protocol::PeerInfo;
+use super::{Pc, PeerError, PeerFactory};
 use crate::limits::{ClientPermit, FdPermit};
 use crate::media::source::{MediaSource, Relay, RemoteSource};
-use crate::peer::{Pc, PeerError, PeerFactory};
+use crate::signal::hub::{Hub, JoinError, MemberKind, Membership};
+use crate::signal::protocol::PeerInfo;
 use crate::util::secret_matches;
 use async_trait::async_trait;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
