@@ -1,5 +1,6 @@
 //! The HTTP surface (SPEC §4): recordings, rooms, bots, health, metrics, the page at `/`, the
-//! room WebSocket route and WHIP; its state is [`App`]; with Host (SPEC §1), token and origin checks in front.
+//! room WebSocket route and WHIP, with Host (SPEC §1), token and origin checks in front. Its
+//! state is [`App`]; its errors are [`ApiError`](error::ApiError)s.
 
 pub mod bots;
 pub mod error;
@@ -14,6 +15,7 @@ use crate::record::manifest::{RecordingDoc, StopReason};
 use crate::record::session::RecordOptions;
 use crate::record::store::valid_id;
 use crate::signal::protocol::valid_room_name;
+use crate::util::secret_matches;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -97,8 +99,6 @@ fn cors_layer(app: &App) -> tower_http::cors::CorsLayer {
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE])
         .expose_headers([header::CONTENT_RANGE, header::ETAG, header::CONTENT_LENGTH])
 }
-
-pub use crate::util::secret_matches;
 
 /// The bearer token of a request, if any: `Authorization: Bearer <token>`, the scheme in any
 /// case (RFC 9110 §11.1) and spaces around the token ignored.

@@ -219,12 +219,12 @@ async fn patch(
     authorize(&app, &room, &id, &headers)?;
     // Trickle ICE is not supported: the answer carried every candidate.
     Ok((
-        StatusCode::METHOD_NOT_ALLOWED,
         [(header::ALLOW, "DELETE")],
-        axum::Json(serde_json::json!({"error": {
-            "code": "method-not-allowed",
-            "message": "trickle ICE (PATCH) is not supported: the answer has every candidate"
-        }})),
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "trickle ICE (PATCH) is not supported: the answer has every candidate",
+        ),
     )
         .into_response())
 }

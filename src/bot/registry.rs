@@ -1,5 +1,5 @@
-//! The answering bots (SPEC §6): the Bot document, the registry of bots, and their start and
-//! stop. Each bot is a [`Behaviour`](super::Behaviour) run by [`super::join`]; what it does is
+//! The answering bots (SPEC §6): the Bot document, the registry of bots, and their stop (their
+//! start, which knows every mode, is [`super::launch`]). Each bot is a [`Behaviour`](super::Behaviour) run by [`super::join`]; what it does is
 //! in [`super::echo`], [`super::play`] and [`super::voicemail`].
 //!
 //! A bot lives until `DELETE /api/bots/{id}` or the service's shutdown (a `play` bot without
