@@ -1,10 +1,12 @@
 //! recbot: a server-side WebRTC peer that records rooms and answers calls.
 //!
-//! The modules follow the flow of media: [`signal`] (rooms, WebSocket signaling) →
-//! [`peer`] (webrtc-rs connections, negotiation) → [`media`] (reorder, VP8 assembly, PLI,
-//! clocks) → [`record`] (WebM and Ogg writers, recordings) → [`api`] (HTTP). [`bot`] holds the
-//! server-side peers (the recorder), [`client`] the test client (`recbot publish`), [`app`] the
-//! service's lifecycle and [`config`] its options. `ARCHITECTURE.md` has the map.
+//! The modules form a stack, each using only those below it: [`media`] (reorder, VP8 assembly,
+//! PLI, clocks) → [`record`] (WebM and Ogg writers, recordings) → [`signal`] (the wire
+//! protocol, rooms, WebSocket sessions) → [`peer`] (webrtc-rs connections, negotiation, WHIP
+//! sessions) → [`bot`] (the server-side peers: recorder, echo, play, voicemail) → [`api`]
+//! (HTTP, its state [`api::App`]) → [`server`] (startup, shutdown, the disk guard). [`client`]
+//! is the test client (`recbot publish`), [`config`] the options. `ARCHITECTURE.md` has the
+//! map.
 
 // No unsafe code, except the one call recorded in `limits::release_free_memory` (glibc's
 // malloc_trim, which has no safe wrapper); `deny` rather than `forbid` so that it alone can
@@ -13,7 +15,6 @@
 #![warn(missing_docs)]
 
 pub mod api;
-pub mod app;
 pub mod bot;
 pub mod cli;
 pub mod client;
@@ -25,6 +26,7 @@ pub mod logging;
 pub mod media;
 pub mod peer;
 pub mod record;
+pub mod server;
 pub mod signal;
 pub mod telemetry;
 pub mod util;

@@ -82,7 +82,7 @@ async fn serve(args: recbot::config::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match recbot::app::run(config).await {
+    match recbot::server::run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("recbot: {e}");

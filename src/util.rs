@@ -23,3 +23,10 @@ pub fn raise_open_files_limit() -> Option<u64> {
     }
     limit.current
 }
+
+/// Constant-time comparison of a presented secret (a token, a WHIP session's secret) with the
+/// expected one: the time taken does not depend on where they differ.
+pub fn secret_matches(presented: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    presented.as_bytes().ct_eq(expected.as_bytes()).into()
+}

@@ -320,3 +320,113 @@ async fn foreign_hosts_are_refused_without_a_token() {
     assert_eq!(r.status(), 200, "with a token every Host is served");
     srv.shutdown().await;
 }
+
+/// The code of a refused WebSocket upgrade (its JSON error body), with the status.
+async fn ws_refusal(srv: &TestServer, path: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(srv.ws_url(path)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            let body: serde_json::Value =
+                serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap_or_default();
+            let code = body["error"]["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (r.status().as_u16(), code)
+        }
+        other => panic!("expected a refused upgrade on {path}, got {other:?}"),
+    }
+}
+
+/// Issue 11: one error code per cause on every route. A bad room name is `400 bad-room` on the
+/// WebSocket, WHIP, recordings and bots routes; the hub's refusals are `503 room-full` (the room
+/// has its peers), `too-many-rooms` (no room left for this kind of member) wherever a member
+/// joins.
+#[tokio::test]
+async fn each_cause_has_one_code_on_every_route() {
+    let srv = TestServer::start_with(|a| {
+        a.max_rooms = 2;
+        a.reserved_rooms = 1;
+        a.max_peers_per_room = 1;
+    })
+    .await;
+    let bad = "bad.room";
+    assert_eq!(
+        ws_refusal(&srv, &format!("/rooms/{bad}/ws")).await,
+        (400, "bad-room".to_owned())
+    );
+    let r = srv
+        .http
+        .post(srv.url(&format!("/rooms/{bad}/whip")))
+        .header("content-type", "application/sdp")
+        .body("v=0\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let err: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "bad-room", "{err}");
+    for (path, body) in [
+        ("/api/recordings", serde_json::json!({"room": bad})),
+        (
+            "/api/bots",
+            serde_json::json!({"room": bad, "mode": "echo"}),
+        ),
+    ] {
+        let (status, err) = srv.post_json(path, body).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (400, Some("bad-room")),
+            "{path}: {err}"
+        );
+    }
+
+    // A client holds the one room clients may open, and fills it (one peer per room).
+    use futures::StreamExt;
+    let (mut client, _) = tokio_tungstenite::connect_async(srv.ws_url("/rooms/full/ws"))
+        .await
+        .unwrap();
+    let _ = client.next().await; // welcome: joined
+    assert_eq!(
+        ws_refusal(&srv, "/rooms/full/ws").await,
+        (503, "room-full".to_owned())
+    );
+    assert_eq!(
+        ws_refusal(&srv, "/rooms/other/ws").await,
+        (503, "too-many-rooms".to_owned())
+    );
+    for (path, body) in [
+        ("/api/recordings", serde_json::json!({"room": "full"})),
+        (
+            "/api/bots",
+            serde_json::json!({"room": "full", "mode": "echo"}),
+        ),
+    ] {
+        let (status, err) = srv.post_json(path, body).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (503, Some("room-full")),
+            "{path}: {err}"
+        );
+    }
+    // The reserved room goes to a recording; then no room is left for anyone.
+    let (status, rec) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "kept"}))
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    for (path, body) in [
+        ("/api/recordings", serde_json::json!({"room": "over"})),
+        (
+            "/api/bots",
+            serde_json::json!({"room": "over", "mode": "echo"}),
+        ),
+    ] {
+        let (status, err) = srv.post_json(path, body).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (503, Some("too-many-rooms")),
+            "{path}: {err}"
+        );
+    }
+    drop(client);
+    srv.shutdown().await;
+}

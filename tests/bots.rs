@@ -1019,7 +1019,7 @@ async fn bad_requests_are_refused_and_start_nothing() {
         (
             json!({"room": "bad room", "mode": "echo"}),
             400,
-            "bad-request",
+            "bad-room",
             "room",
         ),
         (

@@ -19,7 +19,7 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_recbot"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--log", "warn,recbot::app=info"])
+            .args(["--log", "warn,recbot::server=info"])
             .args(args)
             .arg("--recordings-dir")
             .arg(dir.path())

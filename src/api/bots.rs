@@ -8,18 +8,17 @@
 //! unknown mode, a field the mode does not take, `media` that is not a plain file name in
 //! `--media-dir`), `400 media-not-found` for a file that does not exist there (the request
 //! names it in its body, so the fault is the body's, as for any other bad field),
-//! `400 bad-media` for a file that is not Ogg Opus / WebM with VP8 or Opus, `404` for an
-//! unknown bot, `503 too-many-bots` / `room-full` / `too-many-rooms`. Nothing is started when a request fails.
+//! `400 bad-media` for a file that is not Ogg Opus / WebM with VP8 or Opus, `400 bad-room` for a
+//! bad room name, `404` for an unknown bot, `503 too-many-bots` / `room-full` / `too-many-rooms`. Nothing is started when a request fails.
 
-use super::error::ApiError;
+use super::error::{join_code, ApiError};
 use super::ApiJson;
-use crate::app::App;
+use super::App;
 use crate::bot::registry::{
-    self, BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
+    BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
 };
 use crate::record::manifest::StopReason;
 use crate::record::store::valid_id;
-use crate::signal::hub::JoinError;
 use crate::signal::protocol::valid_room_name;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -39,18 +38,12 @@ pub fn routes() -> Router<Arc<App>> {
 impl From<BotError> for ApiError {
     fn from(e: BotError) -> Self {
         let (status, code) = match &e {
+            BotError::Join(join) => (StatusCode::SERVICE_UNAVAILABLE, join_code(join)),
             BotError::Invalid(_) => (StatusCode::BAD_REQUEST, "bad-request"),
             BotError::MediaNotFound(_) => (StatusCode::BAD_REQUEST, "media-not-found"),
             BotError::BadMedia(..) => (StatusCode::BAD_REQUEST, "bad-media"),
             BotError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             BotError::TooMany(_) => (StatusCode::SERVICE_UNAVAILABLE, "too-many-bots"),
-            BotError::Join(JoinError::TooManyRooms) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "too-many-rooms")
-            }
-            BotError::Join(JoinError::AtCapacity) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "server-busy")
-            }
-            BotError::Join(_) => (StatusCode::SERVICE_UNAVAILABLE, "room-full"),
             BotError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
@@ -79,9 +72,7 @@ struct CreateBot {
 /// Checks a request and turns it into a [`BotSpec`].
 fn spec(body: CreateBot) -> Result<BotSpec, ApiError> {
     if !valid_room_name(&body.room) {
-        return Err(ApiError::bad_request(
-            "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
-        ));
+        return Err(ApiError::bad_room());
     }
     let Some(mode) = Mode::parse(&body.mode) else {
         return Err(ApiError::bad_request(format!(
@@ -146,7 +137,7 @@ async fn create_bot(
     ApiJson(body): ApiJson<CreateBot>,
 ) -> Result<(StatusCode, Json<BotDoc>), ApiError> {
     let spec = spec(body)?;
-    let bot = registry::start(&app, spec).await?;
+    let bot = crate::bot::launch::start(&app.services, &app.bots, spec).await?;
     Ok((StatusCode::CREATED, Json(bot.doc(&app.store))))
 }
 

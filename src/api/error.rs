@@ -3,6 +3,7 @@
 
 use crate::bot::recorder::StartError;
 use crate::record::store::RecordError;
+use crate::signal::hub::JoinError;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +47,16 @@ impl ApiError {
     /// 403 forbidden.
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 400 bad-room: a room name (in a path or a body) that is not 1-64 characters of
+    /// `[A-Za-z0-9_-]`. Every route refuses a bad room name with this one code.
+    pub fn bad_room() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-room",
+            "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
+        )
     }
 }
 
@@ -146,18 +157,32 @@ impl From<StartError> for ApiError {
     fn from(e: StartError) -> Self {
         match e {
             StartError::Record(e) => e.into(),
-            StartError::Join(e @ crate::signal::hub::JoinError::AtCapacity) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server-busy",
-                e.to_string(),
-            ),
-            StartError::Join(e) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string())
-            }
+            StartError::Join(e) => e.into(),
             e @ StartError::DiskFull(_) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk-full", e.to_string())
             }
         }
+    }
+}
+
+/// The code of a hub refusal, the same on every route that joins a room (WebSocket, WHIP,
+/// recordings, bots): one per cause.
+pub fn join_code(e: &JoinError) -> &'static str {
+    match e {
+        JoinError::RoomFull(_) => "room-full",
+        JoinError::TooManyRooms => "too-many-rooms",
+        JoinError::AtCapacity => "server-busy",
+    }
+}
+
+/// A hub refusal: `503` with its [`join_code`].
+impl From<JoinError> for ApiError {
+    fn from(e: JoinError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            join_code(&e),
+            e.to_string(),
+        )
     }
 }
 

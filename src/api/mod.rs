@@ -1,17 +1,21 @@
-//! The HTTP surface (SPEC §4): recordings, rooms, health, metrics, the page at `/`, and the
-//! room WebSocket route; with Host (SPEC §1), token and origin checks in front.
+//! The HTTP surface (SPEC §4): recordings, rooms, bots, health, metrics, the page at `/`, the
+//! room WebSocket route and WHIP, with Host (SPEC §1), token and origin checks in front. Its
+//! state is [`App`]; its errors are [`ApiError`](error::ApiError)s.
 
 pub mod bots;
 pub mod error;
 pub mod files;
+pub mod state;
 pub mod web;
+pub mod whip;
+pub mod ws;
 
-use crate::app::App;
 use crate::bot::recorder;
 use crate::record::manifest::{RecordingDoc, StopReason};
 use crate::record::session::RecordOptions;
 use crate::record::store::valid_id;
 use crate::signal::protocol::valid_room_name;
+use crate::util::secret_matches;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
@@ -20,9 +24,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
 use serde::Deserialize;
+pub use state::App;
 use std::sync::Arc;
 use std::time::Duration;
-use subtle::ConstantTimeEq;
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -56,8 +60,8 @@ pub fn router(app: Arc<App>) -> Router {
     // `/healthz` and the page (static files, no data) are served under any Host.
     let guarded = Router::new()
         .merge(api)
-        .route("/rooms/{room}/ws", get(crate::signal::ws::handler))
-        .merge(crate::signal::whip::routes())
+        .route("/rooms/{room}/ws", get(ws::handler))
+        .merge(whip::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&app),
             check_host,
@@ -94,11 +98,6 @@ fn cors_layer(app: &App) -> tower_http::cors::CorsLayer {
         .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::HEAD])
         .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::RANGE])
         .expose_headers([header::CONTENT_RANGE, header::ETAG, header::CONTENT_LENGTH])
-}
-
-/// Constant-time comparison of a presented secret with the configured one.
-pub fn secret_matches(presented: &str, expected: &str) -> bool {
-    presented.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// The bearer token of a request, if any: `Authorization: Bearer <token>`, the scheme in any
@@ -293,9 +292,7 @@ async fn create_recording(
     ApiJson(body): ApiJson<CreateRecording>,
 ) -> Result<(StatusCode, Json<RecordingDoc>), ApiError> {
     if !valid_room_name(&body.room) {
-        return Err(ApiError::bad_request(
-            "`room` must be 1-64 characters of A-Z a-z 0-9 _ -",
-        ));
+        return Err(ApiError::bad_room());
     }
     let muxed = match body.audio.as_deref() {
         None | Some("ogg") => false,
@@ -321,7 +318,7 @@ async fn create_recording(
         Some(s) => Some(Duration::from_secs(s)),
     };
     let recording = recorder::start(
-        &app,
+        &app.services,
         &body.room,
         RecordOptions {
             pli_interval,
@@ -357,7 +354,7 @@ async fn stop_recording(
     Path(id): Path<String>,
 ) -> Result<Json<RecordingDoc>, ApiError> {
     let recording = app.store.get(checked_id(&id)?)?;
-    recorder::stop(&app, &recording, StopReason::Requested).await;
+    recorder::stop(&app.services, &recording, StopReason::Requested).await;
     Ok(Json(recording.doc()))
 }
 

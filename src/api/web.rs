@@ -1,8 +1,8 @@
 //! The web page served at `/` and its assets under `/assets/` (embedded in the binary; plain
 //! ES modules, no build step, nothing loaded from elsewhere).
 
+use super::App;
 use crate::api::error::ApiError;
-use crate::app::App;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};

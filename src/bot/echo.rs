@@ -10,7 +10,7 @@
 
 use super::registry::{Bot, BotError};
 use super::Behaviour;
-use crate::app::App;
+use super::Services;
 use crate::media::source::{MediaSource, RemoteSource, SourceEvent};
 use crate::media::vp8::payload_starts_keyframe as starts_keyframe;
 use crate::peer::negotiation::Role;
@@ -149,14 +149,14 @@ async fn echo_video(mut source: RemoteSource, mirror: &Mirror) {
 }
 
 /// Puts echo bot `bot` in its room. Returns its peer id.
-pub fn start(app: &Arc<App>, bot: &Arc<Bot>) -> Result<String, BotError> {
+pub fn start(services: &Arc<Services>, bot: &Arc<Bot>) -> Result<String, BotError> {
     let behaviour = Arc::new(Echo {
         bot: Arc::clone(bot),
         mirrors: Mutex::new(HashMap::new()),
     });
     Ok(super::join(
-        &app.hub,
-        Arc::clone(&app.factory),
+        &services.hub,
+        Arc::clone(&services.factory),
         bot.room(),
         "echo",
         behaviour,

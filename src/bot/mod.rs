@@ -1,7 +1,9 @@
 //! Bots: recbot's own peers in rooms. A bot joins the hub in-process like any participant
 //! and runs the shared room machinery ([`crate::peer::room`]) with its own [`Behaviour`].
+//! Bots reach the running service through [`Services`], not through the HTTP state.
 
 pub mod echo;
+pub mod launch;
 pub mod play;
 pub mod recorder;
 pub mod registry;
@@ -9,9 +11,33 @@ pub mod voicemail;
 
 pub use crate::peer::room::Behaviour;
 use crate::peer::room::RoomPeer;
+use crate::peer::whip::WhipSessions;
 use crate::peer::PeerFactory;
+use crate::record::disk::DiskGuard;
+use crate::record::store::RecordingStore;
 use crate::signal::hub::{Hub, JoinError, MemberKind};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// What bots (the recorder, echo, play, voicemail) use of the running service: the shared
+/// parts below them and the few options they read. Built once at startup; shared in an `Arc`.
+pub struct Services {
+    /// Rooms and members.
+    pub hub: Arc<Hub>,
+    /// Builds peer connections.
+    pub factory: Arc<PeerFactory>,
+    /// All recordings.
+    pub store: Arc<RecordingStore>,
+    /// WHIP publishers' sessions (recordings subscribe to their tracks).
+    pub whip: Arc<WhipSessions>,
+    /// Free space of the recordings directory (no recording starts when it is low).
+    pub disk: Arc<DiskGuard>,
+    /// Where `play` and `voicemail` media are looked up (`--media-dir`).
+    pub media_dir: PathBuf,
+    /// Longest recording (`--max-recording-s`); a request may only shorten it.
+    pub max_recording: Duration,
+}
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 

@@ -17,7 +17,7 @@
 
 use super::registry::{Bot, BotError};
 use super::Behaviour;
-use crate::app::App;
+use super::Services;
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
 use crate::peer::{Pc, PeerError};
@@ -276,13 +276,17 @@ impl Behaviour for Player {
 
 /// Puts play bot `bot` in its room and starts playing `media` once the peers already in the
 /// room are connected (at most [`PRESENT_WAIT`]). Returns its peer id.
-pub fn start(app: &Arc<App>, bot: &Arc<Bot>, media: Arc<Media>) -> Result<String, BotError> {
+pub fn start(
+    services: &Arc<Services>,
+    bot: &Arc<Bot>,
+    media: Arc<Media>,
+) -> Result<String, BotError> {
     let outlets = SharedOutlets::default();
     // The peers the bot will offer to from its `welcome` (WHIP publishers get no connection),
     // taken before it joins so that none can settle before it is waited for. One who leaves in
     // between holds the start at most PRESENT_WAIT; one who arrives in between is served like
     // a late joiner.
-    let present = app
+    let present = services
         .hub
         .peers(bot.room())
         .into_iter()
@@ -296,8 +300,8 @@ pub fn start(app: &Arc<App>, bot: &Arc<Bot>, media: Arc<Media>) -> Result<String
         gate: Arc::clone(&gate),
     });
     let peer = super::join(
-        &app.hub,
-        Arc::clone(&app.factory),
+        &services.hub,
+        Arc::clone(&services.factory),
         bot.room(),
         "play",
         behaviour,

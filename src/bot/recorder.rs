@@ -2,7 +2,7 @@
 //! hands each to a track task of its [`Recording`].
 
 use super::Behaviour;
-use crate::app::App;
+use super::Services;
 use crate::media::source::{MediaSource, RemoteSource};
 use crate::peer::negotiation::Role;
 use crate::peer::{Pc, PeerError};
@@ -112,19 +112,19 @@ fn record<S: MediaSource + 'static>(
 
 /// Records the WHIP publishers of the recording's room: those present now and those that
 /// start later, until the recording stops.
-fn record_whip(app: &Arc<App>, recording: &Arc<Recording>) {
+fn record_whip(services: &Arc<Services>, recording: &Arc<Recording>) {
     // Subscribed before the snapshot, so no track falls between; one seen in both is
     // recorded once.
-    let mut announcements = app.whip.announcements();
+    let mut announcements = services.whip.announcements();
     let mut seen: Vec<Arc<crate::media::source::Relay>> = Vec::new();
-    let mut take = move |recording: &Arc<Recording>, track: crate::signal::whip::WhipTrack| {
+    let mut take = move |recording: &Arc<Recording>, track: crate::peer::whip::WhipTrack| {
         if seen.iter().any(|r| Arc::ptr_eq(r, &track.relay)) {
             return;
         }
         record(recording, &track.peer, &track.mime, track.relay.subscribe());
         seen.push(track.relay);
     };
-    for track in app.whip.tracks_of(recording.room()) {
+    for track in services.whip.tracks_of(recording.room()) {
         take(recording, track);
     }
     let recording = Arc::clone(recording);
@@ -162,25 +162,26 @@ pub enum StartError {
 
 /// Starts recording `room`: creates the recording, sends the recorder bot in, tells the room.
 pub fn start(
-    app: &Arc<App>,
+    services: &Arc<Services>,
     room: &str,
     options: RecordOptions,
 ) -> Result<Arc<Recording>, StartError> {
-    if app.disk.is_low() {
-        return Err(StartError::DiskFull(app.disk.free()));
+    if services.disk.is_low() {
+        return Err(StartError::DiskFull(services.disk.free()));
     }
-    let cap = std::time::Duration::from_secs(app.config.args.max_recording_s);
+    let cap = services.max_recording;
     let max_duration = Some(options.max_duration.map_or(cap, |d| d.min(cap)));
     // Refused before the recording exists, so a full service leaves no `failed` one behind.
-    app.hub
+    services
+        .hub
         .can_join(room, crate::signal::hub::MemberKind::Bot)?;
-    let recording = app.store.create(room, options)?;
+    let recording = services.store.create(room, options)?;
     let behaviour = Arc::new(Recorder {
         recording: Arc::clone(&recording),
     });
     let peer = match super::join(
-        &app.hub,
-        Arc::clone(&app.factory),
+        &services.hub,
+        Arc::clone(&services.factory),
         room,
         RECORDER_NAME,
         behaviour,
@@ -193,8 +194,8 @@ pub fn start(
         }
     };
     recording.set_recording(&peer);
-    record_whip(app, &recording);
-    app.hub.broadcast(
+    record_whip(services, &recording);
+    services.hub.broadcast(
         room,
         &ServerMessage::Recording {
             state: RecordingNotice::Started,
@@ -205,21 +206,21 @@ pub fn start(
     metrics::counter!(crate::telemetry::RECORDINGS_STARTED).increment(1);
     tracing::info!(recording = %recording.id(), room, peer = %peer, "recording started");
     if let Some(limit) = max_duration {
-        let app = Arc::clone(app);
+        let services = Arc::clone(services);
         let recording = Arc::clone(&recording);
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
-            stop(&app, &recording, StopReason::MaxDuration).await;
+            stop(&services, &recording, StopReason::MaxDuration).await;
         });
     }
     Ok(recording)
 }
 
 /// Stops `recording` (idempotent) and tells its room once.
-pub async fn stop(app: &App, recording: &Arc<Recording>, reason: StopReason) {
+pub async fn stop(services: &Services, recording: &Arc<Recording>, reason: StopReason) {
     if recording.stop(reason).await {
         if let Some(peer) = recording.doc().bot_peer {
-            app.hub.broadcast(
+            services.hub.broadcast(
                 recording.room(),
                 &ServerMessage::Recording {
                     state: RecordingNotice::Stopped,

@@ -1,5 +1,5 @@
-//! The answering bots (SPEC §6): the Bot document, the registry of bots, and their start and
-//! stop. Each bot is a [`Behaviour`](super::Behaviour) run by [`super::join`]; what it does is
+//! The answering bots (SPEC §6): the Bot document, the registry of bots, and their stop (their
+//! start, which knows every mode, is [`super::launch`]). Each bot is a [`Behaviour`](super::Behaviour) run by [`super::join`]; what it does is
 //! in [`super::echo`], [`super::play`] and [`super::voicemail`].
 //!
 //! A bot lives until `DELETE /api/bots/{id}` or the service's shutdown (a `play` bot without
@@ -7,8 +7,6 @@
 //! with a stop reason, waits for their files to be final, then leaves the room. Bots are kept
 //! in memory only: after a restart they are gone (their messages stay, as recordings).
 
-use super::play::Media;
-use crate::app::App;
 use crate::record::manifest::{format_time, StopReason};
 use crate::record::store::RecordingStore;
 use crate::signal::hub::{Hub, JoinError};
@@ -207,6 +205,11 @@ impl Bot {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records the bot's peer id once it has joined its room.
+    pub(super) fn set_bot_peer(&self, peer: String) {
+        self.lock().bot_peer = Some(peer);
+    }
+
     /// Bot id.
     pub fn id(&self) -> &str {
         &self.id
@@ -358,7 +361,8 @@ impl BotStore {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, bot: &Arc<Bot>) {
+    /// Lists a started bot (newest last).
+    pub(super) fn insert(&self, bot: &Arc<Bot>) {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         self.map().insert(bot.id.clone(), (seq, Arc::clone(bot)));
     }
@@ -433,39 +437,6 @@ pub fn media_path(media_dir: &std::path::Path, name: &str) -> Result<PathBuf, Bo
         return Err(BotError::MediaNotFound(name.to_owned()));
     }
     Ok(real)
-}
-
-/// Starts a bot for `spec`: loads its media (refused before anything starts if it is not
-/// playable), joins the room, and lists it.
-pub async fn start(app: &Arc<App>, spec: BotSpec) -> Result<Arc<Bot>, BotError> {
-    if app.bots.running() >= MAX_BOTS {
-        return Err(BotError::TooMany(MAX_BOTS));
-    }
-    let media = match &spec.media {
-        Some(name) => {
-            let path = media_path(&app.config.args.media_dir, name)?;
-            let name = name.clone();
-            let loaded = tokio::task::spawn_blocking(move || super::play::load(&path, &name))
-                .await
-                .map_err(|e| BotError::Internal(e.to_string()))??;
-            Some(Arc::new(loaded))
-        }
-        None => None,
-    };
-    let bot = Bot::new(spec, Arc::clone(&app.hub));
-    let peer = match bot.spec.mode {
-        Mode::Echo => super::echo::start(app, &bot)?,
-        Mode::Play => {
-            let media: Arc<Media> =
-                media.ok_or_else(|| BotError::Invalid("`media` is required for `play`".into()))?;
-            super::play::start(app, &bot, media)?
-        }
-        Mode::Voicemail => super::voicemail::start(app, &bot, media)?,
-    };
-    bot.lock().bot_peer = Some(peer.clone());
-    app.bots.insert(&bot);
-    tracing::info!(bot = %bot.id, room = %bot.spec.room, mode = bot.spec.mode.name(), peer = %peer, "bot started");
-    Ok(bot)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 use super::play::{connected, drain, Media, CONNECT_TIMEOUT, STREAM};
 use super::registry::{Bot, BotError};
 use super::Behaviour;
-use crate::app::App;
+use super::Services;
 use crate::media::source::RemoteSource;
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::{MediaFrame, Outlet};
@@ -467,7 +467,7 @@ impl Behaviour for Voicemail {
 /// Puts voicemail bot `bot` in its room, greeting with `media`'s audio or the built-in tone.
 /// Returns its peer id.
 pub fn start(
-    app: &Arc<App>,
+    services: &Arc<Services>,
     bot: &Arc<Bot>,
     media: Option<Arc<Media>>,
 ) -> Result<String, BotError> {
@@ -490,16 +490,16 @@ pub fn start(
     let behaviour = Arc::new(Voicemail {
         shared: Arc::new(Shared {
             bot: Arc::clone(bot),
-            store: Arc::clone(&app.store),
-            hub: Arc::clone(&app.hub),
+            store: Arc::clone(&services.store),
+            hub: Arc::clone(&services.hub),
             greeting,
             goodbye,
             calls: Mutex::new(HashMap::new()),
         }),
     });
     Ok(super::join(
-        &app.hub,
-        Arc::clone(&app.factory),
+        &services.hub,
+        Arc::clone(&services.factory),
         bot.room(),
         "voicemail",
         behaviour,

@@ -10,6 +10,7 @@
 pub mod negotiation;
 pub mod outlet;
 pub mod room;
+pub mod whip;
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;

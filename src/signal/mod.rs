@@ -1,6 +1,6 @@
-//! Signaling: the wire protocol, the rooms hub, and the WebSocket route.
+//! Signaling: the wire protocol, the rooms hub, and the WebSocket session (its HTTP route is
+//! in `api`).
 
 pub mod hub;
 pub mod protocol;
-pub mod whip;
 pub mod ws;

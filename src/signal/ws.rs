@@ -1,27 +1,20 @@
-//! `GET /rooms/{room}/ws`: a client's WebSocket session in a room (SPEC §2).
+//! A client's WebSocket session in a room (SPEC §2), once `GET /rooms/{room}/ws` (the route,
+//! in `api::ws`, with its checks before the upgrade) has upgraded the connection.
 //!
-//! Checks happen before the upgrade (room name 400, room token 401, room full 503; the origin
-//! is checked by the router's middleware). The session then runs one task: frames in, queued
+//! The session runs one task: frames in, queued
 //! hub messages out, pings every [`PING_EVERY`], dropped after [`SILENCE_LIMIT`] without any
 //! frame. Bad frames get an `error` message; the connection stays open unless the client
 //! keeps sending garbage ([`GARBAGE_LIMIT`] per minute: closed with 1008). Every close the
 //! server starts leaves the room first, then completes the closing handshake (see `close`).
 
-use super::hub::MemberKind;
+use super::hub::{Hub, MemberKind};
 use super::protocol::{
-    parse_client_message, valid_room_name, ClientMessage, ErrorCode, Refusal, ServerMessage,
-    MAX_FRAME_BYTES,
+    parse_client_message, ClientMessage, ErrorCode, Refusal, ServerMessage, MAX_FRAME_BYTES,
 };
-use crate::api::error::ApiError;
-use crate::api::secret_matches;
-use crate::app::App;
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Ping period.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
@@ -39,53 +32,6 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Largest frame the WebSocket layer reads at all (larger ones close the connection); frames
 /// between [`MAX_FRAME_BYTES`] and this get a `too-large` error.
 pub const HARD_FRAME_LIMIT: usize = 256 * 1024;
-
-/// Query parameters of the WebSocket route.
-#[derive(Debug, Deserialize)]
-pub struct WsQuery {
-    /// Display name.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Room token.
-    #[serde(default)]
-    pub token: Option<String>,
-}
-
-/// The route handler.
-pub async fn handler(
-    State(app): State<Arc<App>>,
-    Path(room): Path<String>,
-    Query(query): Query<WsQuery>,
-    ws: WebSocketUpgrade,
-) -> Response {
-    if !valid_room_name(&room) {
-        return ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad-room",
-            "room must be 1-64 characters of A-Z a-z 0-9 _ -",
-        )
-        .into_response();
-    }
-    if let Some(expected) = &app.config.args.room_token {
-        let ok = query
-            .token
-            .as_deref()
-            .is_some_and(|t| secret_matches(t, expected));
-        if !ok {
-            return ApiError::unauthorized("a valid room `token` is required").into_response();
-        }
-    }
-    if let Err(e) = app.hub.has_room_for(&room) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "room-full", e.to_string())
-            .into_response();
-    }
-    let name = query.name.unwrap_or_default();
-    ws.max_message_size(HARD_FRAME_LIMIT)
-        .max_frame_size(HARD_FRAME_LIMIT)
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| session(socket, app, room, name))
-}
 
 /// Counts an open WebSocket session in the metrics for as long as it lives.
 struct ConnectionGauge;
@@ -157,8 +103,19 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     .await;
 }
 
-async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: String) {
-    let (membership, welcome, mut rx) = match app.hub.join(&room, &name, MemberKind::Client) {
+/// Runs the session of client `name` in `room` on an upgraded `socket` until it ends: joins
+/// the hub (a refusal closes with 1013), sends `welcome` and then the room's running
+/// recordings as `announce` lists them at that moment, relays, and leaves the room before the
+/// closing handshake. `shutdown` turning true closes with 1001.
+pub async fn session(
+    mut socket: WebSocket,
+    hub: Arc<Hub>,
+    room: String,
+    name: String,
+    announce: impl FnOnce(&str) -> Vec<ServerMessage>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (membership, welcome, mut rx) = match hub.join(&room, &name, MemberKind::Client) {
         Ok(joined) => joined,
         Err(e) => {
             tracing::info!(room, error = %e, "join refused");
@@ -172,22 +129,11 @@ async fn session(mut socket: WebSocket, app: Arc<App>, room: String, name: Strin
         return;
     }
     // A recording already running is announced to the newcomer too.
-    for recording in app.store.active() {
-        if recording.room() != room {
-            continue;
-        }
-        if let Some(peer) = recording.doc().bot_peer {
-            let notice = ServerMessage::Recording {
-                state: super::protocol::RecordingNotice::Started,
-                id: recording.id().to_owned(),
-                peer,
-            };
-            if !send(&mut socket, &notice).await {
-                return;
-            }
+    for notice in announce(&room) {
+        if !send(&mut socket, &notice).await {
+            return;
         }
     }
-    let mut shutdown = app.shutdown.subscribe();
     let mut last_seen = Instant::now();
     let mut last_ping = Instant::now();
     let mut check = tokio::time::interval(Duration::from_secs(5));

@@ -3,10 +3,10 @@
 //! the tool is missing.
 #![allow(dead_code)]
 
-use recbot::app::Server;
 use recbot::client::Clip;
 use recbot::config::ServeArgs;
 use recbot::peer::{PeerConfig, PeerFactory};
+use recbot::server::Server;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;

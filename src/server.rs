@@ -1,6 +1,10 @@
-//! The running service's shared state and its lifecycle: bind, serve, shut down cleanly.
+//! The service's lifecycle: builds the shared state, binds, serves, guards the disk, and
+//! shuts down cleanly. The top of the stack: it may use every module, none uses it.
 
+use crate::api::App;
+use crate::bot::Services;
 use crate::config::ServerConfig;
+use crate::peer::whip::WhipSessions;
 use crate::peer::{PeerConfig, PeerFactory};
 use crate::record::manifest::StopReason;
 use crate::record::store::{RecordError, RecordingStore};
@@ -9,28 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// Everything the handlers and bots share. Lives in an `Arc`.
-pub struct App {
-    /// Validated configuration.
-    pub config: ServerConfig,
-    /// Rooms and members.
-    pub hub: Arc<Hub>,
-    /// Builds peer connections.
-    pub factory: Arc<PeerFactory>,
-    /// All recordings.
-    pub store: Arc<RecordingStore>,
-    /// WHIP publishers' sessions.
-    pub whip: Arc<crate::signal::whip::WhipSessions>,
-    /// Free space of the recordings directory.
-    pub disk: Arc<crate::record::disk::DiskGuard>,
-    /// The answering bots (echo, play, voicemail).
-    pub bots: Arc<crate::bot::registry::BotStore>,
-    /// Per-client counters and the file-descriptor budget.
-    pub limits: Arc<crate::limits::Limits>,
-    /// Turns true when the service shuts down (WebSocket sessions close on it).
-    pub shutdown: watch::Sender<bool>,
-}
 
 /// Errors of starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -46,51 +28,60 @@ pub enum ServeError {
     Http(std::io::Error),
 }
 
-impl App {
-    /// Builds the shared state (loads existing recordings).
-    pub fn new(config: ServerConfig) -> Result<Arc<Self>, ServeError> {
-        // Counters count from the start, not from the first scrape.
-        let _ = crate::telemetry::handle();
-        let args = &config.args;
-        let store = RecordingStore::open(&args.recordings_dir, args.max_recordings)?;
-        let disk = Arc::new(crate::record::disk::DiskGuard::new(
-            &args.recordings_dir,
-            args.min_free_disk_mb.saturating_mul(1024 * 1024),
-        ));
-        let fds = crate::limits::FdBudget::for_process(args.fd_headroom);
-        let limits = Arc::new(crate::limits::Limits::new(
-            Arc::clone(&fds),
-            args.max_whip_per_client,
-            args.max_connections_per_ip,
-            args.trusted_proxies.clone(),
-        ));
-        let hub = Hub::with_limits(
-            config.ice_servers.clone(),
-            args.max_peers_per_room,
-            args.max_rooms,
-            args.reserved_rooms,
-            fds,
-        );
-        let factory = PeerFactory::new(PeerConfig {
-            udp_bind: args.udp_bind.clone(),
-            udp_ports: config.udp_ports,
-            public_ips: args.public_ips.clone(),
-            ice_servers: config.ice_servers.clone(),
-            outbound_loss: None,
-            loopback_candidates_only: args.loopback_candidates_only,
-        });
-        Ok(Arc::new(Self {
-            config,
-            hub,
-            factory,
-            store,
-            whip: Arc::default(),
-            disk,
-            bots: crate::bot::registry::BotStore::new(),
-            limits,
-            shutdown: watch::Sender::new(false),
-        }))
-    }
+/// Builds the shared state (loads existing recordings).
+fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
+    // Counters count from the start, not from the first scrape.
+    let _ = crate::telemetry::handle();
+    let args = &config.args;
+    let store = RecordingStore::open(&args.recordings_dir, args.max_recordings)?;
+    let disk = Arc::new(crate::record::disk::DiskGuard::new(
+        &args.recordings_dir,
+        args.min_free_disk_mb.saturating_mul(1024 * 1024),
+    ));
+    let fds = crate::limits::FdBudget::for_process(args.fd_headroom);
+    let limits = Arc::new(crate::limits::Limits::new(
+        Arc::clone(&fds),
+        args.max_whip_per_client,
+        args.max_connections_per_ip,
+        args.trusted_proxies.clone(),
+    ));
+    let hub = Hub::with_limits(
+        config.ice_servers.clone(),
+        args.max_peers_per_room,
+        args.max_rooms,
+        args.reserved_rooms,
+        fds,
+    );
+    let factory = PeerFactory::new(PeerConfig {
+        udp_bind: args.udp_bind.clone(),
+        udp_ports: config.udp_ports,
+        public_ips: args.public_ips.clone(),
+        ice_servers: config.ice_servers.clone(),
+        outbound_loss: None,
+        loopback_candidates_only: args.loopback_candidates_only,
+    });
+    let whip: Arc<WhipSessions> = Arc::default();
+    let services = Arc::new(Services {
+        hub: Arc::clone(&hub),
+        factory: Arc::clone(&factory),
+        store: Arc::clone(&store),
+        whip: Arc::clone(&whip),
+        disk: Arc::clone(&disk),
+        media_dir: args.media_dir.clone(),
+        max_recording: std::time::Duration::from_secs(args.max_recording_s),
+    });
+    Ok(Arc::new(App {
+        config,
+        hub,
+        factory,
+        store,
+        whip,
+        disk,
+        bots: crate::bot::registry::BotStore::new(),
+        services,
+        limits,
+        shutdown: watch::Sender::new(false),
+    }))
 }
 
 /// A service listening on a socket.
@@ -106,7 +97,7 @@ impl Server {
     /// Binds the listen address of `config` and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, ServeError> {
         let listen = config.args.listen;
-        let app = App::new(config)?;
+        let app = build_app(config)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServeError::Bind(listen, e))?;
@@ -136,7 +127,7 @@ impl Server {
         let active = self.app.store.active();
         tracing::info!(recordings = active.len(), "shutting down");
         let stops = active.iter().map(|recording| {
-            crate::bot::recorder::stop(&self.app, recording, StopReason::Shutdown)
+            crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
         });
         futures::future::join_all(stops).await;
         self.app.shutdown.send_replace(true);
@@ -237,9 +228,9 @@ async fn guard_disk(app: Arc<App>) {
         }
         for recording in app.store.active() {
             tracing::error!(recording = %recording.id(), "disk full: stopping the recording");
-            let app = Arc::clone(&app);
+            let services = Arc::clone(&app.services);
             tokio::spawn(async move {
-                crate::bot::recorder::stop(&app, &recording, StopReason::DiskFull).await;
+                crate::bot::recorder::stop(&services, &recording, StopReason::DiskFull).await;
             });
         }
     }
