@@ -81,15 +81,11 @@ impl Behaviour for Echo {
 
     async fn on_track(&self, peer: &PeerInfo, track: Arc<dyn TrackRemote>) {
         let mirror = self.mirrors().get(&peer.id).cloned();
-        let (Some(mirror), Some(ssrc)) = (mirror, track.ssrcs().await.first().copied()) else {
+        let (Some(mirror), Some((ssrc, mime))) = (mirror, RemoteSource::describe(&track).await)
+        else {
             super::play::drain(track).await;
             return;
         };
-        let mime = track
-            .codec(ssrc)
-            .await
-            .map(|c| c.mime_type.to_ascii_lowercase())
-            .unwrap_or_default();
         let source = RemoteSource::new(track, ssrc);
         match mime.as_str() {
             "video/vp8" => echo_video(source, &mirror).await,

@@ -49,15 +49,10 @@ impl Behaviour for Recorder {
     }
 
     async fn on_track(&self, peer: &PeerInfo, track: Arc<dyn TrackRemote>) {
-        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+        let Some((ssrc, mime)) = RemoteSource::describe(&track).await else {
             tracing::warn!(peer = %peer.id, "track without SSRC ignored");
             return;
         };
-        let mime = track
-            .codec(ssrc)
-            .await
-            .map(|c| c.mime_type.to_ascii_lowercase())
-            .unwrap_or_default();
         record(&self.recording, peer, &mime, RemoteSource::new(track, ssrc));
     }
 

@@ -392,15 +392,10 @@ impl Behaviour for Voicemail {
 
     async fn on_track(&self, peer: &PeerInfo, track: Arc<dyn TrackRemote>) {
         let call = self.shared.calls().get(&peer.id).cloned();
-        let (Some(call), Some(ssrc)) = (call, track.ssrcs().await.first().copied()) else {
+        let (Some(call), Some((ssrc, mime))) = (call, RemoteSource::describe(&track).await) else {
             drain(track).await;
             return;
         };
-        let mime = track
-            .codec(ssrc)
-            .await
-            .map(|c| c.mime_type.to_ascii_lowercase())
-            .unwrap_or_default();
         let (kind, extension) = match mime.as_str() {
             "video/vp8" => (Kind::Video, "webm"),
             "audio/opus" => (Kind::Audio, "ogg"),

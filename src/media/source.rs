@@ -47,6 +47,19 @@ pub struct RemoteSource {
 }
 
 impl RemoteSource {
+    /// The preamble every `on_track` needs: the track's first SSRC and its codec's MIME type
+    /// in lower case (`video/vp8`, `audio/opus`; empty when unknown). `None` when the track has
+    /// no SSRC yet.
+    pub async fn describe(track: &Arc<dyn TrackRemote>) -> Option<(u32, String)> {
+        let ssrc = track.ssrcs().await.first().copied()?;
+        let mime = track
+            .codec(ssrc)
+            .await
+            .map(|c| c.mime_type.to_ascii_lowercase())
+            .unwrap_or_default();
+        Some((ssrc, mime))
+    }
+
     /// Reads `track`, whose media SSRC is `ssrc`.
     pub fn new(track: Arc<dyn TrackRemote>, ssrc: u32) -> Self {
         Self { track, ssrc }

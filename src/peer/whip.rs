@@ -181,15 +181,10 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some(ssrc) = track.ssrcs().await.first().copied() else {
+        let Some((ssrc, mime)) = RemoteSource::describe(&track).await else {
             return;
         };
         let kind = track.kind().await;
-        let mime = track
-            .codec(ssrc)
-            .await
-            .map(|c| c.mime_type.to_ascii_lowercase())
-            .unwrap_or_default();
         let (relay, mut keyframes) = Relay::new();
         self.sessions.add_track(
             &self.session,
