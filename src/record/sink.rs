@@ -112,8 +112,8 @@ enum Out {
     },
 }
 
-/// The output of one track. After an error it takes nothing more (the error is returned once,
-/// by the call that failed); `finish` still closes what was written.
+/// The output of one track. After a failed start, push or flush it takes no more samples;
+/// `flush` and `finish` still run on what was written (and report their own errors).
 pub struct Sink {
     entry: Arc<TrackEntry>,
     out: Out,
