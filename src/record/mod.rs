@@ -10,6 +10,7 @@ pub mod mux;
 pub mod ogg;
 pub mod repair;
 pub mod session;
+pub mod sink;
 pub mod stats;
 pub mod store;
 pub mod track;

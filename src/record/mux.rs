@@ -421,12 +421,8 @@ impl Inner {
                 }
             };
         attached.last_ts = ts;
-        let stats = &attached.entry.stats;
-        stats.frames.fetch_add(1, Ordering::Relaxed);
-        if item.keyframe && item.lane == Lane::Video {
-            stats.keyframes.fetch_add(1, Ordering::Relaxed);
-        }
-        stats.duration_ms.store(ts as u64, Ordering::Relaxed);
+        let keyframe = item.keyframe && item.lane == Lane::Video;
+        attached.entry.stats.wrote(keyframe, ts as u64);
         let bytes = writer.bytes_written();
         for attached in self.lanes.iter().flatten() {
             attached.entry.stats.bytes.store(bytes, Ordering::Relaxed);

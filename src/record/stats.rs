@@ -1,6 +1,6 @@
 //! A track of a recording as the writers and the API see it: its identity and its live
 //! figures ([`TrackStats`], atomics: the track's writer updates them, the API reads them).
-//! Below the session and the writers (`mux`, `track`), which both fill them in.
+//! Below the session and the writers (`sink`, `mux`), which fill them in.
 
 use super::manifest::{Kind, TrackDoc};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -30,6 +30,24 @@ pub struct TrackStats {
     pub start_offset_ms: AtomicI64,
     /// The file exists on disk.
     pub file_created: AtomicBool,
+}
+
+impl TrackStats {
+    /// One frame or packet written (a video `keyframe` counts as one too); the track's
+    /// duration so far is `duration_ms`.
+    pub fn wrote(&self, keyframe: bool, duration_ms: u64) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        if keyframe {
+            self.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration_ms.store(duration_ms, Ordering::Relaxed);
+    }
+
+    /// The latest video frame size (from a keyframe).
+    pub fn note_size(&self, width: u16, height: u16) {
+        self.width.store(u32::from(width), Ordering::Relaxed);
+        self.height.store(u32::from(height), Ordering::Relaxed);
+    }
 }
 
 /// One track of a recording.

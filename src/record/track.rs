@@ -1,24 +1,24 @@
 //! One task per received track: RTP in, reorder and assemble, map to the recording's clock,
 //! write, flush every second, finalize on stop or when the participant leaves.
 //!
-//! The task reads the webrtc-rs track directly and owns its writer, so a packet never crosses
-//! another task or lock on its way to the file. It sleeps only until the next deadline (a
+//! A pipeline keeps only RTP → reorder/assemble → placement on the file's timeline; its
+//! [`Sink`] writes (own file or a muxed file's lane). The task loop does the rest: deadlines,
+//! keyframe requests, stop handling, manifest rewrites and error reports.
+//!
+//! The task reads the webrtc-rs track directly and owns its sink, so a packet never crosses
+//! another task or lock on its way to an own file. It sleeps only until the next deadline (a
 //! reorder timeout, a PLI, a flush).
 
 use super::manifest::Kind;
-use super::mux::{Lane, MuxFile};
-use super::ogg::{OggOpusWriter, PacketOutcome};
+use super::mux::MuxFile;
 use super::session::{TrackContext, TrackEntry};
-use super::webm::{WebmTrack, WebmWriter};
+use super::sink::{clock_rate, MediaTime, Sample, Sink, Start};
 use crate::media::clock::{FileTimeline, TrackClock};
-use crate::media::opus::OPUS_PRE_SKIP;
 use crate::media::pli::{PliPolicy, Request};
 use crate::media::rtp::{Released, ReorderBuffer, SeqUnwrapper, TsUnwrapper};
 use crate::media::source::{MediaSource, SourceEvent};
 use crate::media::vp8::{payload_starts_keyframe, Vp8Assembler, Vp8Event, Vp8Frame};
 use bytes::Bytes;
-use std::fs::File;
-use std::io::BufWriter;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,8 +33,6 @@ pub const VIDEO_REORDER: Duration = Duration::from_millis(300);
 pub const VIDEO_LOSS_SUSPECT: Duration = Duration::from_millis(150);
 /// How long a missing audio packet is waited for.
 pub const AUDIO_REORDER: Duration = Duration::from_millis(120);
-/// Write buffer per file.
-const WRITE_BUFFER: usize = 64 * 1024;
 
 /// What ended a track.
 enum End {
@@ -68,26 +66,21 @@ struct PictureLossIndicationDue(crate::media::pli::Request);
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
 /// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
 pub async fn run<S: MediaSource>(mut ctx: TrackContext, source: S, mux: Option<Arc<MuxFile>>) {
-    let clock = TrackClock::new(
-        ctx.recording.clock(),
-        if ctx.entry.kind == Kind::Video {
-            90_000
-        } else {
-            48_000
-        },
-    );
+    let clock = TrackClock::new(ctx.recording.clock(), clock_rate(ctx.entry.kind));
+    let sink = match mux {
+        Some(mux) => Sink::lane(Arc::clone(&ctx.entry), mux),
+        None => Sink::own(Arc::clone(&ctx.entry), ctx.path.clone()),
+    };
+    let bytes_are_mine = sink.bytes_are_mine();
     match ctx.entry.kind {
         Kind::Video => {
-            let mut pipeline =
-                VideoPipeline::new(clock, Instant::now(), ctx.recording.options().pli_interval);
-            pipeline.mux = mux;
-            drive(&mut ctx, source, pipeline, true).await
+            let pli_interval = ctx.recording.options().pli_interval;
+            let pipeline = VideoPipeline::new(clock, sink, Instant::now(), pli_interval);
+            drive(&mut ctx, source, pipeline, bytes_are_mine).await
         }
         Kind::Audio => {
-            let mut pipeline = AudioPipeline::new(clock);
-            let shares_file = mux.is_some();
-            pipeline.mux = mux;
-            drive(&mut ctx, source, pipeline, !shares_file).await
+            let pipeline = AudioPipeline::new(clock, sink);
+            drive(&mut ctx, source, pipeline, bytes_are_mine).await
         }
     }
 }
@@ -218,150 +211,98 @@ async fn drive<S: MediaSource, P: Pipeline>(
     reported.report(&ctx.entry.stats);
 }
 
-fn open(ctx: &TrackContext) -> std::io::Result<BufWriter<File>> {
-    let file = File::create(&ctx.path)?;
-    ctx.entry.stats.file_created.store(true, Ordering::Relaxed);
-    Ok(BufWriter::with_capacity(WRITE_BUFFER, file))
-}
-
-/// Creates the track's file with `make` and places its first sample (extended timestamp `ext`
-/// at recording time `t`). On failure the error is recorded and `None` returned.
-fn start_file<W, E: std::fmt::Display>(
-    ctx: &TrackContext,
+/// A sample of the track before its placement in the file.
+struct Unplaced {
+    /// Extended RTP timestamp.
     ext: i64,
+    /// Recording time (seconds) the track's clock maps it to.
     t: f64,
+    keyframe: bool,
+    size: Option<(u16, u16)>,
+    data: Bytes,
+    arrival: Instant,
+}
+
+/// Places a sample on its file's timeline (the sink starts with the first one it takes) and
+/// pushes it into the sink; a sample after the requested stop is dropped. The manifest is
+/// rewritten when the file started; an error is recorded on the track.
+fn place(
+    ctx: &TrackContext,
+    sink: &mut Sink,
+    timeline: &mut Option<FileTimeline>,
     clock: &TrackClock,
-    make: impl FnOnce(BufWriter<File>) -> Result<W, E>,
-) -> Option<(W, FileTimeline)> {
-    let writer = match open(ctx) {
-        Ok(out) => make(out).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    match writer {
-        Ok(writer) => {
-            ctx.entry
-                .stats
-                .start_offset_ms
-                .store(ms(t), Ordering::Relaxed);
-            // On disk at once, so a crash leaves the file listed and placed.
-            ctx.recording.write_manifest();
-            Some((writer, FileTimeline::start(ext, t, clock)))
-        }
-        Err(e) => {
-            ctx.recording.track_error(&ctx.entry, &e);
-            None
-        }
-    }
-}
-
-/// A writer that can push its buffered bytes to the OS.
-trait Flush {
-    fn flush_out(&mut self) -> Result<(), String>;
-}
-
-impl<W: std::io::Write + std::io::Seek> Flush for WebmWriter<W> {
-    fn flush_out(&mut self) -> Result<(), String> {
-        self.flush().map_err(|e| e.to_string())
-    }
-}
-
-impl<W: std::io::Write> Flush for OggOpusWriter<W> {
-    fn flush_out(&mut self) -> Result<(), String> {
-        self.flush().map_err(|e| e.to_string())
-    }
-}
-
-/// Flushes the track's own writer or its muxed file; a failure stops the track's writing.
-fn flush_output<F: Flush>(
-    ctx: &TrackContext,
-    writer: Option<&mut F>,
-    mux: Option<&MuxFile>,
-    failed: &mut bool,
+    sample: Unplaced,
 ) {
-    let result = match (writer, mux) {
-        (Some(writer), _) => writer.flush_out(),
-        (None, Some(mux)) => mux.flush().map_err(|e| e.to_string()),
-        (None, None) => Ok(()),
-    };
-    if let Err(e) = result {
-        *failed = true;
-        ctx.recording.track_error(&ctx.entry, &e);
-    }
-}
-
-/// After a push into a muxed file: the manifest is rewritten when the push started the file;
-/// an error stops the track's writing.
-fn after_push(
-    ctx: &TrackContext,
-    pushed: Result<Option<f64>, super::mux::MuxError>,
-    failed: &mut bool,
-) {
-    match pushed {
-        Ok(Some(_started)) => ctx.recording.write_manifest(),
-        Ok(None) => {}
-        Err(e) => {
-            *failed = true;
-            ctx.recording.track_error(&ctx.entry, &e);
-        }
-    }
-}
-
-/// The last step of a track's own file: its size to the figures, then flush and fsync. A
-/// failure is reported on the track (the file may not be durable), never dropped.
-fn close_file(ctx: &TrackContext, out: BufWriter<File>) {
-    let file = match out.into_inner() {
-        Ok(file) => file,
-        Err(e) => {
-            let error = format!("flush at finalize: {}", e.error());
-            ctx.recording.track_error(&ctx.entry, &error);
+    if let Some(stop) = *ctx.stop.borrow() {
+        if sample.t > ctx.recording.clock().seconds(stop) {
             return;
         }
-    };
-    if let Ok(meta) = file.metadata() {
-        ctx.entry.stats.bytes.store(meta.len(), Ordering::Relaxed);
     }
-    if let Err(e) = file.sync_all() {
-        let error = format!("fsync at finalize: {e} (the file may not be durable)");
-        ctx.recording.track_error(&ctx.entry, &error);
+    if timeline.is_none() {
+        match sink.start(sample.keyframe, sample.size, &sample.data, sample.t) {
+            Ok(Start::Wait) => return,
+            Ok(Start::Open) => {}
+            // On disk at once, so a crash leaves the file listed and placed.
+            Ok(Start::Created) => ctx.recording.write_manifest(),
+            Err(e) => {
+                ctx.recording.track_error(&ctx.entry, &e);
+                return;
+            }
+        }
+        *timeline = Some(FileTimeline::start(sample.ext, sample.t, clock));
+    }
+    let Some(timeline) = timeline.as_mut() else {
+        return;
+    };
+    let (position, moved) = timeline.position(sample.ext, sample.t, clock, &ctx.sender);
+    let placed = Sample {
+        file_start: timeline.first_t(),
+        moved,
+        position: MediaTime::new(position, clock_rate(ctx.entry.kind)),
+        keyframe: sample.keyframe,
+        size: sample.size,
+        data: sample.data,
+        arrival: sample.arrival,
+    };
+    match sink.push(placed) {
+        Ok(true) => ctx.recording.write_manifest(),
+        Ok(false) => {}
+        Err(e) => ctx.recording.track_error(&ctx.entry, &e),
     }
 }
 
-fn finish_mux(ctx: &TrackContext, mux: &MuxFile, lane: Lane, end: Instant) {
-    if let Err(e) = mux.finish(lane, ctx.recording.clock().seconds(end)) {
+/// Flushes the sink; a failure is recorded (the sink then takes no more samples).
+fn flush(ctx: &TrackContext, sink: &mut Sink) {
+    if let Err(e) = sink.flush() {
         ctx.recording.track_error(&ctx.entry, &e);
     }
 }
 
-fn ms(seconds: f64) -> i64 {
-    (seconds * 1000.0).round() as i64
+/// Ends the sink at `end`; a failure is recorded (the file may not be complete or durable).
+fn finish(ctx: &TrackContext, sink: Sink, end: Instant, timeline: Option<&FileTimeline>) {
+    if let Err(e) = sink.finish(ctx.recording.clock().seconds(end), timeline) {
+        ctx.recording.track_error(&ctx.entry, &e);
+    }
 }
 
 struct VideoPipeline {
     assembler: Vp8Assembler,
     pli: PliPolicy,
     clock: TrackClock,
-    writer: Option<WebmWriter<BufWriter<File>>>,
-    mux: Option<Arc<MuxFile>>,
+    sink: Sink,
     timeline: Option<FileTimeline>,
-    last_ms: u64,
-    size: Option<(u16, u16)>,
-    failed: bool,
     /// The gap (by when it became visible) already reported as a loss.
     suspected_gap: Option<Instant>,
 }
 
 impl VideoPipeline {
-    fn new(clock: TrackClock, now: Instant, pli_interval: Option<Duration>) -> Self {
+    fn new(clock: TrackClock, sink: Sink, now: Instant, pli_interval: Option<Duration>) -> Self {
         Self {
             assembler: Vp8Assembler::new(VIDEO_REORDER),
             pli: PliPolicy::new(now, pli_interval),
             clock,
-            writer: None,
-            mux: None,
+            sink,
             timeline: None,
-            last_ms: 0,
-            size: None,
-            failed: false,
             suspected_gap: None,
         }
     }
@@ -380,99 +321,20 @@ impl VideoPipeline {
     }
 
     fn frame(&mut self, ctx: &TrackContext, frame: Vp8Frame) {
-        if self.failed {
+        if self.sink.failed() {
             return;
         }
-        let stats = &ctx.entry.stats;
         let ext = frame.rtp_ts as i64;
         let t = self.clock.map(ext, frame.first_arrival, &ctx.sender);
-        if let Some(stop) = *ctx.stop.borrow() {
-            if t > ctx.recording.clock().seconds(stop) {
-                return;
-            }
-        }
-        if self.timeline.is_none() && self.mux.is_some() {
-            if !frame.keyframe {
-                return;
-            }
-            self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
-        }
-        if self.timeline.is_none() {
-            if !frame.keyframe {
-                return;
-            }
-            let (w, h) = frame.size.unwrap_or((0, 0));
-            let track = WebmTrack::Video {
-                number: 1,
-                width: u32::from(w),
-                height: u32::from(h),
-            };
-            match start_file(ctx, ext, t, &self.clock, |out| {
-                WebmWriter::new(out, &[track])
-            }) {
-                Some((writer, timeline)) => {
-                    self.writer = Some(writer);
-                    self.timeline = Some(timeline);
-                }
-                None => {
-                    self.failed = true;
-                    return;
-                }
-            }
-        }
-        let Some(timeline) = self.timeline.as_mut() else {
-            return;
+        let sample = Unplaced {
+            ext,
+            t,
+            keyframe: frame.keyframe,
+            size: frame.size,
+            data: frame.data,
+            arrival: frame.first_arrival,
         };
-        let (position, moved) = timeline.position(ext, t, &self.clock, &ctx.sender);
-        if position < 0 {
-            return;
-        }
-        if let Some(mux) = &self.mux {
-            if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
-                stats.width.store(u32::from(w), Ordering::Relaxed);
-                stats.height.store(u32::from(h), Ordering::Relaxed);
-            }
-            let at = timeline.first_t() + position as f64 / 90_000.0;
-            let pushed = mux.push_video(at, frame.keyframe, frame.size, frame.data);
-            after_push(ctx, pushed, &mut self.failed);
-            return;
-        }
-        if moved {
-            stats
-                .start_offset_ms
-                .store(ms(timeline.first_t()), Ordering::Relaxed);
-        }
-        let Some(writer) = self.writer.as_mut() else {
-            return;
-        };
-        // 90 kHz → ms. The writer keeps the track's timestamps strictly increasing.
-        let ts = ((position + 45) / 90) as u64;
-        if let Some((w, h)) = frame.size.filter(|_| frame.keyframe) {
-            if self.size != Some((w, h)) {
-                if self.size.is_some() {
-                    tracing::info!(file = %ctx.entry.file, w, h, "resolution changed");
-                }
-                self.size = Some((w, h));
-                writer.note_video_size(1, u32::from(w), u32::from(h));
-                stats.width.store(u32::from(w), Ordering::Relaxed);
-                stats.height.store(u32::from(h), Ordering::Relaxed);
-            }
-        }
-        match writer.write_frame(1, ts, frame.keyframe, &frame.data) {
-            Ok(ts) => {
-                self.last_ms = ts;
-                stats.frames.fetch_add(1, Ordering::Relaxed);
-                if frame.keyframe {
-                    stats.keyframes.fetch_add(1, Ordering::Relaxed);
-                }
-                stats.bytes.store(writer.bytes_written(), Ordering::Relaxed);
-                stats.duration_ms.store(ts, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.failed = true;
-                ctx.recording.track_error(&ctx.entry, &e);
-            }
-        }
+        place(ctx, &mut self.sink, &mut self.timeline, &self.clock, sample);
     }
 
     fn sync_loss(&self, entry: &TrackEntry) {
@@ -539,12 +401,7 @@ impl Pipeline for VideoPipeline {
     }
 
     fn flush(&mut self, ctx: &TrackContext) {
-        flush_output(
-            ctx,
-            self.writer.as_mut(),
-            self.mux.as_deref(),
-            &mut self.failed,
-        );
+        flush(ctx, &mut self.sink);
     }
 
     fn finish(mut self, ctx: &TrackContext, end: Instant) {
@@ -552,25 +409,7 @@ impl Pipeline for VideoPipeline {
             self.event(ctx, event);
         }
         self.sync_loss(&ctx.entry);
-        if let Some(mux) = self.mux.take() {
-            finish_mux(ctx, &mux, Lane::Video, end);
-            return;
-        }
-        let (Some(writer), Some(timeline)) = (self.writer.take(), self.timeline.as_ref()) else {
-            return;
-        };
-        let live = ms(ctx.recording.clock().seconds(end) - timeline.first_t()).max(0) as u64;
-        let duration = live.max(self.last_ms + 1);
-        match writer.finalize(duration) {
-            Ok(out) => {
-                close_file(ctx, out);
-                ctx.entry
-                    .stats
-                    .duration_ms
-                    .store(duration, Ordering::Relaxed);
-            }
-            Err(e) => ctx.recording.track_error(&ctx.entry, &e),
-        }
+        finish(ctx, self.sink, end, self.timeline.as_ref());
     }
 }
 
@@ -585,23 +424,19 @@ struct AudioPipeline {
     seq: SeqUnwrapper,
     ts: TsUnwrapper,
     clock: TrackClock,
-    writer: Option<OggOpusWriter<BufWriter<File>>>,
-    mux: Option<Arc<MuxFile>>,
+    sink: Sink,
     timeline: Option<FileTimeline>,
-    failed: bool,
 }
 
 impl AudioPipeline {
-    fn new(clock: TrackClock) -> Self {
+    fn new(clock: TrackClock, sink: Sink) -> Self {
         Self {
             reorder: ReorderBuffer::new(AUDIO_REORDER, 64),
             seq: SeqUnwrapper::new(),
             ts: TsUnwrapper::new(),
             clock,
-            writer: None,
-            mux: None,
+            sink,
             timeline: None,
-            failed: false,
         }
     }
 
@@ -618,75 +453,20 @@ impl AudioPipeline {
     }
 
     fn write(&mut self, ctx: &TrackContext, packet: AudioPacket) {
-        if self.failed || packet.payload.is_empty() {
+        if self.sink.failed() || packet.payload.is_empty() {
             return;
         }
-        let stats = &ctx.entry.stats;
         let ext = self.ts.unwrap(packet.ts) as i64;
         let t = self.clock.map(ext, packet.arrival, &ctx.sender);
-        if let Some(stop) = *ctx.stop.borrow() {
-            if t > ctx.recording.clock().seconds(stop) {
-                return;
-            }
-        }
-        let channels = if packet.payload[0] & 0x04 != 0 { 2 } else { 1 };
-        if self.timeline.is_none() && self.mux.is_some() {
-            self.timeline = Some(FileTimeline::start(ext, t, &self.clock));
-        }
-        if self.timeline.is_none() {
-            let serial = rand::random::<u32>();
-            match start_file(ctx, ext, t, &self.clock, |out| {
-                OggOpusWriter::new(out, serial, channels, OPUS_PRE_SKIP)
-            }) {
-                Some((writer, timeline)) => {
-                    self.writer = Some(writer);
-                    self.timeline = Some(timeline);
-                }
-                None => {
-                    self.failed = true;
-                    return;
-                }
-            }
-        }
-        let Some(timeline) = self.timeline.as_mut() else {
-            return;
+        let sample = Unplaced {
+            ext,
+            t,
+            keyframe: false,
+            size: None,
+            data: packet.payload,
+            arrival: packet.arrival,
         };
-        let (position, moved) = timeline.position(ext, t, &self.clock, &ctx.sender);
-        if let Some(mux) = &self.mux {
-            if position >= 0 {
-                let at = timeline.first_t() + position as f64 / 48_000.0;
-                let pushed = mux.push_audio(at, channels, packet.payload, packet.arrival);
-                after_push(ctx, pushed, &mut self.failed);
-            }
-            return;
-        }
-        if moved {
-            stats
-                .start_offset_ms
-                .store(ms(timeline.first_t()), Ordering::Relaxed);
-        }
-        let Some(writer) = self.writer.as_mut() else {
-            return;
-        };
-        let Ok(pts) = u64::try_from(position) else {
-            return;
-        };
-        match writer.write_packet(&packet.payload, pts) {
-            Ok(PacketOutcome::Written { .. }) => {
-                stats.frames.fetch_add(1, Ordering::Relaxed);
-                stats.bytes.store(writer.bytes_written(), Ordering::Relaxed);
-                stats
-                    .duration_ms
-                    .store(writer.duration_samples() / 48, Ordering::Relaxed);
-            }
-            Ok(PacketOutcome::Dropped(reason)) => {
-                tracing::trace!(file = %ctx.entry.file, ?reason, "audio packet dropped");
-            }
-            Err(e) => {
-                self.failed = true;
-                ctx.recording.track_error(&ctx.entry, &e);
-            }
-        }
+        place(ctx, &mut self.sink, &mut self.timeline, &self.clock, sample);
     }
 }
 
@@ -722,12 +502,7 @@ impl Pipeline for AudioPipeline {
     }
 
     fn flush(&mut self, ctx: &TrackContext) {
-        flush_output(
-            ctx,
-            self.writer.as_mut(),
-            self.mux.as_deref(),
-            &mut self.failed,
-        );
+        flush(ctx, &mut self.sink);
     }
 
     fn finish(mut self, ctx: &TrackContext, end: Instant) {
@@ -735,30 +510,160 @@ impl Pipeline for AudioPipeline {
         for released in rest {
             self.released(ctx, released);
         }
-        if let Some(mux) = self.mux.take() {
-            finish_mux(ctx, &mux, Lane::Audio, end);
-            return;
+        finish(ctx, self.sink, end, self.timeline.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::session::{RecordOptions, Recording};
+    use std::path::{Path, PathBuf};
+
+    fn rtp(seq: u16, ts: u32, payload: Vec<u8>) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                marker: true,
+                ssrc: 7,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
         }
-        let (Some(writer), Some(timeline)) = (self.writer.take(), self.timeline.as_ref()) else {
-            return;
-        };
-        let live = timeline
-            .position_at(ctx.recording.clock().seconds(end))
-            .max(0) as u64;
-        // The file's timeline counts the pre-skip samples (RFC 7845): ending at `live` played
-        // samples means a final granule of live + pre-skip.
-        let end_pts = live + u64::from(OPUS_PRE_SKIP);
-        let duration = writer.duration_samples();
-        match writer.finalize(Some(end_pts)) {
-            Ok(out) => {
-                close_file(ctx, out);
-                let samples = duration.max(end_pts - u64::from(OPUS_PRE_SKIP));
-                ctx.entry
-                    .stats
-                    .duration_ms
-                    .store(samples / 48, Ordering::Relaxed);
+    }
+
+    /// Frame `i` of a 30 fps VP8 track in one packet: a keyframe every 30 frames (16x16, then
+    /// 32x24 from the second on), varied sizes.
+    fn vp8(i: u32) -> Vec<u8> {
+        let mut p = vec![0x10];
+        if i.is_multiple_of(30) {
+            let w = if i == 0 { 16 } else { 32 };
+            p.extend([0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, w, 0, 24, 0]);
+        } else {
+            p.extend([0x11, 0x00, 0x00]);
+        }
+        p.extend(0..(i % 50) as u8 + 20);
+        p
+    }
+
+    /// The Ogg bytes without the random serial and the CRCs that depend on it.
+    fn mask_ogg(mut bytes: Vec<u8>) -> Vec<u8> {
+        let mut at = 0;
+        while at + 27 <= bytes.len() && &bytes[at..at + 4] == b"OggS" {
+            let segments = usize::from(bytes[at + 26]);
+            let body: usize = bytes[at + 27..at + 27 + segments]
+                .iter()
+                .map(|s| usize::from(*s))
+                .sum();
+            bytes[at + 14..at + 18].fill(0);
+            bytes[at + 22..at + 26].fill(0);
+            at += 27 + segments + body;
+        }
+        bytes
+    }
+
+    fn same_as_golden(name: &str, bytes: &[u8]) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/golden")
+            .join(name);
+        if std::env::var("RECBOT_BLESS").as_deref() == Ok("1") {
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let first_diff = golden.iter().zip(bytes).position(|(a, b)| a != b);
+        assert!(
+            first_diff.is_none() && golden.len() == bytes.len(),
+            "{name}: {} bytes, golden {}; first difference at {first_diff:?}",
+            bytes.len(),
+            golden.len()
+        );
+    }
+
+    /// The same RTP (2 s of 30 fps video with a resolution change, 20 ms audio with one packet
+    /// lost, at fixed arrivals) through the pipelines into own files and into a muxed file:
+    /// the files and the figures stay what they were before the sink was split out of the
+    /// pipelines (golden files from that code).
+    #[test]
+    fn pipelines_write_the_same_files_and_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        rec.set_recording("bot");
+        let base = Instant::now();
+        let own_v = rec.add_track("q", "bob", Kind::Video, "webm").unwrap();
+        let own_a = rec.add_track("q", "bob", Kind::Audio, "ogg").unwrap();
+        let (mux_v, mux) = rec.add_muxed_track("p", "alice", Kind::Video).unwrap();
+        let (mux_a, _) = rec.add_muxed_track("p", "alice", Kind::Audio).unwrap();
+        let mut videos = [video(&own_v, None, base), video(&mux_v, Some(&mux), base)];
+        let mut audios = [audio(&own_a, None), audio(&mux_a, Some(&mux))];
+        // Arrivals in µs after `base`: audio from 0.3 ms, video from 10.2 ms.
+        let mut events: Vec<(u64, bool, rtc::rtp::Packet)> = Vec::new();
+        for i in 0..100u32 {
+            if i != 40 {
+                let packet = rtp(500 + i as u16, 960 * i, vec![0x78, i as u8, 2]);
+                events.push((300 + 20_000 * u64::from(i), false, packet));
             }
-            Err(e) => ctx.recording.track_error(&ctx.entry, &e),
         }
+        for i in 0..60u32 {
+            let packet = rtp(9000 + i as u16, 77_000 + 3000 * i, vp8(i));
+            events.push((10_200 + 33_333 * u64::from(i), true, packet));
+        }
+        events.sort_by_key(|e| e.0);
+        for (at, is_video, packet) in events {
+            let now = base + Duration::from_micros(at);
+            if is_video {
+                videos[0].packet(&own_v, packet.clone(), now);
+                videos[1].packet(&mux_v, packet, now);
+            } else {
+                audios[0].packet(&own_a, packet.clone(), now);
+                audios[1].packet(&mux_a, packet, now);
+            }
+        }
+        let end = base + Duration::from_micros(2_100_300);
+        let [own_video, mux_video] = videos;
+        let [own_audio, mux_audio] = audios;
+        own_video.finish(&own_v, end);
+        own_audio.finish(&own_a, end);
+        mux_video.finish(&mux_v, end);
+        mux_audio.finish(&mux_a, end);
+
+        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        same_as_golden("pipeline-video.webm", &read(&own_v.path));
+        same_as_golden("pipeline-audio.ogg.masked", &mask_ogg(read(&own_a.path)));
+        same_as_golden("pipeline-av.webm", &read(&dir.path().join(mux.name())));
+        // The figures, but the start offsets (they count from the recording's zero, which is
+        // not `base`).
+        let mut tracks = rec.doc().tracks;
+        for t in &mut tracks {
+            assert!(t.start_offset_ms.is_some(), "{t:?}");
+            t.start_offset_ms = None;
+        }
+        let figures = serde_json::to_string_pretty(&tracks).unwrap();
+        same_as_golden("pipeline-figures.json", figures.as_bytes());
+    }
+
+    fn video(ctx: &TrackContext, mux: Option<&Arc<MuxFile>>, now: Instant) -> VideoPipeline {
+        let clock = TrackClock::new(ctx.recording.clock(), 90_000);
+        let sink = match mux {
+            Some(mux) => Sink::lane(Arc::clone(&ctx.entry), Arc::clone(mux)),
+            None => Sink::own(Arc::clone(&ctx.entry), ctx.path.clone()),
+        };
+        VideoPipeline::new(clock, sink, now, None)
+    }
+
+    fn audio(ctx: &TrackContext, mux: Option<&Arc<MuxFile>>) -> AudioPipeline {
+        let clock = TrackClock::new(ctx.recording.clock(), 48_000);
+        let sink = match mux {
+            Some(mux) => Sink::lane(Arc::clone(&ctx.entry), Arc::clone(mux)),
+            None => Sink::own(Arc::clone(&ctx.entry), ctx.path.clone()),
+        };
+        AudioPipeline::new(clock, sink)
     }
 }
