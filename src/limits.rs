@@ -321,18 +321,18 @@ pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Gives memory freed by ended peers back to the system. glibc's malloc keeps freed pages of
 /// its per-thread arenas mapped (after a flood of 1,000 WHIP sessions: hundreds of MB, never
 /// returned); every [`TRIM_EVERY`], if fewer peers are present than at the last look,
-/// `malloc_trim(0)` releases them. Ends when `shutdown` turns true. A no-op loop elsewhere
+/// `malloc_trim(0)` releases them. Ends when `shutdown` is cancelled. A no-op loop elsewhere
 /// than glibc.
 pub async fn trim_memory_after_churn(
     peers: impl Fn() -> usize + Send + 'static,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
     let mut last = peers();
     let mut tick = tokio::time::interval(TRIM_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::util::until_true(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
         let now = peers();
         if now < last {

@@ -11,8 +11,8 @@ use crate::record::store::{RecordError, RecordingStore};
 use crate::signal::hub::Hub;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Errors of starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,7 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         bots: crate::bot::registry::BotStore::new(),
         services,
         limits,
-        shutdown: watch::Sender::new(false),
+        shutdown: CancellationToken::new(),
     }))
 }
 
@@ -110,7 +110,7 @@ impl Server {
         let hub = Arc::clone(&app.hub);
         tokio::spawn(crate::limits::trim_memory_after_churn(
             move || hub.counts().1,
-            app.shutdown.subscribe(),
+            app.shutdown.clone(),
         ));
         tracing::info!(%addr, "listening");
         // Under systemd (Type=notify): ready now. A no-op elsewhere.
@@ -130,7 +130,7 @@ impl Server {
             crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
         });
         futures::future::join_all(stops).await;
-        self.app.shutdown.send_replace(true);
+        self.app.shutdown.cancel();
         match tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await {
             Ok(Ok(result)) => result.map_err(ServeError::Http),
             Ok(Err(e)) => Err(ServeError::Http(std::io::Error::other(e))),
@@ -155,7 +155,7 @@ async fn serve_http(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let header_timeout = std::time::Duration::from_secs(app.config.args.header_timeout_s);
-    let mut shutdown = app.shutdown.subscribe();
+    let shutdown = app.shutdown.clone();
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -169,7 +169,7 @@ async fn serve_http(
                     continue;
                 }
             },
-            _ = crate::util::until_true(&mut shutdown) => break,
+            _ = shutdown.cancelled() => break,
         };
         let permits = match crate::limits::admit_connection(&app.limits, peer.ip()) {
             Ok(permits) => permits,
@@ -189,7 +189,7 @@ async fn serve_http(
             },
         );
         let io = TokioIo::new(crate::limits::Counted::new(stream, permits));
-        let mut shutdown = app.shutdown.subscribe();
+        let shutdown = app.shutdown.child_token();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -201,7 +201,7 @@ async fn serve_http(
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,
-                _ = crate::util::until_true(&mut shutdown) => {}
+                _ = shutdown.cancelled() => {}
             }
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
@@ -216,12 +216,12 @@ async fn serve_http(
 /// Every [`CHECK_EVERY`](crate::record::disk::CHECK_EVERY): when free space is low, stops
 /// every active recording cleanly (`failed` / `disk-full`), keeping what was written.
 async fn guard_disk(app: Arc<App>) {
-    let mut shutdown = app.shutdown.subscribe();
+    let shutdown = app.shutdown.clone();
     let mut tick = tokio::time::interval(crate::record::disk::CHECK_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::util::until_true(&mut shutdown) => return,
+            _ = shutdown.cancelled() => return,
         }
         if !app.disk.refresh() {
             continue;

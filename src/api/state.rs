@@ -10,7 +10,7 @@ use crate::record::disk::DiskGuard;
 use crate::record::store::RecordingStore;
 use crate::signal::hub::Hub;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Everything the handlers share. Lives in an `Arc`. Built at startup (`server`); the parts
 /// bots use are the same objects as in [`App::services`].
@@ -33,6 +33,7 @@ pub struct App {
     pub services: Arc<Services>,
     /// Per-client counters and the file-descriptor budget.
     pub limits: Arc<Limits>,
-    /// Turns true when the service shuts down (WebSocket sessions close on it).
-    pub shutdown: watch::Sender<bool>,
+    /// Cancelled when the service shuts down (WebSocket sessions close on it; they hold child
+    /// tokens).
+    pub shutdown: CancellationToken,
 }

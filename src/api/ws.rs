@@ -51,7 +51,7 @@ pub async fn handler(
     let name = query.name.unwrap_or_default();
     let hub = Arc::clone(&app.hub);
     let store = Arc::clone(&app.store);
-    let shutdown = app.shutdown.subscribe();
+    let shutdown = app.shutdown.child_token();
     // The recordings running in the room when the newcomer has joined.
     let announce = move |room: &str| -> Vec<ServerMessage> {
         store

@@ -14,7 +14,7 @@ use super::protocol::{
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Ping period.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
@@ -106,14 +106,14 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
 /// Runs the session of client `name` in `room` on an upgraded `socket` until it ends: joins
 /// the hub (a refusal closes with 1013), sends `welcome` and then the room's running
 /// recordings as `announce` lists them at that moment, relays, and leaves the room before the
-/// closing handshake. `shutdown` turning true closes with 1001.
+/// closing handshake. `shutdown` being cancelled closes with 1001.
 pub async fn session(
     mut socket: WebSocket,
     hub: Arc<Hub>,
     room: String,
     name: String,
     announce: impl FnOnce(&str) -> Vec<ServerMessage>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let (membership, welcome, mut rx) = match hub.join(&room, &name, MemberKind::Client) {
         Ok(joined) => joined,
@@ -224,7 +224,7 @@ pub async fn session(
                     }
                 }
             }
-            _ = crate::util::until_true(&mut shutdown) => {
+            _ = shutdown.cancelled() => {
                 closing = Some((close_code::AWAY, "server shutting down"));
                 break;
             }
