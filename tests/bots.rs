@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 fn data(name: &str) -> PathBuf {
@@ -151,7 +151,7 @@ struct Probe {
     outlets: SharedOutlets,
     keyframe_wanted: Arc<AtomicBool>,
     received: Arc<Received>,
-    leave: watch::Sender<bool>,
+    leave: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -199,7 +199,7 @@ impl Probe {
             frames.into(),
             Arc::clone(&self.outlets),
             options,
-            self.leave.subscribe(),
+            self.leave.clone(),
         ))
     }
 
@@ -208,7 +208,7 @@ impl Probe {
     }
 
     async fn leave(self) {
-        self.leave.send_replace(true);
+        self.leave.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }

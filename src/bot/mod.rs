@@ -38,10 +38,10 @@ pub struct Services {
     /// Longest recording (`--max-recording-s`); a request may only shorten it.
     pub max_recording: Duration,
 }
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
-/// Joins `room` as a bot named `name` and runs `behaviour` until `leave` turns true.
+/// Joins `room` as a bot named `name` and runs `behaviour` until `leave` is cancelled.
 /// Returns the bot's peer id.
 pub fn join(
     hub: &Arc<Hub>,
@@ -49,7 +49,7 @@ pub fn join(
     room: &str,
     name: &str,
     behaviour: Arc<dyn Behaviour>,
-    leave: watch::Receiver<bool>,
+    leave: tokio_util::sync::CancellationToken,
 ) -> Result<String, JoinError> {
     let (membership, welcome, mut from_hub) = hub.join(room, name, MemberKind::Bot)?;
     let id = membership.id().to_owned();

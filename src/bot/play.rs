@@ -310,13 +310,13 @@ pub fn start(
     let looping = bot.spec().looping;
     let bot = Arc::clone(bot);
     tokio::spawn(async move {
-        let mut leave = bot.leave_signal();
+        let leave = bot.leave_signal();
         tokio::select! {
             everyone = gate.wait(PRESENT_WAIT) => if !everyone {
                 tracing::info!(bot = %bot.id(), "playing before every peer present is connected");
             },
             // Deleted meanwhile: the pumps see it and end at once.
-            _ = leave.wait_for(|leave| *leave) => {}
+            _ = leave.cancelled() => {}
         }
         // One clock for both kinds: audio and video stay in step.
         let origin = tokio::time::Instant::now();

@@ -123,7 +123,7 @@ fn record_whip(services: &Arc<Services>, recording: &Arc<Recording>) {
         take(recording, track);
     }
     let recording = Arc::clone(recording);
-    let mut leave = recording.leave_signal();
+    let leave = recording.leave_signal();
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -135,7 +135,7 @@ fn record_whip(services: &Arc<Services>, recording: &Arc<Recording>) {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 },
-                _ = crate::util::until_true(&mut leave) => break,
+                _ = leave.cancelled() => break,
             }
         }
     });

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Bots that may run at once (a bot costs a connection per peer of its room).
 pub const MAX_BOTS: usize = 64;
@@ -166,8 +167,8 @@ pub struct Bot {
     hub: Arc<Hub>,
     started_at: String,
     inner: Mutex<Inner>,
-    /// Turns true when the bot leaves its room (its connections close, its pumps end).
-    leave: watch::Sender<bool>,
+    /// Cancelled when the bot leaves its room (its connections close, its pumps end).
+    leave: CancellationToken,
     /// Set when the bot is being stopped: its calls end their messages with this reason.
     ending: watch::Sender<Option<StopReason>>,
     done: watch::Sender<bool>,
@@ -194,7 +195,7 @@ impl Bot {
                 bot_peer: None,
                 peers: Vec::new(),
             }),
-            leave: watch::Sender::new(false),
+            leave: CancellationToken::new(),
             ending: watch::Sender::new(None),
             done: watch::Sender::new(false),
             calls: Mutex::new(Vec::new()),
@@ -276,9 +277,9 @@ impl Bot {
         self.lock().peers.iter().any(|p| p == peer)
     }
 
-    /// Turns true when the bot leaves its room.
-    pub fn leave_signal(&self) -> watch::Receiver<bool> {
-        self.leave.subscribe()
+    /// Cancelled when the bot leaves its room.
+    pub fn leave_signal(&self) -> CancellationToken {
+        self.leave.clone()
     }
 
     /// Becomes `Some(reason)` when the bot is being stopped.
@@ -323,7 +324,7 @@ impl Bot {
                 tracing::error!(bot = %self.id, "a call did not end in time");
             }
         }
-        self.leave.send_replace(true);
+        self.leave.cancel();
         if let Some(me) = self.bot_peer() {
             let gone = async {
                 while self.hub.peers(&self.spec.room).iter().any(|p| p.id == me) {

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::TrackRemote;
 
 /// Options of `recbot publish`.
@@ -179,14 +179,14 @@ pub struct PublisherHandle {
     pub id: String,
     /// Its counters.
     pub stats: Arc<PublishStats>,
-    pub(crate) leave: watch::Sender<bool>,
+    pub(crate) leave: CancellationToken,
     pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 impl PublisherHandle {
     /// Leaves the room (sends `leave`, closes connections) and waits for it.
     pub async fn leave(self) {
-        self.leave.send_replace(true);
+        self.leave.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }
@@ -210,7 +210,7 @@ pub(crate) fn spawn_pumps(
     outlets: &SharedOutlets,
     keyframe_wanted: Option<Arc<AtomicBool>>,
     stats: &PublishStats,
-    leave: &watch::Receiver<bool>,
+    leave: &CancellationToken,
 ) -> [tokio::task::JoinHandle<()>; 2] {
     [
         (&clip.video, RtpCodecKind::Video, &stats.video_frames),

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use webrtc::peer_connection::RTCSessionDescription;
 
 /// Signals the end of ICE gathering of a WHIP client's connection.
@@ -108,13 +109,13 @@ pub async fn start_whip(
     pc.set_remote_description(answer)
         .await
         .map_err(|e| signal(&e))?;
-    let (leave_tx, leave_rx) = watch::channel(false);
+    let leave = CancellationToken::new();
     let pumps = spawn_pumps(
         &clip,
         &outlets,
         Some(Arc::clone(&keyframe_wanted)),
         &stats,
-        &leave_rx,
+        &leave,
     );
     let id = session
         .path_segments()
@@ -122,9 +123,9 @@ pub async fn start_whip(
         .unwrap_or_default()
         .to_owned();
     let token = token.map(str::to_owned);
-    let mut leave = leave_rx;
+    let leave_tx = leave.clone();
     let task = tokio::spawn(async move {
-        crate::util::until_true(&mut leave).await;
+        leave.cancelled().await;
         for pump in pumps {
             pump.abort();
         }

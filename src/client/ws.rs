@@ -12,8 +12,9 @@ use futures::{SinkExt, StreamExt};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 fn ws_url(server: &str, room: &str, name: &str, token: Option<&str>) -> String {
     let base = server.trim_end_matches('/');
@@ -35,8 +36,8 @@ fn ws_url(server: &str, room: &str, name: &str, token: Option<&str>) -> String {
 pub struct RoomConnection {
     /// Its peer id (from the `welcome`).
     pub id: String,
-    /// Set to true to leave (sends `leave`, closes the connections and the socket).
-    pub leave: watch::Sender<bool>,
+    /// Cancel to leave (sends `leave`, closes the connections and the socket).
+    pub leave: CancellationToken,
     /// Ends once the peer has left.
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -79,11 +80,11 @@ pub async fn connect_room(
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (in_tx, in_rx) = mpsc::channel(512);
-    let (leave_tx, leave_rx) = watch::channel(false);
+    let leave = CancellationToken::new();
     let presence = RoomPeer::new(me, factory, behaviour, out_tx);
-    let room_task = tokio::spawn(presence.run(in_rx, leave_rx.clone()));
+    let room_task = tokio::spawn(presence.run(in_rx, leave.clone()));
     let _ = in_tx.send(welcome).await;
-    let mut leave = leave_rx;
+    let leave_tx = leave.clone();
     let task = tokio::spawn(async move {
         tokio::pin!(room_task);
         let mut room_ended = false;
@@ -109,7 +110,7 @@ pub async fn connect_room(
                         break;
                     }
                 }
-                _ = crate::util::until_true(&mut leave) => {
+                _ = leave.cancelled() => {
                     let leave = crate::signal::protocol::ClientMessage::Leave.to_json();
                     let _ = ws_tx.send(Message::Text(leave.into())).await;
                     break;
@@ -155,7 +156,7 @@ pub async fn start(
         &outlets,
         (!options.ignore_keyframe_requests).then(|| Arc::clone(&keyframe_wanted)),
         &stats,
-        &connection.leave.subscribe(),
+        &connection.leave,
     );
     let room = connection.task;
     let task = tokio::spawn(async move {

@@ -20,7 +20,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -372,12 +372,12 @@ pub struct PumpOptions {
 }
 
 /// Sends `frames` to the outlets of `options.kind` at real-time pace from the frames' own
-/// durations, until `leave` turns true (or the end, without looping). Returns when done.
+/// durations, until `leave` is cancelled (or the end, without looping). Returns when done.
 pub async fn pump(
     frames: Arc<[MediaFrame]>,
     outlets: SharedOutlets,
     options: PumpOptions,
-    leave: watch::Receiver<bool>,
+    leave: CancellationToken,
 ) {
     if frames.is_empty() {
         return;
@@ -386,7 +386,7 @@ pub async fn pump(
     let mut clock = Duration::ZERO;
     let mut index = 0usize;
     let mut skipped = Duration::ZERO;
-    while !*leave.borrow() {
+    while !leave.is_cancelled() {
         if index == frames.len() {
             if !options.looping {
                 return;

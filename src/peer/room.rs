@@ -10,7 +10,8 @@ use crate::signal::protocol::{ClientMessage, PeerInfo, ServerMessage};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::TrackRemote;
 
 /// What a room peer does with the other peers.
@@ -90,14 +91,14 @@ impl RoomPeer {
         }
     }
 
-    /// Handles `incoming` until it ends or `leave` turns true, then closes every connection.
+    /// Handles `incoming` until it ends or `leave` is cancelled, then closes every connection.
     pub async fn run(
         mut self,
         mut incoming: mpsc::Receiver<ServerMessage>,
-        mut leave: watch::Receiver<bool>,
+        leave: CancellationToken,
     ) {
         loop {
-            if *leave.borrow() {
+            if leave.is_cancelled() {
                 break;
             }
             tokio::select! {
@@ -105,7 +106,7 @@ impl RoomPeer {
                     Some(message) => self.on_message(message).await,
                     None => break,
                 },
-                _ = leave.changed() => {}
+                _ = leave.cancelled() => {}
             }
         }
         for (_, link) in self.links.drain() {

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long a stop waits for track tasks to finalize before giving up on them.
 pub const FINALIZE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -59,7 +60,7 @@ pub struct Recording {
     inner: Mutex<Inner>,
     stop_tx: watch::Sender<Option<Instant>>,
     left_tx: broadcast::Sender<String>,
-    leave_tx: watch::Sender<bool>,
+    leave: CancellationToken,
     done_tx: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Held for a whole manifest write (snapshot and file), so writes of this recording never
@@ -164,7 +165,7 @@ impl Recording {
             }),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
-            leave_tx: watch::Sender::new(false),
+            leave: CancellationToken::new(),
             done_tx: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
             manifest: Mutex::new(()),
@@ -289,7 +290,7 @@ impl Recording {
             inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
         }
         self.stop_tx.send_replace(Some(Instant::now()));
-        self.leave_tx.send_replace(true);
+        self.leave.cancel();
         self.done_tx.send_replace(true);
         self.write_manifest();
     }
@@ -389,9 +390,9 @@ impl Recording {
         let _ = self.left_tx.send(participant.to_owned());
     }
 
-    /// Resolves when the recorder should leave the room (after the files are final).
-    pub fn leave_signal(&self) -> watch::Receiver<bool> {
-        self.leave_tx.subscribe()
+    /// Cancelled when the recorder should leave the room (after the files are final).
+    pub fn leave_signal(&self) -> CancellationToken {
+        self.leave.clone()
     }
 
     /// Stops the recording: tracks stop taking media now, files are finalized, the manifest is
@@ -452,7 +453,7 @@ impl Recording {
                 inner.error = Some(format!("{}: {e}", super::manifest::MANIFEST_FILE));
             }
         }
-        self.leave_tx.send_replace(true);
+        self.leave.cancel();
         self.done_tx.send_replace(true);
         metrics::histogram!(crate::telemetry::FINALIZE_SECONDS)
             .record(started.elapsed().as_secs_f64());
