@@ -33,6 +33,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use webrtc::media_stream::track_remote::TrackRemote;
 
@@ -205,8 +206,8 @@ struct Call {
     message: watch::Sender<Option<Arc<Recording>>>,
     /// Where the message's audio track task copies the caller's packets.
     tap: mpsc::Sender<(Instant, Bytes)>,
-    /// Turns true when the caller leaves the room.
-    left: watch::Sender<bool>,
+    /// Cancelled when the caller leaves the room.
+    left: CancellationToken,
 }
 
 struct Shared {
@@ -256,11 +257,11 @@ async fn ending_reason(ending: &mut watch::Receiver<Option<StopReason>>) -> Stop
 
 /// Resolves when the call must end early: the caller left, or the bot is stopping.
 async fn interruption(
-    left: &mut watch::Receiver<bool>,
+    left: &CancellationToken,
     ending: &mut watch::Receiver<Option<StopReason>>,
 ) -> StopReason {
     tokio::select! {
-        _ = crate::util::until_true(left) => StopReason::PeerLeft,
+        _ = left.cancelled() => StopReason::PeerLeft,
         reason = ending_reason(ending) => reason,
     }
 }
@@ -274,7 +275,7 @@ async fn run_call(
     call: Arc<Call>,
     mut tap: mpsc::Receiver<(Instant, Bytes)>,
 ) {
-    let mut left = call.left.subscribe();
+    let left = call.left.clone();
     let mut ending = shared.bot.ending();
     let spec = shared.bot.spec().clone();
     // `None`: the call ended before a message could start.
@@ -284,11 +285,11 @@ async fn run_call(
                 tracing::info!(peer = %peer.id, "no connection: call abandoned");
                 return None;
             },
-            _ = interruption(&mut left, &mut ending) => return None,
+            _ = interruption(&left, &mut ending) => return None,
         }
         tokio::select! {
             _ = voice.play(&shared.greeting) => {}
-            _ = interruption(&mut left, &mut ending) => return None,
+            _ = interruption(&left, &mut ending) => return None,
         }
         let recording = match shared.store.create_message(
             shared.bot.room(),
@@ -307,7 +308,7 @@ async fn run_call(
         call.message.send_replace(Some(Arc::clone(&recording)));
         let reason = tokio::select! {
             reason = listen(&mut tap, spec.silence, spec.max_duration) => reason,
-            reason = interruption(&mut left, &mut ending) => reason,
+            reason = interruption(&left, &mut ending) => reason,
         };
         if recording.stop(reason).await {
             shared.notify(&recording, RecordingNotice::Stopped);
@@ -326,7 +327,7 @@ async fn run_call(
                 // The last packets reach the caller before the connection closes.
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            _ = interruption(&mut left, &mut ending) => {}
+            _ = interruption(&left, &mut ending) => {}
         }
         if let Err(e) = pc.close().await {
             tracing::debug!(peer = %peer.id, error = %e, "close");
@@ -365,7 +366,7 @@ impl Behaviour for Voicemail {
         let call = Arc::new(Call {
             message: watch::Sender::new(None),
             tap: tap_tx,
-            left: watch::Sender::new(false),
+            left: CancellationToken::new(),
         });
         self.shared
             .calls()
@@ -452,7 +453,7 @@ impl Behaviour for Voicemail {
         let call = self.shared.calls().get(&peer.id).cloned();
         match call {
             Some(call) => {
-                call.left.send_replace(true);
+                call.left.cancel();
             }
             None => self.shared.bot.remove_peer(&peer.id),
         }

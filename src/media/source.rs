@@ -9,7 +9,8 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::{FirEntry, FullIntraReques
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 /// Events a consumer of one track sees.
@@ -127,7 +128,7 @@ pub const RELAY_BUFFER: usize = 1024;
 pub struct Relay {
     events: broadcast::Sender<SourceEvent>,
     keyframes: mpsc::Sender<()>,
-    closed: watch::Sender<bool>,
+    closed: CancellationToken,
 }
 
 impl Relay {
@@ -138,7 +139,7 @@ impl Relay {
             Arc::new(Self {
                 events: broadcast::Sender::new(RELAY_BUFFER),
                 keyframes,
-                closed: watch::Sender::new(false),
+                closed: CancellationToken::new(),
             }),
             rx,
         )
@@ -154,13 +155,13 @@ impl Relay {
         RelaySource {
             events: self.events.subscribe(),
             keyframes: self.keyframes.clone(),
-            closed: self.closed.subscribe(),
+            closed: self.closed.clone(),
         }
     }
 
     /// The track ended: consumers get what was published, then the end.
     pub fn close(&self) {
-        self.closed.send_replace(true);
+        self.closed.cancel();
     }
 }
 
@@ -168,7 +169,7 @@ impl Relay {
 pub struct RelaySource {
     events: broadcast::Receiver<SourceEvent>,
     keyframes: mpsc::Sender<()>,
-    closed: watch::Receiver<bool>,
+    closed: CancellationToken,
 }
 
 #[async_trait]
@@ -177,7 +178,7 @@ impl MediaSource for RelaySource {
         let received = tokio::select! {
             biased;
             received = self.events.recv() => received,
-            _ = crate::util::until_true(&mut self.closed) => return None,
+            _ = self.closed.cancelled() => return None,
         };
         match received {
             Ok(event) => Some(event),

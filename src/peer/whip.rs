@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnectionEventHandler, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
@@ -56,7 +57,8 @@ struct Session {
     peer: PeerInfo,
     pc: Pc,
     tracks: Vec<WhipTrack>,
-    end: watch::Sender<bool>,
+    /// Cancelled when the session ends (its track tasks, membership and reaper stop).
+    end: CancellationToken,
     /// Its client's slot and its descriptors, given back when the session is removed.
     _permits: (ClientPermit, FdPermit),
 }
@@ -133,7 +135,7 @@ impl WhipSessions {
         let Some(session) = self.lock().remove(id) else {
             return false;
         };
-        session.end.send_replace(true);
+        session.end.cancel();
         let pc = session.pc;
         tokio::spawn(async move {
             let _ = pc.close().await;
@@ -157,7 +159,7 @@ struct Handler {
     room: String,
     gathered: watch::Sender<bool>,
     connected: watch::Sender<bool>,
-    end: watch::Receiver<bool>,
+    end: CancellationToken,
 }
 
 #[async_trait]
@@ -196,7 +198,7 @@ impl PeerConnectionEventHandler for Handler {
                 relay: Arc::clone(&relay),
             },
         );
-        let mut end = self.end.clone();
+        let end = self.end.clone();
         tokio::spawn(async move {
             let mut source = RemoteSource::new(track, ssrc);
             loop {
@@ -206,7 +208,7 @@ impl PeerConnectionEventHandler for Handler {
                         None => break,
                     },
                     Some(()) = keyframes.recv() => source.request_keyframe().await,
-                    _ = crate::util::until_true(&mut end) => break,
+                    _ = end.cancelled() => break,
                 }
             }
             relay.close();
@@ -259,7 +261,7 @@ impl WhipSessions {
         let session = peer.id.clone();
         let secret = new_secret();
         let (gathered, mut gathered_rx) = watch::channel(false);
-        let (end, end_rx) = watch::channel(false);
+        let end = CancellationToken::new();
         let (connected, connected_rx) = watch::channel(false);
         let handler = Arc::new(Handler {
             sessions: Arc::clone(self),
@@ -268,7 +270,7 @@ impl WhipSessions {
             room: room.to_owned(),
             gathered,
             connected,
-            end: end_rx.clone(),
+            end: end.clone(),
         });
         let pc = factory.build(handler).await?;
         let answer = async {
@@ -296,19 +298,18 @@ impl WhipSessions {
                 peer: peer.clone(),
                 pc: Arc::clone(&pc),
                 tracks: Vec::new(),
-                end,
+                end: end.clone(),
                 _permits: permits,
             },
         );
-        self.reap_if_unconnected(&session, reap_after, connected_rx, end_rx.clone());
+        self.reap_if_unconnected(&session, reap_after, connected_rx, end.clone());
         // The membership lives as long as the session; its queue is drained (nobody negotiates
         // with a WHIP peer, but room notices still arrive).
-        let mut end_rx = end_rx;
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     message = queue.recv() => if message.is_none() { break },
-                    _ = crate::util::until_true(&mut end_rx) => break,
+                    _ = end.cancelled() => break,
                 }
             }
             drop::<Membership>(membership);
@@ -328,14 +329,14 @@ impl WhipSessions {
         session: &str,
         after: Duration,
         mut connected: watch::Receiver<bool>,
-        mut end: watch::Receiver<bool>,
+        end: CancellationToken,
     ) {
         let sessions = Arc::clone(self);
         let session = session.to_owned();
         tokio::spawn(async move {
             tokio::select! {
                 _ = crate::util::until_true(&mut connected) => {}
-                _ = crate::util::until_true(&mut end) => {}
+                _ = end.cancelled() => {}
                 _ = tokio::time::sleep(after) => {
                     if sessions.end(&session) {
                         tracing::warn!(session, "WHIP session removed: not connected in time");
