@@ -1552,23 +1552,7 @@ pub(crate) mod tests {
         (vec![video_track(), audio_track(2, 312)], frames)
     }
 
-    /// Compares `bytes` with the stored file `tests/data/golden/<name>` (written instead when
-    /// RECBOT_BLESS=1), reporting the first differing offset.
-    fn same_as_golden(name: &str, bytes: &[u8]) {
-        let path = data_file("golden").join(name);
-        if std::env::var("RECBOT_BLESS").as_deref() == Ok("1") {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, bytes).unwrap();
-        }
-        let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let first_diff = golden.iter().zip(bytes).position(|(a, b)| a != b);
-        assert!(
-            first_diff.is_none() && golden.len() == bytes.len(),
-            "{name}: {} bytes, golden {}; first difference at {first_diff:?}",
-            bytes.len(),
-            golden.len()
-        );
-    }
+    use crate::record::test_tools::same_as_golden;
 
     /// The files the writer and the repair produce stay byte-identical (the EBML encoding is
     /// shared by both and refactored under this check): a finalized file, and a file killed

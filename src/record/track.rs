@@ -518,7 +518,7 @@ impl Pipeline for AudioPipeline {
 mod tests {
     use super::*;
     use crate::record::session::{RecordOptions, Recording};
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     fn rtp(seq: u16, ts: u32, payload: Vec<u8>) -> rtc::rtp::Packet {
         rtc::rtp::Packet {
@@ -565,22 +565,7 @@ mod tests {
         bytes
     }
 
-    fn same_as_golden(name: &str, bytes: &[u8]) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/data/golden")
-            .join(name);
-        if std::env::var("RECBOT_BLESS").as_deref() == Ok("1") {
-            std::fs::write(&path, bytes).unwrap();
-        }
-        let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let first_diff = golden.iter().zip(bytes).position(|(a, b)| a != b);
-        assert!(
-            first_diff.is_none() && golden.len() == bytes.len(),
-            "{name}: {} bytes, golden {}; first difference at {first_diff:?}",
-            bytes.len(),
-            golden.len()
-        );
-    }
+    use crate::record::test_tools::same_as_golden;
 
     /// The same RTP (2 s of 30 fps video with a resolution change, 20 ms audio with one packet
     /// lost, at fixed arrivals) through the pipelines into own files and into a muxed file:
