@@ -60,23 +60,17 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         outbound_loss: None,
         loopback_candidates_only: args.loopback_candidates_only,
     });
-    let whip: Arc<WhipSessions> = Arc::default();
     let services = Arc::new(Services {
-        hub: Arc::clone(&hub),
-        factory: Arc::clone(&factory),
-        store: Arc::clone(&store),
-        whip: Arc::clone(&whip),
-        disk: Arc::clone(&disk),
+        hub,
+        factory,
+        store,
+        whip: Arc::<WhipSessions>::default(),
+        disk,
         media_dir: args.media_dir.clone(),
         max_recording: std::time::Duration::from_secs(args.max_recording_s),
     });
     Ok(Arc::new(App {
         config,
-        hub,
-        factory,
-        store,
-        whip,
-        disk,
         bots: crate::bot::registry::BotStore::new(),
         services,
         limits,
@@ -107,7 +101,7 @@ impl Server {
         let router = crate::api::router(Arc::clone(&app));
         let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));
-        let hub = Arc::clone(&app.hub);
+        let hub = Arc::clone(&app.services.hub);
         tokio::spawn(crate::limits::trim_memory_after_churn(
             move || hub.counts().1,
             app.shutdown.clone(),
@@ -124,7 +118,7 @@ impl Server {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
         // Bots first: their voicemail messages end as `shutdown` and leave the active list.
         self.app.bots.stop_all(StopReason::Shutdown).await;
-        let active = self.app.store.active();
+        let active = self.app.services.store.active();
         tracing::info!(recordings = active.len(), "shutting down");
         let stops = active.iter().map(|recording| {
             crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
@@ -223,10 +217,10 @@ async fn guard_disk(app: Arc<App>) {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        if !app.disk.refresh() {
+        if !app.services.disk.refresh() {
             continue;
         }
-        for recording in app.store.active() {
+        for recording in app.services.store.active() {
             tracing::error!(recording = %recording.id(), "disk full: stopping the recording");
             let services = Arc::clone(&app.services);
             tokio::spawn(async move {

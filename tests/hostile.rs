@@ -96,11 +96,11 @@ async fn whip_flood_is_capped_per_client_and_unconnected_sessions_are_reaped() {
     // The dead sessions are reaped (bounded wait), then the client may publish again.
     let app = Arc::clone(&srv.server.as_ref().unwrap().app);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !app.whip.is_empty() {
+    while !app.services.whip.is_empty() {
         assert!(
             Instant::now() < deadline,
             "{} sessions never reaped",
-            app.whip.len()
+            app.services.whip.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -102,7 +102,7 @@ async fn a_full_disk_stops_recordings_cleanly_and_refuses_new_ones() {
     let id = rec["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let app = std::sync::Arc::clone(&srv.server.as_ref().unwrap().app);
-    app.disk.set_min_free(u64::MAX);
+    app.services.disk.set_min_free(u64::MAX);
     let mut doc = serde_json::Value::Null;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -134,7 +134,7 @@ async fn a_full_disk_stops_recordings_cleanly_and_refuses_new_ones() {
         .await;
     assert_eq!(status, 507, "{err}");
     assert_eq!(err["error"]["code"], "disk-full");
-    app.disk.set_min_free(0);
+    app.services.disk.set_min_free(0);
     tokio::time::sleep(recbot::record::disk::CHECK_EVERY + Duration::from_millis(500)).await;
     let (status, _) = srv
         .post_json("/api/recordings", serde_json::json!({"room": "disk"}))

@@ -138,11 +138,16 @@ async fn create_bot(
 ) -> Result<(StatusCode, Json<BotDoc>), ApiError> {
     let spec = spec(body)?;
     let bot = crate::bot::launch::start(&app.services, &app.bots, spec).await?;
-    Ok((StatusCode::CREATED, Json(bot.doc(&app.store))))
+    Ok((StatusCode::CREATED, Json(bot.doc(&app.services.store))))
 }
 
 async fn list_bots(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let list: Vec<BotDoc> = app.bots.list().iter().map(|b| b.doc(&app.store)).collect();
+    let list: Vec<BotDoc> = app
+        .bots
+        .list()
+        .iter()
+        .map(|b| b.doc(&app.services.store))
+        .collect();
     Json(serde_json::json!({ "bots": list }))
 }
 
@@ -158,7 +163,9 @@ async fn get_bot(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<BotDoc>, ApiError> {
-    Ok(Json(app.bots.get(checked_id(&id)?)?.doc(&app.store)))
+    Ok(Json(
+        app.bots.get(checked_id(&id)?)?.doc(&app.services.store),
+    ))
 }
 
 async fn delete_bot(

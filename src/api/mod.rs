@@ -330,7 +330,7 @@ async fn create_recording(
 }
 
 async fn list_recordings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let list: Vec<RecordingDoc> = app.store.list().iter().map(|r| r.doc()).collect();
+    let list: Vec<RecordingDoc> = app.services.store.list().iter().map(|r| r.doc()).collect();
     Json(serde_json::json!({ "recordings": list }))
 }
 
@@ -346,14 +346,14 @@ async fn get_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<RecordingDoc>, ApiError> {
-    Ok(Json(app.store.get(checked_id(&id)?)?.doc()))
+    Ok(Json(app.services.store.get(checked_id(&id)?)?.doc()))
 }
 
 async fn stop_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<Json<RecordingDoc>, ApiError> {
-    let recording = app.store.get(checked_id(&id)?)?;
+    let recording = app.services.store.get(checked_id(&id)?)?;
     recorder::stop(&app.services, &recording, StopReason::Requested).await;
     Ok(Json(recording.doc()))
 }
@@ -362,7 +362,7 @@ async fn delete_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.store.delete(checked_id(&id)?)?;
+    app.services.store.delete(checked_id(&id)?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -372,7 +372,7 @@ async fn get_file(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let recording = app.store.get(checked_id(&id)?)?;
+    let recording = app.services.store.get(checked_id(&id)?)?;
     let listed = name == crate::record::manifest::MANIFEST_FILE
         || recording.doc().files.iter().any(|f| f.name == name);
     if !files::plain_file_name(&name) || !listed {
@@ -385,6 +385,7 @@ async fn get_file(
 
 async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
     let rooms: Vec<serde_json::Value> = app
+        .services
         .hub
         .snapshot()
         .into_iter()
@@ -403,11 +404,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         )
         .into_response();
     };
-    let (rooms, peers) = app.hub.counts();
+    let (rooms, peers) = app.services.hub.counts();
     metrics::gauge!(t::ROOMS).set(rooms as f64);
     metrics::gauge!(t::PEERS).set(peers as f64);
-    metrics::gauge!(t::RECORDINGS_ACTIVE).set(app.store.active().len() as f64);
-    metrics::gauge!(t::WHIP_SESSIONS).set(app.whip.len() as f64);
+    metrics::gauge!(t::RECORDINGS_ACTIVE).set(app.services.store.active().len() as f64);
+    metrics::gauge!(t::WHIP_SESSIONS).set(app.services.whip.len() as f64);
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();

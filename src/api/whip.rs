@@ -62,7 +62,8 @@ fn authorize(app: &App, room: &str, id: &str, headers: &HeaderMap) -> Result<Str
     if !operator {
         check_room_token(app, headers)?;
     }
-    app.whip
+    app.services
+        .whip
         .find(room, id, operator)
         .ok_or_else(|| ApiError::not_found(format!("no such WHIP session in room `{room}`")))
 }
@@ -117,7 +118,8 @@ async fn create(
         return Err(ApiError::bad_request("the body is not an SDP offer"));
     }
     // Only the candidates the policy admits reach webrtc-rs (at most MAX_REMOTE_CANDIDATES).
-    let (sdp, _refused) = CandidatePolicy::for_config(app.factory.config()).filter_sdp(&sdp);
+    let (sdp, _refused) =
+        CandidatePolicy::for_config(app.services.factory.config()).filter_sdp(&sdp);
     let offer = RTCSessionDescription::offer(sdp)
         .map_err(|e| ApiError::bad_request(format!("bad SDP offer: {e}")))?;
 
@@ -146,10 +148,11 @@ async fn create(
         ));
     };
     let opened = app
+        .services
         .whip
         .open(
-            &app.hub,
-            &app.factory,
+            &app.services.hub,
+            &app.services.factory,
             &room,
             query.name.as_deref().unwrap_or("whip"),
             offer,
@@ -202,7 +205,7 @@ async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let key = authorize(&app, &room, &id, &headers)?;
-    if app.whip.end(&key) {
+    if app.services.whip.end(&key) {
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::not_found(format!(

@@ -45,12 +45,12 @@ pub async fn handler(
             return ApiError::unauthorized("a valid room `token` is required").into_response();
         }
     }
-    if let Err(e) = app.hub.has_room_for(&room) {
+    if let Err(e) = app.services.hub.has_room_for(&room) {
         return ApiError::from(e).into_response();
     }
     let name = query.name.unwrap_or_default();
-    let hub = Arc::clone(&app.hub);
-    let store = Arc::clone(&app.store);
+    let hub = Arc::clone(&app.services.hub);
+    let store = Arc::clone(&app.services.store);
     let shutdown = app.shutdown.child_token();
     // The recordings running in the room when the newcomer has joined.
     let announce = move |room: &str| -> Vec<ServerMessage> {
