@@ -326,18 +326,7 @@ mod tests {
     fn manifest_round_trip_is_atomic() {
         let dir = std::env::temp_dir().join(format!("recbot-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let doc = RecordingDoc {
-            id: "x".into(),
-            room: "demo".into(),
-            state: State::Recording,
-            bot_peer: Some("b".into()),
-            started_at: "2026-11-20T21:00:00.000Z".into(),
-            stopped_at: None,
-            error: None,
-            stop_reason: None,
-            tracks: vec![],
-            files: vec![],
-        };
+        let doc = doc_with(0);
         write_manifest(&dir, &doc).unwrap();
         assert_eq!(read_manifest(&dir).unwrap(), doc);
         assert!(temps_in(&dir).is_empty());
