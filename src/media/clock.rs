@@ -157,7 +157,7 @@ impl SenderClock {
         // Called for every packet placed: sort a copy on the stack, not in a new Vec.
         let mut buf = [0f64; OFFSET_WINDOWS];
         let mut n = 0;
-        for (slot, (_, tracks)) in buf.iter_mut().zip(&self.windows) {
+        for (_, tracks) in self.windows.iter().take(OFFSET_WINDOWS) {
             // The window's fastest sample, each track's under its current mapping.
             let best = tracks
                 .iter()
@@ -166,8 +166,9 @@ impl SenderClock {
                     Some(base + w)
                 })
                 .fold(f64::NEG_INFINITY, f64::max);
+            // A window whose tracks have no mapping yet adds no value (and leaves no gap).
             if best.is_finite() {
-                *slot = best;
+                buf[n] = best;
                 n += 1;
             }
         }
