@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// Where the play and voicemail bots find their media files.
     #[arg(long, env = "RECBOT_MEDIA_DIR", default_value = "media")]
     pub media_dir: PathBuf,
+    /// The consent notice recordings with `"notice": true` speak (Ogg Opus; checked at
+    /// startup); without it, a built-in clip ("this meeting is being recorded").
+    #[arg(long, env = "RECBOT_NOTICE_MEDIA")]
+    pub notice_media: Option<PathBuf>,
     /// Bearer token required on /api and /metrics (never logged).
     #[arg(long, env = "RECBOT_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -143,6 +147,7 @@ impl Default for ServeArgs {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 recordings_dir: "recordings".into(),
                 media_dir: "media".into(),
+                notice_media: None,
                 api_token: None,
                 room_token: None,
                 allow_unauthenticated: false,

@@ -23,6 +23,9 @@ pub enum ServeError {
     /// The recordings directory could not be opened.
     #[error(transparent)]
     Store(#[from] RecordError),
+    /// `--notice-media` is not a usable Ogg Opus file.
+    #[error("--notice-media: {0}")]
+    NoticeMedia(String),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
@@ -68,6 +71,8 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         disk,
         media_dir: args.media_dir.clone(),
         max_recording: std::time::Duration::from_secs(args.max_recording_s),
+        notice: crate::bot::recorder::notice_clip(args.notice_media.as_deref())
+            .map_err(ServeError::NoticeMedia)?,
     });
     Ok(Arc::new(App {
         config,

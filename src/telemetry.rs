@@ -37,6 +37,10 @@ pub const KEYFRAMES: &str = "recbot_keyframes_total";
 pub const PLIS: &str = "recbot_plis_sent_total";
 /// Write errors of recording files (counter).
 pub const WRITE_ERRORS: &str = "recbot_write_errors_total";
+/// Chat messages written to `chat.jsonl` files (counter).
+pub const CHAT_MESSAGES: &str = "recbot_chat_messages_total";
+/// Chat messages not written: over 4 KiB, not `{"text": string}`, or sent while paused.
+pub const CHAT_DROPPED: &str = "recbot_chat_dropped_total";
 /// Time to finalize a recording on stop, seconds (histogram).
 pub const FINALIZE_SECONDS: &str = "recbot_finalize_seconds";
 
@@ -63,6 +67,11 @@ fn describe() {
     describe_gauge!(WHIP_SESSIONS, "WHIP publishers connected.");
     describe_gauge!(TASKS, "Live tokio tasks of the process.");
     describe_counter!(RECORDINGS_STARTED, "Recordings started.");
+    describe_counter!(CHAT_MESSAGES, "Chat messages written to chat.jsonl.");
+    describe_counter!(
+        CHAT_DROPPED,
+        "Chat messages dropped: over 4 KiB, not {\"text\": string}, or sent while paused."
+    );
     describe_counter!(
         BYTES_WRITTEN,
         Unit::Bytes,

@@ -18,6 +18,7 @@ pub fn content_type(name: &str) -> &'static str {
         Some("webm") => "video/webm",
         Some("ogg") => "audio/ogg",
         Some("json") => "application/json",
+        Some("jsonl") => crate::record::chat::CONTENT_TYPE,
         _ => "application/octet-stream",
     }
 }

@@ -48,6 +48,8 @@ pub fn router(app: Arc<App>) -> Router {
             get(get_recording).delete(delete_recording),
         )
         .route("/api/recordings/{id}/stop", post(stop_recording))
+        .route("/api/recordings/{id}/pause", post(pause_recording))
+        .route("/api/recordings/{id}/resume", post(resume_recording))
         .route("/api/recordings/{id}/files/{name}", get(get_file))
         .route("/api/rooms", get(list_rooms))
         .route("/metrics", get(metrics))
@@ -285,6 +287,8 @@ struct CreateRecording {
     pli_interval_ms: Option<u64>,
     #[serde(default, deserialize_with = "whole_number")]
     max_duration_s: Option<u64>,
+    #[serde(default)]
+    notice: bool,
 }
 
 async fn create_recording(
@@ -324,6 +328,7 @@ async fn create_recording(
             pli_interval,
             max_duration,
             muxed,
+            notice: body.notice,
         },
     )?;
     Ok((StatusCode::CREATED, Json(recording.doc())))
@@ -356,6 +361,37 @@ async fn stop_recording(
     let recording = app.services.store.get(checked_id(&id)?)?;
     recorder::stop(&app.services, &recording, StopReason::Requested).await;
     Ok(Json(recording.doc()))
+}
+
+/// `POST /api/recordings/{id}/pause` (SPEC §11): 404 unknown, 409 `not-recording` unless the
+/// state is `recording`; pausing a paused recording is a no-op that answers 200.
+async fn pause_recording(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RecordingDoc>, ApiError> {
+    let recording = app.services.store.get(checked_id(&id)?)?;
+    recording.pause().map_err(pause_error)?;
+    Ok(Json(recording.doc()))
+}
+
+/// `POST /api/recordings/{id}/resume` (SPEC §11): 404 unknown, 409 `not-recording` unless the
+/// state is `recording`, 409 `not-paused` when it is not paused.
+async fn resume_recording(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+) -> Result<Json<RecordingDoc>, ApiError> {
+    let recording = app.services.store.get(checked_id(&id)?)?;
+    recording.resume().map_err(pause_error)?;
+    Ok(Json(recording.doc()))
+}
+
+fn pause_error(e: crate::record::session::PauseError) -> ApiError {
+    use crate::record::session::PauseError;
+    let code = match e {
+        PauseError::NotRecording => "not-recording",
+        PauseError::NotPaused => "not-paused",
+    };
+    ApiError::new(StatusCode::CONFLICT, code, e.to_string())
 }
 
 async fn delete_recording(

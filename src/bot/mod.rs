@@ -37,6 +37,8 @@ pub struct Services {
     pub media_dir: PathBuf,
     /// Longest recording (`--max-recording-s`); a request may only shorten it.
     pub max_recording: Duration,
+    /// The consent notice's Opus packets (`--notice-media` or the built-in clip; never empty).
+    pub notice: Arc<[crate::peer::outlet::MediaFrame]>,
 }
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -91,4 +93,28 @@ pub fn join(
         .instrument(span),
     );
     Ok(id)
+}
+
+/// Waits until `pc`'s DTLS transport is connected (true), or failed, closed or `within`
+/// passed (false). Media written before that would be lost.
+pub async fn connected(pc: &crate::peer::Pc, within: Duration) -> bool {
+    use rtc::peer_connection::transport::RTCDtlsTransportState;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let report = pc
+            .get_stats(
+                std::time::Instant::now(),
+                webrtc::peer_connection::StatsSelector::None,
+            )
+            .await;
+        match report.transport().map(|t| t.dtls_state) {
+            Some(RTCDtlsTransportState::Connected) => return true,
+            Some(RTCDtlsTransportState::Failed | RTCDtlsTransportState::Closed) => return false,
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

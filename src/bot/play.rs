@@ -15,6 +15,7 @@
 //! The recorder is served too (a recording of the room records what the bot plays); other
 //! bots are not.
 
+pub use super::connected;
 use super::registry::{Bot, BotError};
 use super::Behaviour;
 use super::Services;
@@ -25,7 +26,6 @@ use crate::record::clip::{self, TimedFrame as Timed};
 use crate::record::manifest::StopReason;
 use crate::signal::protocol::PeerInfo;
 use async_trait::async_trait;
-use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::HashSet;
 use std::path::Path;
@@ -34,7 +34,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::TrackRemote;
-use webrtc::peer_connection::StatsSelector;
 
 /// Largest media file read (it is held in memory).
 pub const MAX_MEDIA_BYTES: u64 = 256 * 1024 * 1024;
@@ -144,26 +143,6 @@ fn assemble(video: Vec<Timed>, audio: Vec<Timed>, declared_us: i64) -> Media {
         video_start,
         audio_start,
         length: Duration::from_micros(length_us.max(0) as u64),
-    }
-}
-
-/// Waits until `pc`'s DTLS transport is connected (true), or failed, closed or `within`
-/// passed (false). Media written before that would be lost.
-pub async fn connected(pc: &Pc, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let report = pc
-            .get_stats(std::time::Instant::now(), StatsSelector::None)
-            .await;
-        match report.transport().map(|t| t.dtls_state) {
-            Some(RTCDtlsTransportState::Connected) => return true,
-            Some(RTCDtlsTransportState::Failed | RTCDtlsTransportState::Closed) => return false,
-            _ => {}
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

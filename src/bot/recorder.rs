@@ -1,12 +1,24 @@
 //! The recorder bot: joins a room, receives every participant's VP8 and Opus tracks, and
 //! hands each to a track task of its [`Recording`].
+//!
+//! Chat (SPEC §11): every connection of the recorder carries a DataChannel labelled `chat`. In
+//! the offers the recorder makes it creates the channel (so the offer has its m=application
+//! section); when a participant offers, the recorder takes the channel it opens. Each message
+//! goes to [`Recording::chat`] (`chat.jsonl`).
+//!
+//! Consent notice (`"notice": true`): the recorder sends audio too (`sendrecv`) and plays the
+//! notice clip ([`Services::notice`]) once to each participant as soon as its connection is up:
+//! those present at the start and each later joiner. Nothing is sent without it.
 
 use super::Behaviour;
 use super::Services;
 use crate::media::source::{MediaSource, RemoteSource};
 use crate::peer::negotiation::Role;
+use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
 use crate::peer::{Pc, PeerError};
+use crate::record::chat::CHANNEL_LABEL;
 use crate::record::manifest::{Kind, StopReason};
+use crate::record::session::ChatOutcome;
 use crate::record::session::{RecordOptions, Recording};
 use crate::record::store::RecordError;
 use crate::record::track;
@@ -14,16 +26,63 @@ use crate::signal::protocol::{PeerInfo, RecordingNotice, ServerMessage};
 use async_trait::async_trait;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_remote::TrackRemote;
 
 /// Display name of the recorder in rooms.
 pub const RECORDER_NAME: &str = "recorder";
 
+/// The built-in consent notice: Ogg Opus, mono, 20 ms packets, ≈ 2 s. Made with
+/// `espeak-ng -v en-us -s 160 -w notice.wav "This meeting is being recorded."` and
+/// `opusenc --bitrate 24 --framesize 20 --comment title="recbot consent notice" notice.wav
+/// assets/notice.ogg` (espeak-ng 1.51, opus-tools 0.2 from Debian 12).
+pub const BUILTIN_NOTICE: &[u8] = include_bytes!("../../assets/notice.ogg");
+
+/// Largest `--notice-media` file read (it is held in memory).
+pub const NOTICE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long the notice waits for a participant's connection before giving up on it.
+pub const NOTICE_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The consent notice's packets: `path` (`--notice-media`, Ogg Opus) or [`BUILTIN_NOTICE`].
+/// Refuses a file that does not load or holds no audio.
+pub fn notice_clip(path: Option<&Path>) -> Result<Arc<[MediaFrame]>, String> {
+    let bytes = match path {
+        Some(path) => crate::record::clip::read_limited(path, NOTICE_MAX_BYTES)
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        None => BUILTIN_NOTICE.to_vec(),
+    };
+    let packets = crate::record::clip::ogg_audio(&bytes).map_err(|e| e.to_string())?;
+    let frames: Vec<MediaFrame> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            // To the next packet's position; the last one lasts its own length (TOC).
+            let next = packets.get(i + 1).map_or(p.at_us + p.own_us, |n| n.at_us);
+            MediaFrame {
+                data: p.data.clone(),
+                duration: Duration::from_micros((next - p.at_us).max(0) as u64),
+                keyframe: true,
+                skip: false,
+            }
+        })
+        .collect();
+    if frames.is_empty() {
+        return Err("no Opus audio in the notice".into());
+    }
+    Ok(frames.into())
+}
+
 /// The recorder's behaviour in its room.
 pub struct Recorder {
     recording: Arc<Recording>,
+    /// The notice's packets, when the recording speaks one.
+    notice: Option<Arc<[MediaFrame]>>,
 }
 
 #[async_trait]
@@ -32,11 +91,21 @@ impl Behaviour for Recorder {
         true
     }
 
-    async fn setup(&self, _peer: &PeerInfo, pc: &Pc, role: Role) -> Result<(), PeerError> {
+    async fn setup(&self, peer: &PeerInfo, pc: &Pc, role: Role) -> Result<(), PeerError> {
+        if let Some(notice) = &self.notice {
+            // sendrecv audio: the participant's audio is still received on it.
+            let outlet = Outlet::add(pc, RtpCodecKind::Audio, "recbot-notice", None).await?;
+            self.speak(peer, pc, outlet, Arc::clone(notice));
+        }
         if role == Role::Offerer {
-            for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            let kinds: &[RtpCodecKind] = if self.notice.is_some() {
+                &[RtpCodecKind::Video]
+            } else {
+                &[RtpCodecKind::Audio, RtpCodecKind::Video]
+            };
+            for kind in kinds {
                 pc.add_transceiver_from_kind(
-                    kind,
+                    *kind,
                     Some(RTCRtpTransceiverInit {
                         direction: RTCRtpTransceiverDirection::Recvonly,
                         ..Default::default()
@@ -44,8 +113,21 @@ impl Behaviour for Recorder {
                 )
                 .await?;
             }
+            // In the offer, so the m=application section is negotiated.
+            let channel = pc.create_data_channel(CHANNEL_LABEL, None).await?;
+            read_chat(Arc::clone(&self.recording), peer.clone(), channel);
         }
         Ok(())
+    }
+
+    async fn on_data_channel(&self, peer: &PeerInfo, channel: Arc<dyn DataChannel>) {
+        match channel.label().await {
+            Ok(label) if label == CHANNEL_LABEL => {
+                read_chat(Arc::clone(&self.recording), peer.clone(), channel)
+            }
+            Ok(label) => tracing::debug!(peer = %peer.id, %label, "DataChannel ignored"),
+            Err(e) => tracing::debug!(peer = %peer.id, error = %e, "DataChannel gone"),
+        }
     }
 
     async fn on_track(&self, peer: &PeerInfo, track: Arc<dyn TrackRemote>) {
@@ -59,6 +141,65 @@ impl Behaviour for Recorder {
     async fn peer_left(&self, peer: &PeerInfo) {
         self.recording.participant_left(&peer.id);
     }
+}
+
+impl Recorder {
+    /// Plays the notice once to `peer` through `outlet` as soon as its connection is up.
+    fn speak(&self, peer: &PeerInfo, pc: &Pc, outlet: Arc<Outlet>, notice: Arc<[MediaFrame]>) {
+        let pc = Arc::clone(pc);
+        let leave = self.recording.leave_signal();
+        let id = peer.id.clone();
+        tokio::spawn(async move {
+            let up = tokio::select! {
+                up = super::connected(&pc, NOTICE_CONNECT_TIMEOUT) => up,
+                _ = leave.cancelled() => false,
+            };
+            // Only the outlet is kept: the connection is not pinned by this task.
+            drop(pc);
+            if !up {
+                tracing::debug!(peer = %id, "no connection: no notice");
+                return;
+            }
+            let outlets = SharedOutlets::default();
+            outlets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .add(&id, outlet);
+            let options = PumpOptions {
+                kind: RtpCodecKind::Audio,
+                looping: false,
+                keyframe_wanted: None,
+                sent: Arc::new(AtomicU64::new(0)),
+            };
+            tracing::info!(peer = %id, "speaking the consent notice");
+            pump(notice, outlets, options, leave).await;
+        });
+    }
+}
+
+/// Reads chat messages of `peer` from `channel` into the recording until the channel closes
+/// or the recording's recorder leaves.
+fn read_chat(recording: Arc<Recording>, peer: PeerInfo, channel: Arc<dyn DataChannel>) {
+    let leave = recording.leave_signal();
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = channel.poll() => event,
+                _ = leave.cancelled() => break,
+            };
+            match event {
+                Some(DataChannelEvent::OnMessage(message)) => {
+                    let outcome =
+                        recording.chat(&peer.id, &peer.name, &message.data, Instant::now());
+                    if let ChatOutcome::Dropped(refusal) = outcome {
+                        tracing::debug!(peer = %peer.id, %refusal, "chat message dropped");
+                    }
+                }
+                Some(DataChannelEvent::OnClose) | None => break,
+                Some(_) => {}
+            }
+        }
+    });
 }
 
 /// Records one track of `peer` (codec `mime`) read from `source`, in the recording's chosen
@@ -173,6 +314,10 @@ pub fn start(
     let recording = services.store.create(room, options)?;
     let behaviour = Arc::new(Recorder {
         recording: Arc::clone(&recording),
+        notice: recording
+            .options()
+            .notice
+            .then(|| Arc::clone(&services.notice)),
     });
     let peer = match super::join(
         &services.hub,

@@ -50,25 +50,165 @@ pub const OFFSET_WINDOWS: usize = 8;
 /// Sender reports a track keeps to choose its mapping from.
 pub const REPORTS_KEPT: usize = 8;
 
-/// The clock of one recording: its zero instant.
-#[derive(Debug, Clone, Copy)]
+/// The clock of one recording: its zero instant, and its pauses.
+///
+/// [`RecordingClock::seconds`] is wall time since zero: the time base of every estimate (track
+/// anchors, sender offsets), which a pause must not disturb. Media are placed in files by
+/// *recorded* time ([`RecordingClock::recorded`]): wall time with every paused span cut out, so
+/// a pause leaves no gap in any file. Clones share the pauses: every consumer that places
+/// media (track files, chat lines, a live mix) sees the same cut.
+#[derive(Debug, Clone)]
 pub struct RecordingClock {
     zero: Instant,
+    pauses: std::sync::Arc<std::sync::Mutex<Pauses>>,
 }
 
 impl RecordingClock {
-    /// A clock whose zero is `zero` (when the recording was accepted).
+    /// A clock whose zero is `zero` (when the recording was accepted), never paused yet.
     pub fn new(zero: Instant) -> Self {
-        Self { zero }
+        Self {
+            zero,
+            pauses: Default::default(),
+        }
     }
 
-    /// Seconds from zero to `t` (negative before zero).
+    /// Seconds from zero to `t` (negative before zero), wall time: pauses included.
     pub fn seconds(&self, t: Instant) -> f64 {
         if t >= self.zero {
             t.duration_since(self.zero).as_secs_f64()
         } else {
             -self.zero.duration_since(t).as_secs_f64()
         }
+    }
+
+    fn pauses(&self) -> std::sync::MutexGuard<'_, Pauses> {
+        self.pauses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a pause at `at`; false when already paused.
+    pub fn pause(&self, at: Instant) -> bool {
+        let at = self.seconds(at);
+        self.pauses().pause(at)
+    }
+
+    /// Ends the pause at `at`; false when not paused.
+    pub fn resume(&self, at: Instant) -> bool {
+        let at = self.seconds(at);
+        self.pauses().resume(at)
+    }
+
+    /// Whether a pause is open.
+    pub fn is_paused(&self) -> bool {
+        self.pauses().is_paused()
+    }
+
+    /// Total paused time up to `now` (an open pause counts to `now`).
+    pub fn paused_total(&self, now: Instant) -> Duration {
+        let now = self.seconds(now);
+        Duration::from_secs_f64(self.pauses().total(now).max(0.0))
+    }
+
+    /// Recorded time of wall time `t` (seconds, as [`Self::seconds`]): `t` minus the pauses
+    /// before it; `None` when `t` falls inside a pause (nothing of it is recorded).
+    pub fn recorded(&self, t: f64) -> Option<f64> {
+        self.pauses().recorded(t)
+    }
+
+    /// Recorded time of wall time `t`, a time inside a pause counting as that pause's start
+    /// (for the end of a file stopped while paused).
+    pub fn recorded_clamped(&self, t: f64) -> f64 {
+        self.pauses().recorded_clamped(t)
+    }
+
+    /// How many pauses were started: changes at every pause, so a file can tell that a cut
+    /// lies between two of its samples.
+    pub fn cuts(&self) -> usize {
+        self.pauses().count()
+    }
+}
+
+/// The paused spans of a recording, in wall seconds of its clock, in order; only the last may
+/// be open. Pure: times are inputs.
+///
+/// Invariants: spans do not overlap, each starts at or after the previous one's end, and an end
+/// is never before its start.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pauses {
+    spans: Vec<(f64, Option<f64>)>,
+}
+
+impl Pauses {
+    /// Opens a pause at `at` (moved to the last pause's end if earlier); false when one is open.
+    pub fn pause(&mut self, at: f64) -> bool {
+        if self.is_paused() {
+            return false;
+        }
+        let at = self
+            .spans
+            .last()
+            .and_then(|(_, end)| *end)
+            .map_or(at, |end| at.max(end));
+        self.spans.push((at, None));
+        true
+    }
+
+    /// Closes the open pause at `at` (not before its start); false when none is open.
+    pub fn resume(&mut self, at: f64) -> bool {
+        match self.spans.last_mut() {
+            Some((start, end @ None)) => {
+                *end = Some(at.max(*start));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a pause is open.
+    pub fn is_paused(&self) -> bool {
+        matches!(self.spans.last(), Some((_, None)))
+    }
+
+    /// Pauses started so far.
+    pub fn count(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Paused seconds up to wall time `now`.
+    pub fn total(&self, now: f64) -> f64 {
+        self.spans
+            .iter()
+            .map(|(start, end)| (end.unwrap_or(now).min(now) - start).max(0.0))
+            .sum()
+    }
+
+    /// `t` minus the pauses before it, or `None` inside a pause (`start <= t < end`).
+    pub fn recorded(&self, t: f64) -> Option<f64> {
+        let mut cut = 0.0;
+        for (start, end) in &self.spans {
+            if t < *start {
+                break;
+            }
+            match end {
+                Some(end) if t >= *end => cut += end - start,
+                _ => return None,
+            }
+        }
+        Some(t - cut)
+    }
+
+    /// As [`Self::recorded`], a time inside a pause counting as the pause's start.
+    pub fn recorded_clamped(&self, t: f64) -> f64 {
+        let mut cut = 0.0;
+        for (start, end) in &self.spans {
+            if t < *start {
+                break;
+            }
+            match end {
+                Some(end) if t >= *end => cut += end - start,
+                _ => return start - cut,
+            }
+        }
+        t - cut
     }
 }
 
@@ -238,6 +378,11 @@ impl TrackClock {
         }
     }
 
+    /// The recording's clock this track maps onto.
+    pub fn recording(&self) -> &RecordingClock {
+        &self.clock
+    }
+
     /// The track's RTP clock rate.
     pub fn rate(&self) -> f64 {
         self.rate
@@ -360,6 +505,10 @@ impl TrackClock {
 /// overlap or jitter by a rounding error. When the track's mapping changes basis (its first
 /// SR), the file's start is re-placed on the recording's clock; when positions drift from the
 /// recording's clock by more than [`MAX_FILE_DRIFT`], they are pulled back to it.
+///
+/// Times given to a timeline are *recorded* times ([`RecordingClock::recorded`]). A pause
+/// between two samples ([`FileTimeline::cut`]) re-aligns the next position to its recorded
+/// time at once: the paused span leaves no gap in the file.
 #[derive(Debug, Clone)]
 pub struct FileTimeline {
     first_ext: i64,
@@ -368,6 +517,10 @@ pub struct FileTimeline {
     generation: u32,
     rate: f64,
     realigned: u32,
+    /// Paused seconds before the last sample (wall − recorded time).
+    cut: Option<f64>,
+    /// A pause lies between the last sample and the next: re-align the next one at once.
+    cut_pending: bool,
 }
 
 impl FileTimeline {
@@ -380,7 +533,22 @@ impl FileTimeline {
             generation: clock.generation(),
             rate: clock.rate,
             realigned: 0,
+            cut: None,
+            cut_pending: false,
         }
+    }
+
+    /// The next sample has `cut` paused seconds before it (its wall time minus its recorded
+    /// time). When that differs from the previous sample's, a pause lies between them and the
+    /// next [`position`](Self::position) is the sample's recorded time: the RTP time the sender
+    /// spent during the pause is cut out of the file.
+    pub fn cut(&mut self, cut: f64) {
+        if let Some(last) = self.cut {
+            if (cut - last).abs() > 1e-6 {
+                self.cut_pending = true;
+            }
+        }
+        self.cut = Some(cut);
     }
 
     /// Recording time (seconds) of the file's first sample.
@@ -407,7 +575,10 @@ impl FileTimeline {
         if clock.generation() != self.generation {
             self.generation = clock.generation();
             if clock.synced() && self.adjust == 0 {
-                if let Some(first_t) = clock.time_of(self.first_ext, sender) {
+                if let Some(first_t) = clock
+                    .time_of(self.first_ext, sender)
+                    .map(|wall| clock.recording().recorded_clamped(wall))
+                {
                     tracing::debug!(
                         by_ms = (first_t - self.first_t) * 1e3,
                         first_t,
@@ -420,6 +591,14 @@ impl FileTimeline {
         }
         let position = ext - self.first_ext + self.adjust;
         let wanted = ((t - self.first_t) * self.rate).round() as i64;
+        if std::mem::take(&mut self.cut_pending) {
+            tracing::debug!(
+                cut_ms = (position - wanted) as f64 * 1000.0 / self.rate,
+                "paused span cut out of the file"
+            );
+            self.adjust += wanted - position;
+            return (wanted, moved);
+        }
         let settling =
             clock.synced() && position < (PLACEMENT_WINDOW.as_secs_f64() * self.rate) as i64;
         let limit = if settling {
@@ -461,6 +640,78 @@ mod tests {
 
     fn sender() -> SharedSenderClock {
         SharedSenderClock::default()
+    }
+
+    #[test]
+    fn pauses_cut_recorded_time() {
+        let mut p = Pauses::default();
+        assert_eq!(p.recorded(5.0), Some(5.0));
+        assert!(!p.resume(1.0));
+        assert!(p.pause(2.0));
+        assert!(!p.pause(2.5), "already paused");
+        assert!(p.is_paused());
+        assert_eq!(p.recorded(1.5), Some(1.5));
+        assert_eq!(p.recorded(2.0), None);
+        assert_eq!(
+            p.recorded(9.0),
+            None,
+            "an open pause takes everything after it"
+        );
+        assert_eq!(p.recorded_clamped(9.0), 2.0);
+        assert!((p.total(3.0) - 1.0).abs() < 1e-9);
+        assert!(p.resume(4.0));
+        assert_eq!(p.recorded(3.9), None);
+        assert_eq!(p.recorded(4.0), Some(2.0));
+        assert_eq!(p.recorded(5.0), Some(3.0));
+        assert!(p.pause(6.0));
+        assert!(p.resume(6.5));
+        assert_eq!(p.recorded(7.0), Some(4.5));
+        assert_eq!(p.recorded_clamped(6.2), 4.0);
+        assert!((p.total(100.0) - 2.5).abs() < 1e-9);
+        assert_eq!(p.count(), 2);
+    }
+
+    /// A sender keeps sending through a 2 s pause: the file's positions go on from where they
+    /// were, without the 2 s of RTP time the pause dropped.
+    #[test]
+    fn a_pause_leaves_no_gap_in_file_positions() {
+        let zero = Instant::now();
+        let s = sender();
+        let rc = RecordingClock::new(zero);
+        let mut c = TrackClock::new(rc.clone(), 48_000);
+        let mut f: Option<FileTimeline> = None;
+        let mut positions = Vec::new();
+        for i in 0..250i64 {
+            let at = zero + Duration::from_millis(20 * i as u64);
+            if i == 100 {
+                assert!(rc.pause(at));
+            }
+            if i == 200 {
+                assert!(rc.resume(at));
+            }
+            let ext = 7_000 + 960 * i;
+            if i == 1 {
+                // Sender reports place the track (its file then settles its start within
+                // PLACEMENT_WINDOW): the pause must still cut, not move the start.
+                let ntp = ((1000u64 << 32) as f64 + 0.02 * 4_294_967_296.0) as u64;
+                c.on_sender_report(ntp, 7_960);
+            }
+            let wall = c.map(ext, at, &s);
+            let Some(t) = rc.recorded(wall) else {
+                continue;
+            };
+            let f = f.get_or_insert_with(|| FileTimeline::start(ext, t, &c));
+            f.cut(wall - t);
+            positions.push(f.position(ext, t, &c, &s).0);
+        }
+        assert_eq!(positions.len(), 150);
+        let expected: Vec<i64> = (0..150).map(|i| 960 * i).collect();
+        assert_eq!(positions, expected);
+        assert!(c.synced());
+        assert_eq!(
+            rc.paused_total(zero + Duration::from_secs(60)),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]
@@ -514,8 +765,8 @@ mod tests {
         let zero = Instant::now();
         let s = sender();
         let rc = RecordingClock::new(zero);
-        let mut audio = TrackClock::new(rc, 48_000);
-        let mut video = TrackClock::new(rc, 90_000);
+        let mut audio = TrackClock::new(rc.clone(), 48_000);
+        let mut video = TrackClock::new(rc.clone(), 90_000);
         // Sender wallclock 1000.0 s = recording time 0.5 s. Audio RTP 0 and video RTP 777_777
         // both at wallclock 1000.0. Audio travels 20 ms, video 80 ms.
         let sender_to_rec = |ntp: f64| ntp - 1000.0 + 0.5;
@@ -571,8 +822,8 @@ mod tests {
         let zero = Instant::now();
         let s = sender();
         let rc = RecordingClock::new(zero);
-        let mut audio = TrackClock::new(rc, 48_000);
-        let mut video = TrackClock::new(rc, 90_000);
+        let mut audio = TrackClock::new(rc.clone(), 48_000);
+        let mut video = TrackClock::new(rc.clone(), 90_000);
         let rec = |w: f64| w - 999.5;
         let at = |r: f64| zero + Duration::from_secs_f64(r);
         let a_ts = |w: f64| (48_000.0 * (w - 1000.0)).round() as i64;
@@ -617,8 +868,8 @@ mod tests {
         let zero = Instant::now();
         let s = sender();
         let rc = RecordingClock::new(zero);
-        let mut audio = TrackClock::new(rc, 48_000);
-        let mut video = TrackClock::new(rc, 90_000);
+        let mut audio = TrackClock::new(rc.clone(), 48_000);
+        let mut video = TrackClock::new(rc.clone(), 90_000);
         // Wallclock w is recording time w − 999.5; audio travels 20 ms, video 30 ms.
         let rec = |w: f64| w - 999.5;
         let at = |r: f64| zero + Duration::from_secs_f64(r);
@@ -654,8 +905,8 @@ mod tests {
         let zero = Instant::now();
         let s = sender();
         let rc = RecordingClock::new(zero);
-        let mut audio = TrackClock::new(rc, 48_000);
-        let mut video = TrackClock::new(rc, 90_000);
+        let mut audio = TrackClock::new(rc.clone(), 48_000);
+        let mut video = TrackClock::new(rc.clone(), 90_000);
         // Wallclock w is recording time w − 999.5; audio travels 20 ms, video 30 ms.
         let rec = |w: f64| w - 999.5;
         let at = |r: f64| zero + Duration::from_secs_f64(r);

@@ -23,6 +23,7 @@ use crate::signal::protocol::{Candidate, CandidateField, ClientMessage};
 use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
@@ -53,6 +54,8 @@ pub trait LinkMedia: Send + Sync + 'static {
     async fn on_track(&self, remote: &str, track: Arc<dyn TrackRemote>);
     /// The connection state changed.
     async fn on_state(&self, _remote: &str, _state: RTCPeerConnectionState) {}
+    /// The remote opened a DataChannel (channels this side creates in `setup` are its own).
+    async fn on_data_channel(&self, _remote: &str, _channel: Arc<dyn DataChannel>) {}
 }
 
 /// Inputs to a link's task.
@@ -140,6 +143,14 @@ impl PeerConnectionEventHandler for Handler {
         };
         let remote = self.remote.clone();
         tokio::spawn(async move { media.on_track(&remote, track).await });
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let Some(media) = self.media.upgrade() else {
+            return;
+        };
+        let remote = self.remote.clone();
+        tokio::spawn(async move { media.on_data_channel(&remote, channel).await });
     }
 }
 

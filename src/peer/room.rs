@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_remote::TrackRemote;
 
 /// What a room peer does with the other peers.
@@ -25,6 +26,8 @@ pub trait Behaviour: Send + Sync + 'static {
     async fn on_track(&self, peer: &PeerInfo, track: Arc<dyn TrackRemote>);
     /// `peer` left the room (its connection is being closed).
     async fn peer_left(&self, _peer: &PeerInfo) {}
+    /// `peer` opened a DataChannel toward us (dropped unless the behaviour keeps it).
+    async fn on_data_channel(&self, _peer: &PeerInfo, _channel: Arc<dyn DataChannel>) {}
 }
 
 /// Per-link adapter: tells the behaviour which peer a callback is about.
@@ -41,6 +44,10 @@ impl LinkMedia for PeerMedia {
 
     async fn on_track(&self, _remote: &str, track: Arc<dyn TrackRemote>) {
         self.behaviour.on_track(&self.peer, track).await
+    }
+
+    async fn on_data_channel(&self, _remote: &str, channel: Arc<dyn DataChannel>) {
+        self.behaviour.on_data_channel(&self.peer, channel).await
     }
 }
 

@@ -132,8 +132,20 @@ pub struct RecordingDoc {
     pub stop_reason: Option<StopReason>,
     /// Recorded tracks.
     pub tracks: Vec<TrackDoc>,
-    /// Media files (the manifest itself is not listed).
+    /// Media files (the manifest itself is not listed), `chat.jsonl` included once it exists.
     pub files: Vec<FileDoc>,
+    /// Whether the recording is paused now (`state` stays `recording`: SPEC §11).
+    #[serde(default)]
+    pub paused: bool,
+    /// Total paused time, cut out of every file (live while paused).
+    #[serde(default)]
+    pub paused_ms: u64,
+    /// Chat messages written to `chat.jsonl`.
+    #[serde(default)]
+    pub chat_messages: u64,
+    /// Chat messages dropped: over 4 KiB, not `{"text": string}`, or sent while paused.
+    #[serde(default)]
+    pub chat_dropped: u64,
 }
 
 /// Formats a time as `2026-11-20T21:00:00.000Z`.
@@ -223,6 +235,10 @@ mod tests {
             stopped_at: None,
             error: None,
             stop_reason: None,
+            paused: false,
+            paused_ms: 0,
+            chat_messages: 0,
+            chat_dropped: 0,
             tracks: (0..tracks)
                 .map(|i| TrackDoc {
                     id: format!("t{i}"),

@@ -1,6 +1,7 @@
 //! Recording: pure writers (WebM, Ogg Opus) and readers, the manifest, the recording session
 //! with its per-track tasks, and the store of all recordings.
 
+pub mod chat;
 pub mod clip;
 pub mod disk;
 pub mod ebml;

@@ -32,6 +32,34 @@ pub struct RecordOptions {
     pub max_duration: Option<Duration>,
     /// Mux each participant's first VP8 and Opus track into one WebM (`"audio": "webm"`).
     pub muxed: bool,
+    /// Speak the consent notice to everyone present and to each later joiner (`"notice": true`).
+    pub notice: bool,
+}
+
+/// Why a pause or resume is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PauseError {
+    /// The recording is not in state `recording` (starting, stopping, stopped, failed).
+    #[error("the recording is not recording")]
+    NotRecording,
+    /// Resume of a recording that is not paused.
+    #[error("the recording is not paused")]
+    NotPaused,
+}
+
+/// What became of a chat message given to [`Recording::chat`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatOutcome {
+    /// Written as this line.
+    Written(super::chat::ChatLine),
+    /// Refused (counted in `chat_dropped` and the metric).
+    Dropped(super::chat::Refusal),
+    /// The recording is paused: not written (counted in `chat_dropped`).
+    Paused,
+    /// The recording is not recording (starting or over): ignored.
+    Inactive,
+    /// The write failed (recorded as the recording's error).
+    Failed,
 }
 
 struct Inner {
@@ -47,6 +75,10 @@ struct Inner {
     muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
+    /// `chat.jsonl`.
+    chat: super::chat::ChatWriter,
+    /// Chat messages refused or sent while paused.
+    chat_dropped: u64,
 }
 
 /// A recording, live or finished.
@@ -143,6 +175,7 @@ pub fn file_stem(name: &str, fallback: &str) -> String {
 impl Recording {
     /// A new live recording in state `starting`, accepted at `now`.
     pub fn new(id: String, room: String, dir: PathBuf, options: RecordOptions) -> Arc<Self> {
+        let chat_path = dir.join(super::chat::CHAT_FILE);
         Arc::new(Self {
             id,
             room,
@@ -162,6 +195,8 @@ impl Recording {
                 senders: HashMap::new(),
                 muxes: HashMap::new(),
                 frozen: None,
+                chat: super::chat::ChatWriter::new(chat_path),
+                chat_dropped: 0,
             }),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
@@ -204,9 +239,9 @@ impl Recording {
         &self.dir
     }
 
-    /// The recording's clock.
-    pub fn clock(&self) -> RecordingClock {
-        self.clock
+    /// The recording's clock (its pauses included: place media by its recorded time).
+    pub fn clock(&self) -> &RecordingClock {
+        &self.clock
     }
 
     /// Its options.
@@ -239,6 +274,18 @@ impl Recording {
                 url: format!("/api/recordings/{}/files/{}", self.id, doc.file),
             });
         }
+        if inner.chat.created() {
+            files.push(FileDoc {
+                name: super::chat::CHAT_FILE.into(),
+                bytes: inner.chat.bytes(),
+                url: format!(
+                    "/api/recordings/{}/files/{}",
+                    self.id,
+                    super::chat::CHAT_FILE
+                ),
+            });
+        }
+        let now = inner.stop_instant.unwrap_or_else(Instant::now);
         RecordingDoc {
             id: self.id.clone(),
             room: self.room.clone(),
@@ -250,7 +297,93 @@ impl Recording {
             stop_reason: inner.stop_reason,
             tracks,
             files,
+            paused: self.clock.is_paused(),
+            paused_ms: self.clock.paused_total(now).as_millis() as u64,
+            chat_messages: inner.chat.lines(),
+            chat_dropped: inner.chat_dropped,
         }
+    }
+
+    /// Pauses the recording now: nothing is written until [`Self::resume`], files stay open,
+    /// and the paused span is cut out of every file (the clock's recorded time skips it).
+    /// Idempotent: pausing a paused recording changes nothing. Returns whether this call
+    /// paused it.
+    pub fn pause(&self) -> Result<bool, PauseError> {
+        let paused = {
+            let inner = lock(&self.inner);
+            if inner.state != State::Recording {
+                return Err(PauseError::NotRecording);
+            }
+            self.clock.pause(Instant::now())
+        };
+        if paused {
+            tracing::info!(recording = %self.id, "paused");
+            self.write_manifest();
+        }
+        Ok(paused)
+    }
+
+    /// Resumes a paused recording now. Video files go on with a keyframe (requested at once).
+    pub fn resume(&self) -> Result<(), PauseError> {
+        {
+            let inner = lock(&self.inner);
+            if inner.state != State::Recording {
+                return Err(PauseError::NotRecording);
+            }
+            if !self.clock.resume(Instant::now()) {
+                return Err(PauseError::NotPaused);
+            }
+        }
+        tracing::info!(recording = %self.id, "resumed");
+        self.write_manifest();
+        Ok(())
+    }
+
+    /// A chat message from `from` (display name `name`) arrived at `at` over a DataChannel:
+    /// written to `chat.jsonl` at its recorded time, unless refused, paused or inactive.
+    pub fn chat(&self, from: &str, name: &str, data: &[u8], at: Instant) -> ChatOutcome {
+        let (outcome, created) = {
+            let mut inner = lock(&self.inner);
+            if inner.state != State::Recording || inner.frozen.is_some() {
+                return ChatOutcome::Inactive;
+            }
+            let text = match super::chat::parse_message(data) {
+                Ok(text) => text,
+                Err(refusal) => {
+                    inner.chat_dropped += 1;
+                    metrics::counter!(crate::telemetry::CHAT_DROPPED).increment(1);
+                    tracing::debug!(recording = %self.id, from, %refusal, "chat message dropped");
+                    return ChatOutcome::Dropped(refusal);
+                }
+            };
+            let Some(t) = self.clock.recorded(self.clock.seconds(at)) else {
+                inner.chat_dropped += 1;
+                metrics::counter!(crate::telemetry::CHAT_DROPPED).increment(1);
+                return ChatOutcome::Paused;
+            };
+            let t_ms = (t * 1000.0).round() as i64;
+            match inner.chat.write(t_ms, from, name, &text) {
+                Ok((line, created)) => {
+                    metrics::counter!(crate::telemetry::CHAT_MESSAGES).increment(1);
+                    (ChatOutcome::Written(line), created)
+                }
+                Err(e) => {
+                    drop(inner);
+                    tracing::error!(recording = %self.id, error = %e, "chat write failed");
+                    metrics::counter!(crate::telemetry::WRITE_ERRORS).increment(1);
+                    let mut inner = lock(&self.inner);
+                    if inner.error.is_none() {
+                        inner.error = Some(format!("{}: {e}", super::chat::CHAT_FILE));
+                    }
+                    return ChatOutcome::Failed;
+                }
+            }
+        };
+        if created {
+            // Listed on disk at once, like a media file.
+            self.write_manifest();
+        }
+        outcome
     }
 
     /// Rewrites `manifest.json`; failures are logged (the recording goes on).
@@ -406,7 +539,10 @@ impl Recording {
                     inner.state = State::Stopping;
                     inner.stop_reason = Some(reason);
                     inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
-                    inner.stop_instant = Some(Instant::now());
+                    let now = Instant::now();
+                    inner.stop_instant = Some(now);
+                    // A stop while paused ends the pause there: `paused_ms` counts to the stop.
+                    self.clock.resume(now);
                     true
                 }
                 _ => false,
@@ -435,6 +571,13 @@ impl Recording {
         }
         {
             let mut inner = lock(&self.inner);
+            if let Err(e) = inner.chat.finish() {
+                tracing::error!(recording = %self.id, error = %e, "chat log fsync failed");
+                metrics::counter!(crate::telemetry::WRITE_ERRORS).increment(1);
+                if inner.error.is_none() {
+                    inner.error = Some(format!("{}: {e}", super::chat::CHAT_FILE));
+                }
+            }
             // A recording cut short by the disk or an error ends `failed`, with what it has.
             inner.state = match reason {
                 StopReason::DiskFull | StopReason::Error => State::Failed,

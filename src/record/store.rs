@@ -113,6 +113,23 @@ pub fn recover(
             });
         }
     }
+    let chat = dir.join(super::chat::CHAT_FILE);
+    match super::chat::repair(&chat) {
+        Ok(0) => {}
+        Ok(cut) => tracing::info!(recording = %doc.id, cut, "torn chat line cut"),
+        Err(e) => tracing::error!(recording = %doc.id, error = %e, "chat log not repaired"),
+    }
+    if chat.is_file() && !doc.files.iter().any(|f| f.name == super::chat::CHAT_FILE) {
+        doc.files.push(FileDoc {
+            name: super::chat::CHAT_FILE.into(),
+            bytes: 0,
+            url: format!(
+                "/api/recordings/{}/files/{}",
+                doc.id,
+                super::chat::CHAT_FILE
+            ),
+        });
+    }
     for file in &mut doc.files {
         if let Ok(meta) = std::fs::metadata(dir.join(&file.name)) {
             file.bytes = meta.len();

@@ -66,7 +66,7 @@ struct PictureLossIndicationDue(crate::media::pli::Request);
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
 /// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
 pub async fn run<S: MediaSource>(mut ctx: TrackContext, source: S, mux: Option<Arc<MuxFile>>) {
-    let clock = TrackClock::new(ctx.recording.clock(), clock_rate(ctx.entry.kind));
+    let clock = TrackClock::new(ctx.recording.clock().clone(), clock_rate(ctx.entry.kind));
     let sink = match mux {
         Some(mux) => Sink::lane(Arc::clone(&ctx.entry), mux),
         None => Sink::own(Arc::clone(&ctx.entry), ctx.path.clone()),
@@ -224,8 +224,9 @@ struct Unplaced {
 }
 
 /// Places a sample on its file's timeline (the sink starts with the first one it takes) and
-/// pushes it into the sink; a sample after the requested stop is dropped. The manifest is
-/// rewritten when the file started; an error is recorded on the track.
+/// pushes it into the sink; a sample after the requested stop, or inside a pause of the
+/// recording, is dropped. The file's timeline runs on recorded time (pauses cut out). The
+/// manifest is rewritten when the file started; an error is recorded on the track.
 fn place(
     ctx: &TrackContext,
     sink: &mut Sink,
@@ -233,13 +234,17 @@ fn place(
     clock: &TrackClock,
     sample: Unplaced,
 ) {
+    let wall = sample.t;
     if let Some(stop) = *ctx.stop.borrow() {
-        if sample.t > ctx.recording.clock().seconds(stop) {
+        if wall > ctx.recording.clock().seconds(stop) {
             return;
         }
     }
+    let Some(t) = ctx.recording.clock().recorded(wall) else {
+        return;
+    };
     if timeline.is_none() {
-        match sink.start(sample.keyframe, sample.size, &sample.data, sample.t) {
+        match sink.start(sample.keyframe, sample.size, &sample.data, t) {
             Ok(Start::Wait) => return,
             Ok(Start::Open) => {}
             // On disk at once, so a crash leaves the file listed and placed.
@@ -249,12 +254,13 @@ fn place(
                 return;
             }
         }
-        *timeline = Some(FileTimeline::start(sample.ext, sample.t, clock));
+        *timeline = Some(FileTimeline::start(sample.ext, t, clock));
     }
     let Some(timeline) = timeline.as_mut() else {
         return;
     };
-    let (position, moved) = timeline.position(sample.ext, sample.t, clock, &ctx.sender);
+    timeline.cut(wall - t);
+    let (position, moved) = timeline.position(sample.ext, t, clock, &ctx.sender);
     let placed = Sample {
         file_start: timeline.first_t(),
         moved,
@@ -280,7 +286,9 @@ fn flush(ctx: &TrackContext, sink: &mut Sink) {
 
 /// Ends the sink at `end`; a failure is recorded (the file may not be complete or durable).
 fn finish(ctx: &TrackContext, sink: Sink, end: Instant, timeline: Option<&FileTimeline>) {
-    if let Err(e) = sink.finish(ctx.recording.clock().seconds(end), timeline) {
+    let clock = ctx.recording.clock();
+    let end = clock.recorded_clamped(clock.seconds(end));
+    if let Err(e) = sink.finish(end, timeline) {
         ctx.recording.track_error(&ctx.entry, &e);
     }
 }
@@ -293,6 +301,10 @@ struct VideoPipeline {
     timeline: Option<FileTimeline>,
     /// The gap (by when it became visible) already reported as a loss.
     suspected_gap: Option<Instant>,
+    /// Paused seconds before the last frame written (wall − recorded time).
+    written_cut: f64,
+    /// A pause lies behind: frames are dropped until a keyframe (one was requested).
+    keyframe_after_cut: bool,
 }
 
 impl VideoPipeline {
@@ -304,6 +316,8 @@ impl VideoPipeline {
             sink,
             timeline: None,
             suspected_gap: None,
+            written_cut: 0.0,
+            keyframe_after_cut: false,
         }
     }
 
@@ -326,6 +340,22 @@ impl VideoPipeline {
         }
         let ext = frame.rtp_ts as i64;
         let t = self.clock.map(ext, frame.first_arrival, &ctx.sender);
+        // After a pause the file goes on with a keyframe: what follows the cut must decode
+        // without the frames the pause dropped.
+        if let Some(recorded) = ctx.recording.clock().recorded(t) {
+            let cut = t - recorded;
+            if self.timeline.is_some() && cut > self.written_cut + 1e-6 {
+                if !frame.keyframe {
+                    if !self.keyframe_after_cut {
+                        self.keyframe_after_cut = true;
+                        self.pli.frame_lost();
+                    }
+                    return;
+                }
+                self.keyframe_after_cut = false;
+            }
+            self.written_cut = cut;
+        }
         let sample = Unplaced {
             ext,
             t,
@@ -381,14 +411,14 @@ impl Pipeline for VideoPipeline {
                 self.pli.frame_lost();
             }
         }
-        let awaiting = self.assembler.waiting_for_keyframe();
+        let awaiting = self.assembler.waiting_for_keyframe() || self.keyframe_after_cut;
         self.pli.poll(now, awaiting).map(PictureLossIndicationDue)
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         let pli = self
             .pli
-            .next_deadline(self.assembler.waiting_for_keyframe());
+            .next_deadline(self.assembler.waiting_for_keyframe() || self.keyframe_after_cut);
         let gap = self
             .assembler
             .gap_since()
@@ -635,7 +665,7 @@ mod tests {
     }
 
     fn video(ctx: &TrackContext, mux: Option<&Arc<MuxFile>>, now: Instant) -> VideoPipeline {
-        let clock = TrackClock::new(ctx.recording.clock(), 90_000);
+        let clock = TrackClock::new(ctx.recording.clock().clone(), 90_000);
         let sink = match mux {
             Some(mux) => Sink::lane(Arc::clone(&ctx.entry), Arc::clone(mux)),
             None => Sink::own(Arc::clone(&ctx.entry), ctx.path.clone()),
@@ -644,7 +674,7 @@ mod tests {
     }
 
     fn audio(ctx: &TrackContext, mux: Option<&Arc<MuxFile>>) -> AudioPipeline {
-        let clock = TrackClock::new(ctx.recording.clock(), 48_000);
+        let clock = TrackClock::new(ctx.recording.clock().clone(), 48_000);
         let sink = match mux {
             Some(mux) => Sink::lane(Arc::clone(&ctx.entry), Arc::clone(mux)),
             None => Sink::own(Arc::clone(&ctx.entry), ctx.path.clone()),

@@ -37,6 +37,9 @@ function refusal(event, roomToken) {
 /** Name recbot gives its recorder bot. */
 const RECORDER_NAME = 'recorder';
 
+/** Largest chat message, in bytes of its JSON (SPEC §11). */
+export const CHAT_MAX_BYTES = 4096;
+
 export class Call extends EventTarget {
   /** @param {{room: string, name: string, roomToken?: string, stream: MediaStream}} options */
   constructor({ room, name, roomToken, stream }) {
@@ -184,6 +187,23 @@ export class Call extends EventTarget {
     return link;
   }
 
+  /**
+   * Sends a chat message to everyone connected (SPEC §11: a JSON {"text"} of at most 4 KiB on
+   * each connection's `chat` DataChannel, the recorder's included). Returns how many got it.
+   */
+  sendChat(text) {
+    const message = JSON.stringify({ text });
+    if (new TextEncoder().encode(message).length > CHAT_MAX_BYTES) throw new Error('The message is over 4 KiB.');
+    let sent = 0;
+    for (const link of this.links.values()) {
+      if (link.chat?.readyState === 'open') {
+        link.chat.send(message);
+        sent += 1;
+      }
+    }
+    return sent;
+  }
+
   closeLinks() {
     for (const link of this.links.values()) link.close();
     this.links.clear();
@@ -219,10 +239,31 @@ class Link {
     };
     pc.onconnectionstatechange = () =>
       this.call.emit('link', { id: remote, state: pc.connectionState });
+    pc.ondatachannel = ({ channel }) => {
+      if (channel.label === 'chat') this.useChat(channel);
+    };
+    this.chat = null;
+  }
+
+  /** Keeps `channel` as this connection's chat; its messages become `chat` events. */
+  useChat(channel) {
+    this.chat = channel;
+    channel.onmessage = ({ data }) => {
+      if (typeof data !== 'string' || data.length > CHAT_MAX_BYTES) return;
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (msg && typeof msg.text === 'string') this.call.emit('chat', { id: this.remote, text: msg.text });
+    };
   }
 
   /** Starts the negotiation from our side: adding our tracks fires `negotiationneeded`. */
   offer() {
+    // In our offer, so that the m=application section is negotiated with the media.
+    if (!this.chat) this.useChat(this.pc.createDataChannel('chat'));
     this.addTracks();
     // Without a camera or microphone we still want to receive theirs.
     const kinds = new Set(this.pc.getTransceivers().map((t) => t.receiver.track.kind));

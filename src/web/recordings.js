@@ -45,7 +45,9 @@ export function initRecordings() {
     const button = $('#rec-start');
     button.disabled = true;
     try {
-      const rec = await api.startRecording({ room, audio: $('#rec-audio').value });
+      const body = { room, audio: $('#rec-audio').value };
+      if ($('#rec-notice-check').checked) body.notice = true;
+      const rec = await api.startRecording(body);
       opened.add(rec.id);
       setNotice(notice, '');
       toast(`Recording room ${room}`, 'ok');
@@ -168,7 +170,7 @@ export function initRecordings() {
     // Buttons and file rows are rebuilt only when they change, so clicks never hit a
     // replaced element.
     const files = rec.files || [];
-    const shape = `${rec.state}|${files.map((f) => f.name).join(',')}`;
+    const shape = `${rec.state}|${rec.paused}|${files.map((f) => f.name).join(',')}`;
     if (shape !== card.shape) {
       card.shape = shape;
       parts.actions.replaceChildren(...actions(rec));
@@ -196,7 +198,21 @@ export function initRecordings() {
         }
         refresh();
       });
-      return [stop];
+      // Pause / resume (SPEC §11): the paused span is cut out of the files.
+      const paused = !!rec.paused;
+      const pause = h('button', { class: 'btn small', type: 'button', disabled: rec.state !== 'recording' }, paused ? 'Resume' : 'Pause');
+      pause.addEventListener('click', async () => {
+        pause.disabled = true;
+        try {
+          await (paused ? api.resumeRecording(rec.id) : api.pauseRecording(rec.id));
+          toast(paused ? `Recording of ${rec.room} resumed` : `Recording of ${rec.room} paused`, 'ok');
+        } catch (e) {
+          setNotice(notice, e.describe(paused ? 'Cannot resume the recording' : 'Cannot pause the recording'));
+        } finally {
+          refresh();
+        }
+      });
+      return [pause, stop];
     }
     const del = h('button', { class: 'btn ghost small', type: 'button' }, 'Delete');
     let armed = 0;

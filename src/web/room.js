@@ -83,6 +83,7 @@ export function initRoom(hooks) {
     on('media', (d) => showMedia(d.id, d.stream));
     on('link', (d) => linkState(d.id, d.state));
     on('recording', recording);
+    on('chat', (d) => addChat(call.peers.get(d.id)?.name || d.id, d.text));
     on('signal-error', (d) => toast(`Signaling refused a message: ${d.message} (${d.code})`, 'error'));
     on('closed', (d) => {
       if (!d.clean) {
@@ -102,6 +103,27 @@ export function initRoom(hooks) {
     renderPeople();
     hooks.joined(room);
   }
+
+  /** Appends a chat line (text only: never parsed as HTML). */
+  function addChat(who, text, self = false) {
+    const log = $('#chat-log');
+    log.append(h('li', { class: self ? 'chat-line self' : 'chat-line' }, h('strong', {}, `${who}: `), text));
+    log.scrollTop = log.scrollHeight;
+  }
+
+  $('#chat-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const input = $('#chat-text');
+    const text = input.value;
+    if (!call || !text.trim()) return;
+    try {
+      call.sendChat(text);
+      addChat(call.name || 'You', text, true);
+      input.value = '';
+    } catch (e) {
+      toast(e.message, 'error');
+    }
+  });
 
   $('#leave-btn').addEventListener('click', () => {
     call?.leave();
@@ -132,6 +154,7 @@ export function initRoom(hooks) {
   }
 
   function cleanup() {
+    $('#chat-log').replaceChildren();
     if (stream) for (const t of stream.getTracks()) t.stop();
     stream = null;
     call = null;
