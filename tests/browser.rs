@@ -1,6 +1,7 @@
 //! The page in a real browser: two headless Chromium processes (Debian's `chromium`, fake
 //! camera and microphone) join a room through recbot's page, record it with the page's
-//! button for ~10 s, stop it, and play and seek the recorded video in the page. The browser
+//! button for ~10 s (chatting meanwhile), stop it, and play and seek the recorded video in
+//! the page. The browser
 //! side is `tests/browser/e2e.mjs` (Node + playwright-core); this test starts the server,
 //! runs the script, and checks the recording and its files. Screenshots are kept under
 //! `target/browser-artifacts/`.
@@ -186,6 +187,48 @@ async fn page_joins_records_and_plays_back_in_chromium() {
     }
     let recorded_s = summary["recorded_ms"].as_f64().expect("recorded_ms") / 1000.0;
     assert!((9.0..20.0).contains(&recorded_s), "recorded {recorded_s} s");
+
+    // The chat the pages sent is in chat.jsonl on the recording's clock, text exact, listed
+    // in files and downloadable (SPEC §11).
+    let sent = summary["chat"].as_array().expect("chat in the summary");
+    assert_eq!(sent.len(), 2, "{summary}");
+    assert!(
+        rec["files"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["name"] == "chat.jsonl")),
+        "chat.jsonl is not listed: {rec}"
+    );
+    let resp = srv
+        .http
+        .get(srv.url(&format!("/api/recordings/{id}/files/chat.jsonl")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{body}");
+    let peers: std::collections::HashMap<&str, &str> = tracks
+        .iter()
+        .filter_map(|t| Some((t["participant_name"].as_str()?, t["participant"].as_str()?)))
+        .collect();
+    for (line, sent) in lines.iter().zip(sent) {
+        let name = sent["from"].as_str().expect("from");
+        assert_eq!(line["text"], sent["text"], "{body}");
+        assert_eq!(line["name"], name, "{body}");
+        assert_eq!(line["from"], peers[name], "{body}");
+        // The test took t0 just after the click; the recording's clock started at the
+        // create call, a little before, and the message lands after it was sent.
+        let t_ms = line["t_ms"].as_f64().expect("t_ms");
+        let sent_ms = sent["sent_ms"].as_f64().expect("sent_ms");
+        assert!(
+            t_ms >= sent_ms - 500.0 && t_ms <= sent_ms + 3_000.0,
+            "{name}'s chat at {t_ms} ms on the recording's clock, sent at {sent_ms} ms: {body}"
+        );
+    }
 
     // Every file is clean and about as long as the recording.
     let dir = srv.dir.path().join(id);

@@ -5,7 +5,8 @@
 // Two headless Chromium processes (Debian's /usr/bin/chromium, fake camera and microphone,
 // each with a fresh profile) join one room through the page. The first one starts a
 // recording with the page's button, lets it run ~10 s, stops it from the page, opens the
-// recorded video in the page's player, plays it and seeks past 5 s. Screenshots go to
+// recorded video in the page's player, plays it and seeks past 5 s. While recording, each
+// sends a chat message through the page's chat panel. Screenshots go to
 // <artifact-dir>. The last line on stdout is a JSON summary; progress goes to stderr.
 //
 // Network: the page is opened with `?loopback=1`, so it keeps only loopback ICE candidates;
@@ -155,6 +156,25 @@ async function main() {
     const figures = () => card.locator('.figures').innerText();
     const early = await figures();
 
+    // Chat through the page's panel: each message goes over the `chat` DataChannels to the
+    // other browser and to the recorder (which writes chat.jsonl). Non-ASCII on purpose.
+    const chat = [];
+    for (const [from, to, text] of [
+      [alice, bob, 'héllo 🌍 — "quoted" from alice'],
+      [bob, alice, 'ça va ? ✓ bob'],
+    ]) {
+      const sentMs = Date.now() - t0;
+      await from.page.fill('#chat-text', text);
+      await from.page.press('#chat-text', 'Enter');
+      await to.page.waitForFunction(
+        (text) => [...document.querySelectorAll('#chat-log .chat-line')].some((li) => li.textContent.endsWith(text)),
+        text,
+        WAIT,
+      );
+      chat.push({ from: from.name, text, sent_ms: sentMs });
+    }
+    log('chat crossed both ways');
+
     // A second start for the same room is refused: the page shows the API's 409.
     await alice.page.click('#rec-start');
     await alice.page.waitForSelector('#rec-notice:not([hidden])', WAIT);
@@ -285,6 +305,7 @@ async function main() {
       playback,
       range_responses_206: ranges,
       conflict_message: conflict,
+      chat,
       figures: { early, late },
       bots,
       ice,
