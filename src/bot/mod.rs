@@ -37,6 +37,8 @@ pub struct Services {
     pub media_dir: PathBuf,
     /// Longest recording (`--max-recording-s`); a request may only shorten it.
     pub max_recording: Duration,
+    /// Object storage (`--s3-bucket`), when configured.
+    pub storage: Option<Arc<crate::store::Storage>>,
 }
 use tokio::sync::mpsc;
 use tracing::Instrument;

@@ -6,6 +6,7 @@
 
 use super::manifest::{
     format_time, write_manifest, FileDoc, Kind, RecordingDoc, State, StopReason, TrackDoc,
+    UploadState,
 };
 use super::mux::{Lane, MuxFile};
 pub use super::stats::{TrackEntry, TrackStats};
@@ -47,6 +48,41 @@ struct Inner {
     muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
+    /// Upload bookkeeping when the recording goes to object storage; `None` without.
+    uploads: Option<Uploads>,
+}
+
+/// A file's upload state and the store's last answer.
+#[derive(Debug, Clone)]
+struct FileUpload {
+    state: UploadState,
+    error: Option<String>,
+    /// The key it was (or is being) uploaded under.
+    object: Option<String>,
+}
+
+/// Upload bookkeeping of a recording kept in object storage (SPEC §7). It lives in the
+/// Recording document (`files[].upload`, `upload`), so every manifest write keeps the queue on
+/// disk and a restart resumes it.
+#[derive(Debug, Clone)]
+struct Uploads {
+    /// Key prefix for files without a key yet (`None` until the storage says it).
+    prefix: Option<String>,
+    /// By file name; a listed file missing here is `pending`.
+    files: HashMap<String, FileUpload>,
+    /// The manifest's own state: it goes last, `uploaded` means the bucket holds it all.
+    manifest: UploadState,
+}
+
+/// What object storage may do with a recording now (see [`Recording::upload_work`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadWork {
+    /// Final files not uploaded yet, in listing order.
+    pub files: Vec<String>,
+    /// Files not uploaded yet (final or not).
+    pub unfinished: usize,
+    /// Every file is uploaded and the recording has ended: the manifest can go.
+    pub manifest_ready: bool,
 }
 
 /// A recording, live or finished.
@@ -66,6 +102,9 @@ pub struct Recording {
     /// Held for a whole manifest write (snapshot and file), so writes of this recording never
     /// overlap and the last one to land carries the newest document. Taken before `inner`.
     manifest: Mutex<()>,
+    /// Woken when a file may have become final (a track ended, the recording stopped), for
+    /// the object storage above this layer.
+    uploads_changed: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 /// What a track task gets from its recording.
@@ -122,6 +161,71 @@ impl Inner {
     }
 }
 
+impl Uploads {
+    /// The bookkeeping a loaded document carries (`recording_state`: its `upload`). An upload
+    /// a restart interrupted is `pending` again.
+    fn from_doc(doc: &RecordingDoc, recording_state: UploadState) -> Self {
+        let suffix = |name: &str| format!("{}/{name}", doc.id);
+        let prefix = doc.files.iter().find_map(|f| {
+            let object = f.object.as_deref()?;
+            object.strip_suffix(&suffix(&f.name)).map(str::to_owned)
+        });
+        let files = doc
+            .files
+            .iter()
+            .filter_map(|f| {
+                let state = match f.upload? {
+                    UploadState::Uploading => UploadState::Pending,
+                    state => state,
+                };
+                let upload = FileUpload {
+                    state,
+                    error: f.upload_error.clone(),
+                    object: f.object.clone(),
+                };
+                Some((f.name.clone(), upload))
+            })
+            .collect();
+        Self {
+            prefix,
+            files,
+            manifest: if recording_state == UploadState::Uploaded {
+                UploadState::Uploaded
+            } else {
+                UploadState::Pending
+            },
+        }
+    }
+
+    fn key(&self, id: &str, name: &str) -> Option<String> {
+        match self.files.get(name).and_then(|f| f.object.clone()) {
+            Some(object) => Some(object),
+            None => Some(format!("{}{id}/{name}", self.prefix.as_deref()?)),
+        }
+    }
+
+    /// Fills in the upload fields of `doc`: each file's, and the recording's: the worst of its
+    /// files' states, then the manifest's once every file is uploaded (so `uploaded` means
+    /// the manifest is in the bucket too).
+    fn fill(&self, id: &str, doc: &mut RecordingDoc) {
+        let mut worst = UploadState::Uploaded;
+        for file in &mut doc.files {
+            let (state, error) = match self.files.get(&file.name) {
+                Some(f) => (f.state, f.error.clone()),
+                None => (UploadState::Pending, None),
+            };
+            file.upload = Some(state);
+            file.upload_error = error;
+            file.object = self.key(id, &file.name);
+            worst = worst.max(state);
+        }
+        if worst == UploadState::Uploaded {
+            worst = self.manifest;
+        }
+        doc.upload = Some(worst);
+    }
+}
+
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -162,7 +266,9 @@ impl Recording {
                 senders: HashMap::new(),
                 muxes: HashMap::new(),
                 frozen: None,
+                uploads: None,
             }),
+            uploads_changed: std::sync::OnceLock::new(),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
             leave: CancellationToken::new(),
@@ -183,6 +289,9 @@ impl Recording {
         {
             let mut inner = lock(&rec.inner);
             inner.state = doc.state;
+            inner.uploads = doc
+                .upload
+                .map(|recording_state| Uploads::from_doc(&doc, recording_state));
             inner.frozen = Some(doc);
         }
         rec.done_tx.send_replace(true);
@@ -222,6 +331,15 @@ impl Recording {
     /// The document as the API and the manifest show it, with live figures.
     pub fn doc(&self) -> RecordingDoc {
         let inner = lock(&self.inner);
+        let mut doc = self.bare_doc(&inner);
+        if let Some(uploads) = &inner.uploads {
+            uploads.fill(&self.id, &mut doc);
+        }
+        doc
+    }
+
+    /// The document without its upload fields filled in.
+    fn bare_doc(&self, inner: &Inner) -> RecordingDoc {
         if let Some(doc) = &inner.frozen {
             return doc.clone();
         }
@@ -237,6 +355,9 @@ impl Recording {
                 name: doc.file.clone(),
                 bytes: doc.bytes,
                 url: format!("/api/recordings/{}/files/{}", self.id, doc.file),
+                upload: None,
+                upload_error: None,
+                object: None,
             });
         }
         RecordingDoc {
@@ -250,6 +371,125 @@ impl Recording {
             stop_reason: inner.stop_reason,
             tracks,
             files,
+            upload: None,
+        }
+    }
+
+    /// Wakes the object storage: a file may have become final. A no-op without storage.
+    pub fn files_changed(&self) {
+        if let Some(notify) = self.uploads_changed.get() {
+            notify.notify_one();
+        }
+    }
+
+    /// Puts this recording in object storage's queue (SPEC §7): its files become `pending`,
+    /// keyed `{prefix}{id}/{name}`, and `notify` is woken whenever a file may have become final.
+    /// A recording loaded with upload states keeps them (and the keys it had); one loaded
+    /// without (recorded before storage was configured) stays local. Idempotent.
+    pub fn enable_uploads(&self, prefix: &str, notify: Arc<tokio::sync::Notify>) {
+        let _ = self.uploads_changed.set(notify);
+        {
+            let mut inner = lock(&self.inner);
+            let live = inner.frozen.is_none();
+            match &mut inner.uploads {
+                Some(uploads) => {
+                    uploads.prefix.get_or_insert_with(|| prefix.to_owned());
+                }
+                None if live => {
+                    inner.uploads = Some(Uploads {
+                        prefix: Some(prefix.to_owned()),
+                        files: HashMap::new(),
+                        manifest: UploadState::Pending,
+                    });
+                }
+                None => return,
+            }
+        }
+        self.files_changed();
+    }
+
+    /// What object storage may do now, or `None` when it has nothing left to do here (no
+    /// storage, or the manifest is in the bucket). A file is final once every track writing
+    /// it has ended, or the recording has (a loaded recording's files are all final).
+    pub fn upload_work(&self) -> Option<UploadWork> {
+        let inner = lock(&self.inner);
+        let uploads = inner.uploads.as_ref()?;
+        if uploads.manifest == UploadState::Uploaded {
+            return None;
+        }
+        let ended = !inner.state.is_active();
+        let doc = self.bare_doc(&inner);
+        let mut work = UploadWork {
+            files: Vec::new(),
+            unfinished: 0,
+            manifest_ready: false,
+        };
+        for file in &doc.files {
+            let uploaded = uploads
+                .files
+                .get(&file.name)
+                .is_some_and(|f| f.state == UploadState::Uploaded);
+            if uploaded {
+                continue;
+            }
+            work.unfinished += 1;
+            let is_final = ended
+                || inner
+                    .tracks
+                    .iter()
+                    .filter(|t| t.file == file.name)
+                    .all(|t| t.stats.ended.load(Ordering::Acquire));
+            if is_final {
+                work.files.push(file.name.clone());
+            }
+        }
+        work.manifest_ready = ended && work.unfinished == 0;
+        Some(work)
+    }
+
+    /// The object key of file `name` (`manifest.json` included): the key it was uploaded
+    /// under, else `{prefix}{id}/{name}`. `None` without storage.
+    pub fn object_key(&self, name: &str) -> Option<String> {
+        let inner = lock(&self.inner);
+        let uploads = inner.uploads.as_ref()?;
+        uploads.key(&self.id, name)
+    }
+
+    /// The upload state of file `name` (`None` without storage).
+    pub fn file_upload(&self, name: &str) -> Option<UploadState> {
+        let inner = lock(&self.inner);
+        let uploads = inner.uploads.as_ref()?;
+        Some(
+            uploads
+                .files
+                .get(name)
+                .map_or(UploadState::Pending, |f| f.state),
+        )
+    }
+
+    /// Sets file `name`'s upload state and the store's last answer (kept only while
+    /// `retrying`). The caller rewrites the manifest when the change must survive a restart.
+    pub fn set_file_upload(&self, name: &str, state: UploadState, error: Option<String>) {
+        let mut inner = lock(&self.inner);
+        let id = self.id.clone();
+        let Some(uploads) = inner.uploads.as_mut() else {
+            return;
+        };
+        let object = uploads.key(&id, name);
+        let entry = uploads.files.entry(name.to_owned()).or_insert(FileUpload {
+            state,
+            error: None,
+            object: None,
+        });
+        entry.state = state;
+        entry.error = error.filter(|_| state == UploadState::Retrying);
+        entry.object = entry.object.take().or(object);
+    }
+
+    /// Sets the manifest's upload state (`uploaded`: the recording in the bucket is complete).
+    pub fn set_manifest_upload(&self, state: UploadState) {
+        if let Some(uploads) = lock(&self.inner).uploads.as_mut() {
+            uploads.manifest = state;
         }
     }
 
@@ -293,6 +533,7 @@ impl Recording {
         self.leave.cancel();
         self.done_tx.send_replace(true);
         self.write_manifest();
+        self.files_changed();
     }
 
     /// Registers a new track of `participant` with a file of its own and returns what its task
@@ -455,6 +696,7 @@ impl Recording {
         }
         self.leave.cancel();
         self.done_tx.send_replace(true);
+        self.files_changed();
         metrics::histogram!(crate::telemetry::FINALIZE_SECONDS)
             .record(started.elapsed().as_secs_f64());
         tracing::info!(
