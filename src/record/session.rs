@@ -807,6 +807,80 @@ mod tests {
         assert!(temps.is_empty(), "{temps:?}");
     }
 
+    /// With storage, a file is queued once every track writing it has ended (a muxed file
+    /// waits for both lanes), or once the recording has; the manifest only after every file
+    /// is uploaded; and the states, errors and keys live in the document and survive a reload.
+    #[test]
+    fn files_are_final_when_their_tracks_end_and_the_manifest_goes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r1".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        assert_eq!(rec.upload_work(), None, "no storage: nothing to do");
+        rec.enable_uploads("pre/", Arc::new(tokio::sync::Notify::new()));
+        rec.set_recording("bot");
+        let a = rec.add_track("p1", "alice", Kind::Audio, "ogg").unwrap();
+        let (v, _) = rec.add_muxed_track("p2", "bob", Kind::Video).unwrap();
+        let (au, _) = rec.add_muxed_track("p2", "bob", Kind::Audio).unwrap();
+        for t in [&a.entry, &v.entry, &au.entry] {
+            t.stats.file_created.store(true, Ordering::Relaxed);
+        }
+        let work = rec.upload_work().unwrap();
+        assert_eq!((work.files.len(), work.unfinished), (0, 2));
+        a.entry.stats.ended.store(true, Ordering::Release);
+        v.entry.stats.ended.store(true, Ordering::Release);
+        let work = rec.upload_work().unwrap();
+        assert_eq!(work.files, vec!["alice-audio-1.ogg".to_owned()]);
+        assert!(!work.manifest_ready);
+        rec.set_file_upload(
+            "alice-audio-1.ogg",
+            UploadState::Retrying,
+            Some("503 x".into()),
+        );
+        let doc = rec.doc();
+        assert_eq!(doc.files[0].upload_error.as_deref(), Some("503 x"));
+        assert_eq!(
+            doc.files[0].object.as_deref(),
+            Some("pre/r1/alice-audio-1.ogg")
+        );
+        assert_eq!(doc.upload, Some(UploadState::Retrying));
+        rec.set_file_upload("alice-audio-1.ogg", UploadState::Uploaded, None);
+        au.entry.stats.ended.store(true, Ordering::Release);
+        assert_eq!(
+            rec.upload_work().unwrap().files,
+            vec!["bob-av-1.webm".to_owned()]
+        );
+        rec.set_file_upload("bob-av-1.webm", UploadState::Uploaded, None);
+        // Every file is in, but the recording goes on: the manifest waits.
+        let work = rec.upload_work().unwrap();
+        assert!(work.files.is_empty() && !work.manifest_ready);
+        assert_eq!(rec.doc().upload, Some(UploadState::Pending));
+        inner_end(&rec);
+        assert!(rec.upload_work().unwrap().manifest_ready);
+        rec.set_manifest_upload(UploadState::Uploaded);
+        assert_eq!(rec.upload_work(), None);
+        let doc = rec.doc();
+        assert_eq!(doc.upload, Some(UploadState::Uploaded));
+        assert!(doc.files[0].upload_error.is_none());
+        // Reloaded from its document: the same states and keys, even under another prefix.
+        let back = Recording::from_doc(doc.clone(), dir.path().to_owned());
+        back.enable_uploads("other/", Arc::new(tokio::sync::Notify::new()));
+        assert_eq!(back.doc(), doc);
+        assert_eq!(
+            back.object_key(MANIFEST),
+            Some("pre/r1/manifest.json".into())
+        );
+    }
+
+    const MANIFEST: &str = crate::record::manifest::MANIFEST_FILE;
+
+    fn inner_end(rec: &Recording) {
+        lock(&rec.inner).state = State::Stopped;
+    }
+
     /// The track's file is /dev/null (writes succeed, fsync fails with EINVAL, like a disk that
     /// lost them): the finalize reports it in the Recording's error instead of dropping it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
