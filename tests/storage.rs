@@ -645,3 +645,61 @@ async fn sigkill_mid_queue_resumes_and_no_secret_is_logged() {
     drop(second);
     s3.stop().await;
 }
+
+/// Benchmark (run by hand: `cargo test --release --test storage -- --ignored --nocapture`):
+/// upload throughput of a 96 MiB file (6 parts of 16 MiB, MD5 and checks included) to the
+/// in-process s3s-fs server on loopback, from the pending queue at startup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_upload_throughput() {
+    use recbot::record::manifest::{write_manifest, FileDoc, RecordingDoc, State, UploadState};
+    let root = store_root();
+    let s3 = S3Server::start(root.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = "20261120-210000-0000be";
+    let size = 96usize << 20;
+    let data: Vec<u8> = (0..size as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let folder = dir.path().join(id);
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("big-video-1.webm"), &data).unwrap();
+    write_manifest(
+        &folder,
+        &RecordingDoc {
+            id: id.into(),
+            room: "r".into(),
+            state: State::Stopped,
+            bot_peer: None,
+            started_at: "2026-11-20T21:00:00.000Z".into(),
+            stopped_at: None,
+            error: None,
+            stop_reason: None,
+            tracks: vec![],
+            files: vec![FileDoc {
+                name: "big-video-1.webm".into(),
+                bytes: size as u64,
+                url: String::new(),
+                upload: Some(UploadState::Pending),
+                upload_error: None,
+                object: None,
+            }],
+            upload: Some(UploadState::Pending),
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    let server = start_recbot(dir.path(), &s3, BUCKET, false, Tuning::default())
+        .await
+        .expect("starts");
+    let base = format!("http://{}", server.addr);
+    wait_for(&base, id, 300, |d| d["upload"] == "uploaded").await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "uploaded {} MiB in {secs:.2} s: {:.1} MiB/s",
+        size >> 20,
+        (size >> 20) as f64 / secs
+    );
+    server.shutdown().await.unwrap();
+    s3.stop().await;
+}
