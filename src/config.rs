@@ -126,6 +126,24 @@ pub struct ServeArgs {
     /// Use only loopback ICE candidates of remote peers (for tests with a local browser).
     #[arg(long, env = "RECBOT_LOOPBACK_CANDIDATES_ONLY", hide = true)]
     pub loopback_candidates_only: bool,
+    /// S3-compatible endpoint URL (MinIO, Garage, Ceph RGW…; path-style addressing). Without
+    /// it, AWS S3 of --s3-region (virtual-hosted style). Needs --s3-bucket.
+    #[arg(long, env = "RECBOT_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket to upload recordings to; setting it turns object storage on. Credentials come
+    /// from RECBOT_S3_ACCESS_KEY_ID / RECBOT_S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID /
+    /// AWS_SECRET_ACCESS_KEY), never from a flag.
+    #[arg(long, env = "RECBOT_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Region of the bucket (signed into every request).
+    #[arg(long, env = "RECBOT_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// Key prefix: objects are `{prefix}{recording id}/{file name}`.
+    #[arg(long, env = "RECBOT_S3_PREFIX", default_value = "recordings/")]
+    pub s3_prefix: String,
+    /// Keep the local copy of a file after its upload is confirmed.
+    #[arg(long, env = "RECBOT_KEEP_LOCAL")]
+    pub keep_local: bool,
 }
 
 /// The serve options alone, as the command line parses them without a subcommand (for
@@ -174,6 +192,11 @@ impl Default for ServeArgs {
                 fd_headroom: 64,
                 trusted_proxies: vec![],
                 loopback_candidates_only: false,
+                s3_endpoint: None,
+                s3_bucket: None,
+                s3_region: "us-east-1".into(),
+                s3_prefix: "recordings/".into(),
+                keep_local: false,
             },
         }
     }
@@ -208,6 +231,68 @@ pub enum ConfigError {
     /// Zero limits.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// Bad object storage settings (the message names the flag or variable).
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// Object storage credentials (SPEC §7), from the environment only. The secret is never
+/// printed: `Debug` shows the key id alone.
+#[derive(Clone)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Validated object storage settings (`--s3-*`, `--keep-local`).
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// Endpoint (http or https, with a host); AWS's regional endpoint without `--s3-endpoint`.
+    pub endpoint: reqwest::Url,
+    /// Path-style addressing (whenever `--s3-endpoint` is set).
+    pub path_style: bool,
+    /// Bucket name.
+    pub bucket: String,
+    /// Region.
+    pub region: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Keep local copies after upload.
+    pub keep_local: bool,
+    /// Credentials.
+    pub credentials: S3Credentials,
+}
+
+/// The credentials from the environment `env` (a variable's value by name): the RECBOT_S3_*
+/// pair, else the AWS_* pair; an error names what is missing.
+pub fn s3_credentials(env: impl Fn(&str) -> Option<String>) -> Result<S3Credentials, ConfigError> {
+    let get = |name: &str| env(name).filter(|v| !v.is_empty());
+    let pair = |id: &str, secret: &str| Some((get(id)?, get(secret)?));
+    let (access_key_id, secret_access_key) =
+        pair("RECBOT_S3_ACCESS_KEY_ID", "RECBOT_S3_SECRET_ACCESS_KEY")
+            .or_else(|| pair("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+            .ok_or_else(|| {
+                ConfigError::Storage(
+                    "--s3-bucket needs credentials: set RECBOT_S3_ACCESS_KEY_ID and \
+             RECBOT_S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                        .into(),
+                )
+            })?;
+    Ok(S3Credentials {
+        access_key_id,
+        secret_access_key,
+    })
 }
 
 /// Validated settings of the running service.
@@ -219,6 +304,8 @@ pub struct ServerConfig {
     pub udp_ports: Option<(u16, u16)>,
     /// ICE servers for our peers and for `welcome`.
     pub ice_servers: Vec<IceServer>,
+    /// Object storage, when `--s3-bucket` is set.
+    pub storage: Option<S3Settings>,
 }
 
 impl ServeArgs {
@@ -278,6 +365,7 @@ impl ServeArgs {
                 credential: turn.then(|| self.turn_credential.clone()).flatten(),
             });
         }
+        let storage = self.s3_settings(|name| std::env::var(name).ok())?;
         std::fs::create_dir_all(&self.recordings_dir).map_err(|source| {
             ConfigError::RecordingsDir {
                 path: self.recordings_dir.clone(),
@@ -295,7 +383,79 @@ impl ServeArgs {
             args: self,
             udp_ports,
             ice_servers,
+            storage,
         })
+    }
+
+    /// The object storage settings, with credentials from `env`: `None` without `--s3-bucket`;
+    /// an error naming the flag for a malformed endpoint, region or prefix, or no credentials.
+    pub fn s3_settings(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<S3Settings>, ConfigError> {
+        let bad = |message: String| Err(ConfigError::Storage(message));
+        let Some(bucket) = self.s3_bucket.clone() else {
+            if self.s3_endpoint.is_some() {
+                return bad("--s3-endpoint needs --s3-bucket".into());
+            }
+            return Ok(None);
+        };
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !bucket_ok {
+            return bad(format!(
+                "--s3-bucket `{bucket}` is not a bucket name (3-63 of a-z 0-9 . -)"
+            ));
+        }
+        let region = self.s3_region.clone();
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return bad(format!("--s3-region `{region}` is not a region name"));
+        }
+        let prefix = self.s3_prefix.clone();
+        if prefix.starts_with('/') || prefix.len() > 512 || prefix.chars().any(char::is_control) {
+            return bad(format!(
+                "--s3-prefix `{prefix}` must not start with `/` nor hold control characters"
+            ));
+        }
+        let (endpoint, path_style) = match &self.s3_endpoint {
+            Some(text) => {
+                let url = reqwest::Url::parse(text).ok().filter(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host_str().is_some_and(|h| !h.is_empty())
+                        && u.query().is_none()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                });
+                match url {
+                    Some(url) => (url, true),
+                    None => {
+                        return bad(format!(
+                            "--s3-endpoint `{text}` is not an http(s) URL with a host (and \
+                             no credentials or query in it)"
+                        ))
+                    }
+                }
+            }
+            None => match reqwest::Url::parse(&format!("https://s3.{region}.amazonaws.com")) {
+                Ok(url) => (url, false),
+                Err(_) => return bad(format!("--s3-region `{region}` is not a region name")),
+            },
+        };
+        Ok(Some(S3Settings {
+            endpoint,
+            path_style,
+            bucket,
+            region,
+            prefix,
+            keep_local: self.keep_local,
+            credentials: s3_credentials(env)?,
+        }))
     }
 }
 
@@ -364,6 +524,73 @@ mod tests {
         .validate()
         .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn storage_settings_are_checked_and_name_the_flag() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let creds = env(&[
+            ("RECBOT_S3_ACCESS_KEY_ID", "id"),
+            ("RECBOT_S3_SECRET_ACCESS_KEY", "s3cr3t"),
+        ]);
+        assert!(args(&[]).s3_settings(creds).unwrap().is_none());
+        let s = args(&[
+            "--s3-bucket",
+            "rec",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+        ])
+        .s3_settings(creds)
+        .unwrap()
+        .unwrap();
+        assert!(s.path_style);
+        assert_eq!(s.prefix, "recordings/");
+        assert_eq!(s.region, "us-east-1");
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        let aws = args(&["--s3-bucket", "rec", "--s3-region", "eu-west-3"])
+            .s3_settings(creds)
+            .unwrap()
+            .unwrap();
+        assert!(!aws.path_style);
+        assert_eq!(aws.endpoint.as_str(), "https://s3.eu-west-3.amazonaws.com/");
+        let fallback = env(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+        let s = args(&["--s3-bucket", "rec"])
+            .s3_settings(fallback)
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.credentials.access_key_id, "a");
+        for (argv, flag) in [
+            (
+                &["--s3-bucket", "rec", "--s3-endpoint", "localhost:9000"][..],
+                "--s3-endpoint",
+            ),
+            (
+                &["--s3-bucket", "rec", "--s3-endpoint", "ftp://x"][..],
+                "--s3-endpoint",
+            ),
+            (&["--s3-endpoint", "http://x"][..], "--s3-bucket"),
+            (&["--s3-bucket", "Bad_Bucket"][..], "--s3-bucket"),
+            (
+                &["--s3-bucket", "rec", "--s3-region", "a/b"][..],
+                "--s3-region",
+            ),
+        ] {
+            let err = args(argv).s3_settings(creds).unwrap_err().to_string();
+            assert!(err.contains(flag), "{argv:?}: {err}");
+        }
+        let none = env(&[("RECBOT_S3_ACCESS_KEY_ID", "id")]);
+        let err = args(&["--s3-bucket", "rec"]).s3_settings(none).unwrap_err();
+        assert!(
+            err.to_string().contains("RECBOT_S3_SECRET_ACCESS_KEY"),
+            "{err}"
+        );
     }
 
     #[test]

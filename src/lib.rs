@@ -6,7 +6,7 @@
 //! sessions) → [`bot`] (the server-side peers: recorder, echo, play, voicemail) → [`api`]
 //! (HTTP, its state [`api::App`]) → [`server`] (startup, shutdown, the disk guard). [`client`]
 //! is the test client (`recbot publish`), [`config`] the options. `ARCHITECTURE.md` has the
-//! map.
+//! map. [`store`] (object storage) sits between `record` and `bot`.
 
 // No unsafe code, except the one call recorded in `limits::release_free_memory` (glibc's
 // malloc_trim, which has no safe wrapper); `deny` rather than `forbid` so that it alone can
@@ -28,5 +28,6 @@ pub mod peer;
 pub mod record;
 pub mod server;
 pub mod signal;
+pub mod store;
 pub mod telemetry;
 pub mod util;

@@ -29,14 +29,29 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// Object storage is configured but unusable (the message names the flag).
+    #[error("{0}")]
+    Storage(String),
 }
 
-/// Builds the shared state (loads existing recordings).
-fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
+/// Builds the shared state (loads existing recordings; checks the bucket when object storage
+/// is configured).
+async fn build_app(
+    config: ServerConfig,
+    tuning: crate::store::Tuning,
+) -> Result<Arc<App>, ServeError> {
     // Counters count from the start, not from the first scrape.
     let _ = crate::telemetry::handle();
     let args = &config.args;
     let store = RecordingStore::open(&args.recordings_dir, args.max_recordings)?;
+    let storage = match &config.storage {
+        Some(settings) => Some(
+            crate::store::Storage::connect(settings, Arc::clone(&store), tuning)
+                .await
+                .map_err(ServeError::Storage)?,
+        ),
+        None => None,
+    };
     let disk = Arc::new(crate::record::disk::DiskGuard::new(
         &args.recordings_dir,
         args.min_free_disk_mb.saturating_mul(1024 * 1024),
@@ -73,6 +88,7 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         max_recording: std::time::Duration::from_secs(args.max_recording_s),
         notice: crate::bot::recorder::notice_clip(args.notice_media.as_deref())
             .map_err(ServeError::NoticeMedia)?,
+        storage,
     });
     Ok(Arc::new(App {
         config,
@@ -95,8 +111,17 @@ pub struct Server {
 impl Server {
     /// Binds the listen address of `config` and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, ServeError> {
+        Self::start_tuned(config, crate::store::Tuning::default()).await
+    }
+
+    /// [`Server::start`] with the object storage's sizes and delays given (tests use small
+    /// parts and short retries).
+    pub async fn start_tuned(
+        config: ServerConfig,
+        tuning: crate::store::Tuning,
+    ) -> Result<Self, ServeError> {
         let listen = config.args.listen;
-        let app = build_app(config)?;
+        let app = build_app(config, tuning).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServeError::Bind(listen, e))?;
@@ -106,6 +131,10 @@ impl Server {
         let router = crate::api::router(Arc::clone(&app));
         let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));
+        if let Some(storage) = &app.services.storage {
+            // Resumes every upload a previous run left pending, then takes new ones.
+            storage.start(app.shutdown.clone());
+        }
         let hub = Arc::clone(&app.services.hub);
         tokio::spawn(crate::limits::trim_memory_after_churn(
             move || hub.counts().1,

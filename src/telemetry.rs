@@ -44,6 +44,15 @@ pub const CHAT_DROPPED: &str = "recbot_chat_dropped_total";
 /// Time to finalize a recording on stop, seconds (histogram).
 pub const FINALIZE_SECONDS: &str = "recbot_finalize_seconds";
 
+/// Files and manifests waiting for their upload to object storage (gauge).
+pub const UPLOADS_PENDING: &str = "recbot_uploads_pending";
+/// Age of the oldest upload waiting, seconds (gauge).
+pub const UPLOAD_OLDEST_PENDING: &str = "recbot_upload_oldest_pending_seconds";
+/// Bytes confirmed by object storage (counter).
+pub const UPLOAD_BYTES: &str = "recbot_upload_bytes_total";
+/// Failed upload attempts (counter; each is retried).
+pub const UPLOAD_ERRORS: &str = "recbot_upload_errors_total";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once) and returns its handle, or `None` if another
@@ -83,6 +92,21 @@ fn describe() {
     describe_counter!(KEYFRAMES, "Video keyframes written.");
     describe_counter!(PLIS, "Picture loss indications sent.");
     describe_counter!(WRITE_ERRORS, "Failed writes to recording files.");
+    describe_gauge!(
+        UPLOADS_PENDING,
+        "Files and manifests waiting for their upload to object storage."
+    );
+    describe_gauge!(
+        UPLOAD_OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest upload waiting."
+    );
+    describe_counter!(
+        UPLOAD_BYTES,
+        Unit::Bytes,
+        "Bytes uploaded to object storage and confirmed."
+    );
+    describe_counter!(UPLOAD_ERRORS, "Failed upload attempts (each is retried).");
     describe_histogram!(
         FINALIZE_SECONDS,
         Unit::Seconds,

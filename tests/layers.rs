@@ -26,6 +26,7 @@ const ALLOWED_TOP_EDGES: &[(&str, &str)] = &[
     ("api", "signal"),
     ("api", "telemetry"),
     ("api", "util"),
+    ("api", "store"),
     ("server", "api"),
     ("server", "bot"),
     ("server", "config"),
@@ -33,12 +34,14 @@ const ALLOWED_TOP_EDGES: &[(&str, &str)] = &[
     ("server", "peer"),
     ("server", "record"),
     ("server", "signal"),
+    ("server", "store"),
     ("server", "telemetry"),
     ("server", "util"),
     ("bot", "media"),
     ("bot", "peer"),
     ("bot", "record"),
     ("bot", "signal"),
+    ("bot", "store"),
     ("bot", "telemetry"),
     ("bot", "util"),
     ("cli", "client"),
@@ -65,6 +68,9 @@ const ALLOWED_TOP_EDGES: &[(&str, &str)] = &[
     ("signal", "limits"),
     ("signal", "telemetry"),
     ("signal", "util"),
+    ("store", "config"),
+    ("store", "record"),
+    ("store", "telemetry"),
 ];
 
 /// A source file: its module path (`["record", "ogg"]`; `[]` for lib.rs) and text.

@@ -3,6 +3,12 @@
 //!
 //! Only names the recording lists (or `manifest.json`) are served, so no request can reach a
 //! path outside the recording's folder whatever its encoding.
+//!
+//! A file uploaded to object storage and deleted locally (SPEC §7) is streamed from the store
+//! ([`serve_object`]): the client's `Range`, `If-None-Match` and `If-Range` are forwarded and
+//! the store's status, length, range and ETag come back. Streaming rather than a `302` to a
+//! presigned URL keeps the service's token check, works behind a proxy that cannot reach the
+//! store, and never hands out a signed URL.
 
 use super::error::ApiError;
 use axum::body::Body;
@@ -170,6 +176,64 @@ pub async fn serve(path: &Path, name: &str, method: &Method, headers: &HeaderMap
     }
     let stream = tokio_util::io::ReaderStream::new(file.take(count));
     response.body(Body::from_stream(stream)).unwrap_or_default()
+}
+
+/// Serves file `name` of `recording` from object storage for `method` and `headers`.
+pub async fn serve_object(
+    storage: &crate::store::Storage,
+    recording: &crate::record::session::Recording,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    let mut forward = HeaderMap::new();
+    for h in [header::RANGE, header::IF_NONE_MATCH, header::IF_RANGE] {
+        if let Some(v) = headers.get(&h) {
+            forward.insert(h, v.clone());
+        }
+    }
+    let head = method == Method::HEAD;
+    let answer = match storage.fetch(recording, name, head, forward).await {
+        Some(Ok(answer)) => answer,
+        Some(Err(e)) => return unavailable(&e.to_string()),
+        None => return ApiError::not_found(format!("no file `{name}`")).into_response(),
+    };
+    let status = answer.status();
+    match status.as_u16() {
+        200 | 206 | 304 | 416 => {}
+        404 => return ApiError::not_found(format!("no file `{name}`")).into_response(),
+        other => return unavailable(&format!("the store answered {other}")),
+    }
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type(name))
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "no-cache");
+    for h in [
+        header::CONTENT_LENGTH,
+        header::CONTENT_RANGE,
+        header::ETAG,
+        header::LAST_MODIFIED,
+    ] {
+        if let Some(v) = answer.headers().get(&h) {
+            response = response.header(h, v.clone());
+        }
+    }
+    if head || status == StatusCode::NOT_MODIFIED {
+        return response.body(Body::empty()).unwrap_or_default();
+    }
+    response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .unwrap_or_default()
+}
+
+fn unavailable(why: &str) -> Response {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "storage-unavailable",
+        format!("the file is in object storage, which failed: {why}"),
+    )
+    .into_response()
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ pub mod whip;
 pub mod ws;
 
 use crate::bot::recorder;
-use crate::record::manifest::{RecordingDoc, StopReason};
+use crate::record::manifest::{RecordingDoc, StopReason, UploadState};
 use crate::record::session::RecordOptions;
 use crate::record::store::valid_id;
 use crate::signal::protocol::valid_room_name;
@@ -398,7 +398,23 @@ async fn delete_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    app.services.store.delete(checked_id(&id)?)?;
+    let id = checked_id(&id)?;
+    let recording = app.services.store.get(id)?;
+    if recording.state().is_active() {
+        return Err(crate::record::store::RecordError::Active(id.to_owned()).into());
+    }
+    // Objects first: a store that cannot delete them leaves the recording whole (and listed).
+    let _paused = match &app.services.storage {
+        Some(storage) => Some(storage.delete_objects(&recording).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "storage-unavailable",
+                format!("the recording's objects could not be deleted: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    app.services.store.delete(id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -416,7 +432,15 @@ async fn get_file(
             "no file `{name}` in recording `{id}`"
         )));
     }
-    Ok(files::serve(&recording.dir().join(&name), &name, &method, &headers).await)
+    let path = recording.dir().join(&name);
+    if let Some(storage) = &app.services.storage {
+        // Uploaded and deleted locally: streamed from the store (Range included).
+        let uploaded = recording.file_upload(&name) == Some(UploadState::Uploaded);
+        if uploaded && !path.exists() {
+            return Ok(files::serve_object(storage, &recording, &name, &method, &headers).await);
+        }
+    }
+    Ok(files::serve(&path, &name, &method, &headers).await)
 }
 
 async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
@@ -445,6 +469,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     metrics::gauge!(t::PEERS).set(peers as f64);
     metrics::gauge!(t::RECORDINGS_ACTIVE).set(app.services.store.active().len() as f64);
     metrics::gauge!(t::WHIP_SESSIONS).set(app.services.whip.len() as f64);
+    if let Some(storage) = &app.services.storage {
+        let backlog = storage.backlog();
+        metrics::gauge!(t::UPLOADS_PENDING).set(backlog.pending as f64);
+        metrics::gauge!(t::UPLOAD_OLDEST_PENDING).set(backlog.oldest_s);
+    }
     let tasks = tokio::runtime::Handle::current()
         .metrics()
         .num_alive_tasks();

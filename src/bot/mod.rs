@@ -39,6 +39,8 @@ pub struct Services {
     pub max_recording: Duration,
     /// The consent notice's Opus packets (`--notice-media` or the built-in clip; never empty).
     pub notice: Arc<[crate::peer::outlet::MediaFrame]>,
+    /// Object storage (`--s3-bucket`), when configured.
+    pub storage: Option<Arc<crate::store::Storage>>,
 }
 use tokio::sync::mpsc;
 use tracing::Instrument;

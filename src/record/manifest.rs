@@ -100,6 +100,21 @@ pub struct TrackDoc {
     pub height: Option<u32>,
 }
 
+/// Where a file stands on its way to object storage (SPEC §7). The order is "better first":
+/// the worst of several states is their maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadState {
+    /// The store confirmed the whole object and its checksum.
+    Uploaded,
+    /// Being uploaded now.
+    Uploading,
+    /// Waiting: the file is not final yet, or its turn has not come.
+    Pending,
+    /// The last attempt failed (`upload_error` says why); it will be tried again.
+    Retrying,
+}
+
 /// A downloadable media file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileDoc {
@@ -109,6 +124,15 @@ pub struct FileDoc {
     pub bytes: u64,
     /// Download URL.
     pub url: String,
+    /// Upload state; null without object storage.
+    #[serde(default)]
+    pub upload: Option<UploadState>,
+    /// The store's last answer when an upload failed (state `retrying`), else null.
+    #[serde(default)]
+    pub upload_error: Option<String>,
+    /// The object key (`{prefix}{recording id}/{name}`); null without object storage.
+    #[serde(default)]
+    pub object: Option<String>,
 }
 
 /// The Recording object.
@@ -146,6 +170,10 @@ pub struct RecordingDoc {
     /// Chat messages dropped: over 4 KiB, not `{"text": string}`, or sent while paused.
     #[serde(default)]
     pub chat_dropped: u64,
+    /// The worst upload state of its files and of its manifest (`uploaded` once the manifest
+    /// is in the bucket, so the recording there is complete); null without object storage.
+    #[serde(default)]
+    pub upload: Option<UploadState>,
 }
 
 /// Formats a time as `2026-11-20T21:00:00.000Z`.
@@ -259,6 +287,7 @@ mod tests {
                 })
                 .collect(),
             files: vec![],
+            upload: None,
         }
     }
 

@@ -6,6 +6,7 @@
 
 use super::manifest::{
     format_time, write_manifest, FileDoc, Kind, RecordingDoc, State, StopReason, TrackDoc,
+    UploadState,
 };
 use super::mux::{Lane, MuxFile};
 pub use super::stats::{TrackEntry, TrackStats};
@@ -79,6 +80,41 @@ struct Inner {
     chat: super::chat::ChatWriter,
     /// Chat messages refused or sent while paused.
     chat_dropped: u64,
+    /// Upload bookkeeping when the recording goes to object storage; `None` without.
+    uploads: Option<Uploads>,
+}
+
+/// A file's upload state and the store's last answer.
+#[derive(Debug, Clone)]
+struct FileUpload {
+    state: UploadState,
+    error: Option<String>,
+    /// The key it was (or is being) uploaded under.
+    object: Option<String>,
+}
+
+/// Upload bookkeeping of a recording kept in object storage (SPEC §7). It lives in the
+/// Recording document (`files[].upload`, `upload`), so every manifest write keeps the queue on
+/// disk and a restart resumes it.
+#[derive(Debug, Clone)]
+struct Uploads {
+    /// Key prefix for files without a key yet (`None` until the storage says it).
+    prefix: Option<String>,
+    /// By file name; a listed file missing here is `pending`.
+    files: HashMap<String, FileUpload>,
+    /// The manifest's own state: it goes last, `uploaded` means the bucket holds it all.
+    manifest: UploadState,
+}
+
+/// What object storage may do with a recording now (see [`Recording::upload_work`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadWork {
+    /// Final files not uploaded yet, in listing order.
+    pub files: Vec<String>,
+    /// Files not uploaded yet (final or not).
+    pub unfinished: usize,
+    /// Every file is uploaded and the recording has ended: the manifest can go.
+    pub manifest_ready: bool,
 }
 
 /// A recording, live or finished.
@@ -98,6 +134,9 @@ pub struct Recording {
     /// Held for a whole manifest write (snapshot and file), so writes of this recording never
     /// overlap and the last one to land carries the newest document. Taken before `inner`.
     manifest: Mutex<()>,
+    /// Woken when a file may have become final (a track ended, the recording stopped), for
+    /// the object storage above this layer.
+    uploads_changed: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 /// What a track task gets from its recording.
@@ -154,6 +193,71 @@ impl Inner {
     }
 }
 
+impl Uploads {
+    /// The bookkeeping a loaded document carries (`recording_state`: its `upload`). An upload
+    /// a restart interrupted is `pending` again.
+    fn from_doc(doc: &RecordingDoc, recording_state: UploadState) -> Self {
+        let suffix = |name: &str| format!("{}/{name}", doc.id);
+        let prefix = doc.files.iter().find_map(|f| {
+            let object = f.object.as_deref()?;
+            object.strip_suffix(&suffix(&f.name)).map(str::to_owned)
+        });
+        let files = doc
+            .files
+            .iter()
+            .filter_map(|f| {
+                let state = match f.upload? {
+                    UploadState::Uploading => UploadState::Pending,
+                    state => state,
+                };
+                let upload = FileUpload {
+                    state,
+                    error: f.upload_error.clone(),
+                    object: f.object.clone(),
+                };
+                Some((f.name.clone(), upload))
+            })
+            .collect();
+        Self {
+            prefix,
+            files,
+            manifest: if recording_state == UploadState::Uploaded {
+                UploadState::Uploaded
+            } else {
+                UploadState::Pending
+            },
+        }
+    }
+
+    fn key(&self, id: &str, name: &str) -> Option<String> {
+        match self.files.get(name).and_then(|f| f.object.clone()) {
+            Some(object) => Some(object),
+            None => Some(format!("{}{id}/{name}", self.prefix.as_deref()?)),
+        }
+    }
+
+    /// Fills in the upload fields of `doc`: each file's, and the recording's: the worst of its
+    /// files' states, then the manifest's once every file is uploaded (so `uploaded` means
+    /// the manifest is in the bucket too).
+    fn fill(&self, id: &str, doc: &mut RecordingDoc) {
+        let mut worst = UploadState::Uploaded;
+        for file in &mut doc.files {
+            let (state, error) = match self.files.get(&file.name) {
+                Some(f) => (f.state, f.error.clone()),
+                None => (UploadState::Pending, None),
+            };
+            file.upload = Some(state);
+            file.upload_error = error;
+            file.object = self.key(id, &file.name);
+            worst = worst.max(state);
+        }
+        if worst == UploadState::Uploaded {
+            worst = self.manifest;
+        }
+        doc.upload = Some(worst);
+    }
+}
+
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -197,7 +301,9 @@ impl Recording {
                 frozen: None,
                 chat: super::chat::ChatWriter::new(chat_path),
                 chat_dropped: 0,
+                uploads: None,
             }),
+            uploads_changed: std::sync::OnceLock::new(),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
             leave: CancellationToken::new(),
@@ -218,6 +324,9 @@ impl Recording {
         {
             let mut inner = lock(&rec.inner);
             inner.state = doc.state;
+            inner.uploads = doc
+                .upload
+                .map(|recording_state| Uploads::from_doc(&doc, recording_state));
             inner.frozen = Some(doc);
         }
         rec.done_tx.send_replace(true);
@@ -257,6 +366,15 @@ impl Recording {
     /// The document as the API and the manifest show it, with live figures.
     pub fn doc(&self) -> RecordingDoc {
         let inner = lock(&self.inner);
+        let mut doc = self.bare_doc(&inner);
+        if let Some(uploads) = &inner.uploads {
+            uploads.fill(&self.id, &mut doc);
+        }
+        doc
+    }
+
+    /// The document without its upload fields filled in.
+    fn bare_doc(&self, inner: &Inner) -> RecordingDoc {
         if let Some(doc) = &inner.frozen {
             return doc.clone();
         }
@@ -272,6 +390,9 @@ impl Recording {
                 name: doc.file.clone(),
                 bytes: doc.bytes,
                 url: format!("/api/recordings/{}/files/{}", self.id, doc.file),
+                upload: None,
+                upload_error: None,
+                object: None,
             });
         }
         if inner.chat.created() {
@@ -283,6 +404,9 @@ impl Recording {
                     self.id,
                     super::chat::CHAT_FILE
                 ),
+                upload: None,
+                upload_error: None,
+                object: None,
             });
         }
         let now = inner.stop_instant.unwrap_or_else(Instant::now);
@@ -301,6 +425,130 @@ impl Recording {
             paused_ms: self.clock.paused_total(now).as_millis() as u64,
             chat_messages: inner.chat.lines(),
             chat_dropped: inner.chat_dropped,
+            upload: None,
+        }
+    }
+
+    /// Wakes the object storage: a file may have become final. A no-op without storage.
+    pub fn files_changed(&self) {
+        if let Some(notify) = self.uploads_changed.get() {
+            notify.notify_one();
+        }
+    }
+
+    /// Puts this recording in object storage's queue (SPEC §7): its files become `pending`,
+    /// keyed `{prefix}{id}/{name}`, and `notify` is woken whenever a file may have become final.
+    /// A recording loaded with upload states keeps them (and the keys it had); one loaded
+    /// without (recorded before storage was configured) stays local. Idempotent.
+    pub fn enable_uploads(&self, prefix: &str, notify: Arc<tokio::sync::Notify>) {
+        let _ = self.uploads_changed.set(notify);
+        {
+            let mut inner = lock(&self.inner);
+            let live = inner.frozen.is_none();
+            match &mut inner.uploads {
+                Some(uploads) => {
+                    uploads.prefix.get_or_insert_with(|| prefix.to_owned());
+                }
+                None if live => {
+                    inner.uploads = Some(Uploads {
+                        prefix: Some(prefix.to_owned()),
+                        files: HashMap::new(),
+                        manifest: UploadState::Pending,
+                    });
+                }
+                None => return,
+            }
+        }
+        self.files_changed();
+    }
+
+    /// What object storage may do now, or `None` when it has nothing left to do here (no
+    /// storage, or the manifest is in the bucket). A file is final once every track writing
+    /// it has ended, or the recording has (a loaded recording's files are all final).
+    pub fn upload_work(&self) -> Option<UploadWork> {
+        let inner = lock(&self.inner);
+        let uploads = inner.uploads.as_ref()?;
+        if uploads.manifest == UploadState::Uploaded {
+            return None;
+        }
+        let ended = !inner.state.is_active();
+        let doc = self.bare_doc(&inner);
+        let mut work = UploadWork {
+            files: Vec::new(),
+            unfinished: 0,
+            manifest_ready: false,
+        };
+        for file in &doc.files {
+            let uploaded = uploads
+                .files
+                .get(&file.name)
+                .is_some_and(|f| f.state == UploadState::Uploaded);
+            if uploaded {
+                continue;
+            }
+            work.unfinished += 1;
+            // A media file is final once every track writing it has ended; a file that no
+            // track writes (chat.jsonl) grows until the recording ends.
+            let mut writers = inner.tracks.iter().filter(|t| t.file == file.name);
+            let is_final = ended || {
+                let mut any = false;
+                let all_ended = writers.all(|t| {
+                    any = true;
+                    t.stats.ended.load(Ordering::Acquire)
+                });
+                any && all_ended
+            };
+            if is_final {
+                work.files.push(file.name.clone());
+            }
+        }
+        work.manifest_ready = ended && work.unfinished == 0;
+        Some(work)
+    }
+
+    /// The object key of file `name` (`manifest.json` included): the key it was uploaded
+    /// under, else `{prefix}{id}/{name}`. `None` without storage.
+    pub fn object_key(&self, name: &str) -> Option<String> {
+        let inner = lock(&self.inner);
+        let uploads = inner.uploads.as_ref()?;
+        uploads.key(&self.id, name)
+    }
+
+    /// The upload state of file `name` (`None` without storage).
+    pub fn file_upload(&self, name: &str) -> Option<UploadState> {
+        let inner = lock(&self.inner);
+        let uploads = inner.uploads.as_ref()?;
+        Some(
+            uploads
+                .files
+                .get(name)
+                .map_or(UploadState::Pending, |f| f.state),
+        )
+    }
+
+    /// Sets file `name`'s upload state and the store's last answer (kept only while
+    /// `retrying`). The caller rewrites the manifest when the change must survive a restart.
+    pub fn set_file_upload(&self, name: &str, state: UploadState, error: Option<String>) {
+        let mut inner = lock(&self.inner);
+        let id = self.id.clone();
+        let Some(uploads) = inner.uploads.as_mut() else {
+            return;
+        };
+        let object = uploads.key(&id, name);
+        let entry = uploads.files.entry(name.to_owned()).or_insert(FileUpload {
+            state,
+            error: None,
+            object: None,
+        });
+        entry.state = state;
+        entry.error = error.filter(|_| state == UploadState::Retrying);
+        entry.object = entry.object.take().or(object);
+    }
+
+    /// Sets the manifest's upload state (`uploaded`: the recording in the bucket is complete).
+    pub fn set_manifest_upload(&self, state: UploadState) {
+        if let Some(uploads) = lock(&self.inner).uploads.as_mut() {
+            uploads.manifest = state;
         }
     }
 
@@ -426,6 +674,7 @@ impl Recording {
         self.leave.cancel();
         self.done_tx.send_replace(true);
         self.write_manifest();
+        self.files_changed();
     }
 
     /// Registers a new track of `participant` with a file of its own and returns what its task
@@ -598,6 +847,7 @@ impl Recording {
         }
         self.leave.cancel();
         self.done_tx.send_replace(true);
+        self.files_changed();
         metrics::histogram!(crate::telemetry::FINALIZE_SECONDS)
             .record(started.elapsed().as_secs_f64());
         tracing::info!(
@@ -706,6 +956,89 @@ mod tests {
             .filter(|n| is_temp_name(n))
             .collect();
         assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    /// With storage, a file is queued once every track writing it has ended (a muxed file
+    /// waits for both lanes), or once the recording has; the manifest only after every file
+    /// is uploaded; and the states, errors and keys live in the document and survive a reload.
+    #[test]
+    fn files_are_final_when_their_tracks_end_and_the_manifest_goes_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r1".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        assert_eq!(rec.upload_work(), None, "no storage: nothing to do");
+        rec.enable_uploads("pre/", Arc::new(tokio::sync::Notify::new()));
+        rec.set_recording("bot");
+        let a = rec.add_track("p1", "alice", Kind::Audio, "ogg").unwrap();
+        let (v, _) = rec.add_muxed_track("p2", "bob", Kind::Video).unwrap();
+        let (au, _) = rec.add_muxed_track("p2", "bob", Kind::Audio).unwrap();
+        for t in [&a.entry, &v.entry, &au.entry] {
+            t.stats.file_created.store(true, Ordering::Relaxed);
+        }
+        // chat.jsonl: listed once written, and final only when the recording ends.
+        assert!(matches!(
+            rec.chat("p1", "alice", br#"{"text": "hi"}"#, Instant::now()),
+            ChatOutcome::Written(_)
+        ));
+        let work = rec.upload_work().unwrap();
+        assert_eq!((work.files.len(), work.unfinished), (0, 3));
+        a.entry.stats.ended.store(true, Ordering::Release);
+        v.entry.stats.ended.store(true, Ordering::Release);
+        let work = rec.upload_work().unwrap();
+        assert_eq!(work.files, vec!["alice-audio-1.ogg".to_owned()]);
+        assert!(!work.manifest_ready);
+        rec.set_file_upload(
+            "alice-audio-1.ogg",
+            UploadState::Retrying,
+            Some("503 x".into()),
+        );
+        let doc = rec.doc();
+        assert_eq!(doc.files[0].upload_error.as_deref(), Some("503 x"));
+        assert_eq!(
+            doc.files[0].object.as_deref(),
+            Some("pre/r1/alice-audio-1.ogg")
+        );
+        assert_eq!(doc.upload, Some(UploadState::Retrying));
+        rec.set_file_upload("alice-audio-1.ogg", UploadState::Uploaded, None);
+        au.entry.stats.ended.store(true, Ordering::Release);
+        assert_eq!(
+            rec.upload_work().unwrap().files,
+            vec!["bob-av-1.webm".to_owned()]
+        );
+        rec.set_file_upload("bob-av-1.webm", UploadState::Uploaded, None);
+        // Every file is in, but the recording goes on: the manifest waits.
+        let work = rec.upload_work().unwrap();
+        assert!(work.files.is_empty() && !work.manifest_ready);
+        assert_eq!(rec.doc().upload, Some(UploadState::Pending));
+        inner_end(&rec);
+        let work = rec.upload_work().unwrap();
+        assert_eq!(work.files, vec![super::super::chat::CHAT_FILE.to_owned()]);
+        assert!(!work.manifest_ready);
+        rec.set_file_upload(super::super::chat::CHAT_FILE, UploadState::Uploaded, None);
+        assert!(rec.upload_work().unwrap().manifest_ready);
+        rec.set_manifest_upload(UploadState::Uploaded);
+        assert_eq!(rec.upload_work(), None);
+        let doc = rec.doc();
+        assert_eq!(doc.upload, Some(UploadState::Uploaded));
+        assert!(doc.files[0].upload_error.is_none());
+        // Reloaded from its document: the same states and keys, even under another prefix.
+        let back = Recording::from_doc(doc.clone(), dir.path().to_owned());
+        back.enable_uploads("other/", Arc::new(tokio::sync::Notify::new()));
+        assert_eq!(back.doc(), doc);
+        assert_eq!(
+            back.object_key(MANIFEST),
+            Some("pre/r1/manifest.json".into())
+        );
+    }
+
+    const MANIFEST: &str = crate::record::manifest::MANIFEST_FILE;
+
+    fn inner_end(rec: &Recording) {
+        lock(&rec.inner).state = State::Stopped;
     }
 
     /// The track's file is /dev/null (writes succeed, fsync fails with EINVAL, like a disk that

@@ -30,6 +30,8 @@ pub struct TrackStats {
     pub start_offset_ms: AtomicI64,
     /// The file exists on disk.
     pub file_created: AtomicBool,
+    /// The track's task has ended: its part of the file is final (set after the finalize).
+    pub ended: AtomicBool,
 }
 
 impl TrackStats {

@@ -47,6 +47,8 @@ pub struct RecordingStore {
     next_seq: std::sync::atomic::AtomicU64,
     /// Owning bot of each voicemail message, by recording id. Locked after `map` when both are.
     owners: Mutex<HashMap<String, String>>,
+    /// Object storage's key prefix and wake-up, once it is enabled ([`Self::enable_uploads`]).
+    uploads: std::sync::OnceLock<(String, Arc<tokio::sync::Notify>)>,
 }
 
 /// A new recording id: sortable by creation time, safe as a folder name.
@@ -110,6 +112,9 @@ pub fn recover(
                 name: track.file.clone(),
                 bytes: report.bytes,
                 url: format!("/api/recordings/{}/files/{}", doc.id, track.file),
+                upload: None,
+                upload_error: None,
+                object: None,
             });
         }
     }
@@ -122,12 +127,15 @@ pub fn recover(
     if chat.is_file() && !doc.files.iter().any(|f| f.name == super::chat::CHAT_FILE) {
         doc.files.push(FileDoc {
             name: super::chat::CHAT_FILE.into(),
-            bytes: 0,
+            bytes: std::fs::metadata(&chat).map_or(0, |m| m.len()),
             url: format!(
                 "/api/recordings/{}/files/{}",
                 doc.id,
                 super::chat::CHAT_FILE
             ),
+            upload: None,
+            upload_error: None,
+            object: None,
         });
     }
     for file in &mut doc.files {
@@ -227,6 +235,7 @@ impl RecordingStore {
             next_seq: std::sync::atomic::AtomicU64::new(map.len() as u64),
             map: Mutex::new(map),
             owners: Mutex::new(HashMap::new()),
+            uploads: std::sync::OnceLock::new(),
         }))
     }
 
@@ -299,6 +308,9 @@ impl RecordingStore {
         let dir = self.dir.join(&id);
         std::fs::create_dir(&dir)?;
         let recording = Recording::new(id.clone(), room.to_owned(), dir, options);
+        if let Some((prefix, notify)) = self.uploads.get() {
+            recording.enable_uploads(prefix, Arc::clone(notify));
+        }
         recording.write_manifest();
         let seq = self
             .next_seq
@@ -308,6 +320,25 @@ impl RecordingStore {
         }
         map.insert(id, (seq, Arc::clone(&recording)));
         Ok(recording)
+    }
+
+    /// Sends recordings to object storage (SPEC §7): every recording created from now on, and
+    /// those loaded with upload states (a restart resumes them), get keys under `prefix`, and
+    /// `notify` is woken when one of their files may have become final. Only the first call
+    /// counts.
+    pub fn enable_uploads(&self, prefix: &str, notify: Arc<tokio::sync::Notify>) {
+        // Under the map lock, so that no recording is created between the two steps.
+        let map = self.map();
+        if self
+            .uploads
+            .set((prefix.to_owned(), Arc::clone(&notify)))
+            .is_err()
+        {
+            return;
+        }
+        for (_, recording) in map.values() {
+            recording.enable_uploads(prefix, Arc::clone(&notify));
+        }
     }
 
     /// One recording.

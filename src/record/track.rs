@@ -209,6 +209,8 @@ async fn drive<S: MediaSource, P: Pipeline>(
     );
     pipeline.finish(ctx, end.at());
     reported.report(&ctx.entry.stats);
+    ctx.entry.stats.ended.store(true, Ordering::Release);
+    ctx.recording.files_changed();
 }
 
 /// A sample of the track before its placement in the file.

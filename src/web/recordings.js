@@ -177,8 +177,11 @@ export function initRecordings() {
       parts.files.replaceChildren(...files.map((f) => fileRow(rec, f)));
     }
     for (const f of files) {
-      const size = parts.files.querySelector(`[data-file="${CSS.escape(f.name)}"] .file-size`);
+      const row = parts.files.querySelector(`[data-file="${CSS.escape(f.name)}"]`);
+      const size = row && row.querySelector('.file-size');
       if (size) size.textContent = formatBytes(f.bytes);
+      const badge = row && row.querySelector('.upload');
+      if (badge) badge.replaceWith(uploadBadge(f));
     }
   }
 
@@ -255,10 +258,23 @@ export function initRecordings() {
         'span',
         { class: 'file-text' },
         h('span', { class: 'file-name', title: file.name }, file.name),
-        h('span', { class: 'muted small' }, `${kind === 'audio' ? 'Ogg Opus audio' : 'WebM video'} · `, h('span', { class: 'file-size' }, formatBytes(file.bytes))),
+        h('span', { class: 'muted small' }, `${kind === 'audio' ? 'Ogg Opus audio' : 'WebM video'} · `, h('span', { class: 'file-size' }, formatBytes(file.bytes)), uploadBadge(file)),
       ),
       h('span', { class: 'file-actions' }, playBtn, downloadButton(file)),
     );
+  }
+
+  /**
+   * A file's object storage state (SPEC §7): pending, uploading, uploaded, or retrying with
+   * the store's last answer as its tooltip. Empty without storage (`upload` is null).
+   */
+  function uploadBadge(file) {
+    if (!file.upload) return h('span', { class: 'upload' });
+    const label = { pending: 'upload pending', uploading: 'uploading…', uploaded: 'in storage', retrying: 'upload retrying' }[file.upload] || file.upload;
+    const attrs = { class: `upload upload-${file.upload}` };
+    if (file.upload === 'retrying' && file.upload_error) attrs.title = `The store answered: ${file.upload_error}`;
+    else if (file.object) attrs.title = file.object;
+    return h('span', attrs, ` · ${label}`);
   }
 
   /** Scrolls to a recording's card, opens it and highlights it briefly. */
