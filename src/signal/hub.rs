@@ -116,6 +116,9 @@ pub struct Membership {
 pub struct Seat {
     pub(super) membership: Membership,
     pub(super) queue: mpsc::Receiver<Arc<ServerMessage>>,
+    /// A message taken from the queue whose send failed when the socket died: delivered
+    /// first on resume.
+    pub(super) unsent: Option<Arc<ServerMessage>>,
     pub(super) takeovers: mpsc::Receiver<Takeover>,
 }
 
@@ -330,6 +333,7 @@ impl Hub {
             Seat {
                 membership,
                 queue,
+                unsent: None,
                 takeovers,
             },
             welcome,
@@ -696,6 +700,7 @@ impl Seat {
         let Seat {
             membership,
             queue,
+            unsent,
             mut takeovers,
         } = self;
         let (room, peer) = (membership.room.clone(), membership.info.id.clone());
@@ -708,7 +713,7 @@ impl Seat {
         tokio::select! {
             request = takeovers.recv() => {
                 if let Some(reply) = request {
-                    let seat = Seat { membership, queue, takeovers };
+                    let seat = Seat { membership, queue, unsent, takeovers };
                     // If the claimant went away meanwhile, the seat comes back and is dropped
                     // here: its only valid token is used up, nobody can resume it.
                     let _ = reply.send(seat);

@@ -174,16 +174,17 @@ pub async fn session(
     let Seat {
         membership,
         mut queue,
+        mut unsent,
         mut takeovers,
     } = seat;
     let ended = tokio::select! {
-        ended = attached(&mut socket, &membership, &mut queue, welcome, notices, &shutdown) => ended,
+        ended = attached(&mut socket, &membership, (&mut queue, &mut unsent), welcome, notices, &shutdown) => ended,
         Some(reply) = takeovers.recv() => {
             // A resume of this seat: the socket goes without a word (it may be dead already,
             // and a frame may have been cut mid-way); the room sees nothing.
             tracing::info!(room = membership.room(), peer = membership.id(), "seat taken over by a resumed session");
             drop(socket);
-            let seat = Seat { membership, queue, takeovers };
+            let seat = Seat { membership, queue, unsent, takeovers };
             // If the claimant has gone meanwhile, the seat (its token used up) leaves.
             let _ = reply.send(seat);
             return;
@@ -202,6 +203,7 @@ pub async fn session(
             let seat = Seat {
                 membership,
                 queue,
+                unsent,
                 takeovers,
             };
             seat.hold(hub.resume_grace(), &shutdown).await;
@@ -209,12 +211,15 @@ pub async fn session(
     }
 }
 
-/// The attached part of a session: sends `welcome` and `notices`, then relays until the
-/// session ends.
+/// The attached part of a session: sends `welcome`, `notices` and the message a dropped
+/// socket left unsent, then relays the queue until the session ends.
 async fn attached(
     socket: &mut WebSocket,
     membership: &Membership,
-    rx: &mut mpsc::Receiver<Arc<ServerMessage>>,
+    (rx, unsent): (
+        &mut mpsc::Receiver<Arc<ServerMessage>>,
+        &mut Option<Arc<ServerMessage>>,
+    ),
     welcome: ServerMessage,
     notices: Vec<ServerMessage>,
     shutdown: &CancellationToken,
@@ -226,6 +231,12 @@ async fn attached(
     for message in std::iter::once(&welcome).chain(&notices) {
         if !send(socket, message).await {
             return Ended::Leave(None);
+        }
+    }
+    if let Some(message) = unsent.take() {
+        if !send(socket, &message).await {
+            *unsent = Some(message);
+            return Ended::Dropped;
         }
     }
     let mut last_seen = Instant::now();
@@ -296,8 +307,9 @@ async fn attached(
             message = rx.recv() => match message {
                 Some(message) => {
                     if !send(socket, &message).await {
-                        // The message is lost with the socket (SPEC §2 has no acknowledgements):
-                        // a resumed client renegotiates what it misses.
+                        // Kept for a resume. Messages written before the drop was noticed are
+                        // lost with the socket (SPEC §2 has no acknowledgements).
+                        *unsent = Some(message);
                         return Ended::Dropped;
                     }
                 }
