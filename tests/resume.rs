@@ -357,3 +357,65 @@ async fn a_recording_continues_across_a_signaling_drop() {
     alice.leave().await;
     srv.shutdown().await;
 }
+
+/// The page's own reconnect (src/web/call.js, run by Node against the server): its socket is
+/// cut, and it resumes by itself with its token: same id, "reconnecting" then "reconnected",
+/// and the room saw nothing.
+#[tokio::test]
+async fn the_page_reconnects_by_itself() {
+    use tokio::io::AsyncBufReadExt;
+    if !tool_available("node") {
+        return;
+    }
+    let srv = TestServer::start().await;
+    let proxy = CutProxy::start(srv.server.as_ref().unwrap().addr).await;
+    let mut watcher = connect(&format!("{}/rooms/page/ws?name=w", ws_base(&srv.base))).await;
+    next_json(&mut watcher).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/resume_page.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(&script)
+        .args([proxy.base().as_str(), "page"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_event = async || -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(40), lines.next_line())
+            .await
+            .expect("the script reports in time")
+            .unwrap()
+            .expect("a line");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("JSON line: {line}"))
+    };
+    let joined = next_event().await;
+    assert_eq!(joined["event"], "joined", "{joined}");
+    let id = joined["id"].as_str().unwrap().to_owned();
+    assert_eq!(joined["connections"], 1, "a link toward the watcher");
+    assert_eq!(next_json(&mut watcher).await["type"], "peer-joined");
+    assert_eq!(proxy.cut(), 1);
+    let reconnecting = next_event().await;
+    assert_eq!(reconnecting["event"], "reconnecting", "{reconnecting}");
+    let reconnected = next_event().await;
+    assert_eq!(reconnected["event"], "reconnected", "{reconnected}");
+    assert_eq!(reconnected["id"], id.as_str(), "same id");
+    assert_eq!(
+        reconnected["connections"], 1,
+        "the link stays up: {reconnected}"
+    );
+    println!("page: WS drop → resumed in {} ms", reconnected["after_ms"]);
+    // The watcher hears only the page's final leave, never a drop.
+    assert_eq!(
+        next_json(&mut watcher).await,
+        json!({"type": "peer-left", "id": id}),
+        "the page's leave, after the resume"
+    );
+    assert_eq!(proxy.accepted(), 2);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    srv.shutdown().await;
+}
