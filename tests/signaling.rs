@@ -102,7 +102,10 @@ async fn welcome_join_relay_leave() {
         other => panic!("expected close 1000, got {other:?}"),
     }
 
-    // A vanished peer (socket dropped without leave) is announced too.
+    // A vanished peer (socket dropped without leave or close frame) is announced too, once
+    // its seat was not resumed in time (SPEC §10; tests/resume.rs covers the resume).
+    let hub = &srv.server.as_ref().unwrap().app.services.hub;
+    hub.set_resume_grace(Duration::from_millis(300));
     let mut c = connect(&srv, "r1", "carol").await;
     let c_id = next_json(&mut c).await["id"].as_str().unwrap().to_owned();
     assert_eq!(next_json(&mut a).await["type"], "peer-joined");

@@ -1,13 +1,13 @@
 //! `GET /rooms/{room}/ws`: the route of a client's WebSocket session (SPEC §2).
 //!
-//! Checks happen before the upgrade (room name 400, room token 401, no place in the room 503;
-//! the origin is checked by the router's middleware); the session itself is
-//! [`crate::signal::ws::session`].
+//! Checks happen before the upgrade (room name 400, room token 401, a resume token that is
+//! wrong, used, expired or of another room 401, no place in the room 503; the origin is
+//! checked by the router's middleware); the session itself is [`crate::signal::ws::session`].
 
 use super::error::ApiError;
 use super::App;
 use crate::signal::protocol::{valid_room_name, RecordingNotice, ServerMessage};
-use crate::signal::ws::{session, HARD_FRAME_LIMIT};
+use crate::signal::ws::{session, Entry, HARD_FRAME_LIMIT};
 use crate::util::secret_matches;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
@@ -24,6 +24,9 @@ pub struct WsQuery {
     /// Room token.
     #[serde(default)]
     pub token: Option<String>,
+    /// Resume token from the last `welcome` (SPEC §10; never written to logs).
+    #[serde(default)]
+    pub resume: Option<String>,
 }
 
 /// The route handler.
@@ -45,11 +48,28 @@ pub async fn handler(
             return ApiError::unauthorized("a valid room `token` is required").into_response();
         }
     }
-    if let Err(e) = app.services.hub.has_room_for(&room) {
-        return ApiError::from(e).into_response();
-    }
-    let name = query.name.unwrap_or_default();
     let hub = Arc::clone(&app.services.hub);
+    let entry = match query.resume.as_deref() {
+        // The seat is fetched before the upgrade, so a refusal is still an HTTP status. A
+        // seat whose upgrade then fails is dropped (its token is used up): the peer leaves.
+        Some(token) => match hub.claim(&room, token) {
+            Ok(claim) => match claim.seat().await {
+                Ok(seat) => Entry::Resume(seat),
+                Err(e) => return ApiError::unauthorized(e.to_string()).into_response(),
+            },
+            Err(e) => return ApiError::unauthorized(e.to_string()).into_response(),
+        },
+        None => {
+            if let Err(e) = hub.has_room_for(&room) {
+                return ApiError::from(e).into_response();
+            }
+            Entry::Join {
+                hub,
+                room,
+                name: query.name.unwrap_or_default(),
+            }
+        }
+    };
     let store = Arc::clone(&app.services.store);
     let shutdown = app.shutdown.child_token();
     // The recordings running in the room when the newcomer has joined.
@@ -72,5 +92,5 @@ pub async fn handler(
         .max_frame_size(HARD_FRAME_LIMIT)
         .read_buffer_size(1024)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| session(socket, hub, room, name, announce, shutdown))
+        .on_upgrade(move |socket| session(socket, entry, announce, shutdown))
 }

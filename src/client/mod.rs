@@ -112,6 +112,8 @@ pub struct PublishStats {
     pub audio_packets: Arc<AtomicU64>,
     /// Keyframe requests received.
     pub keyframe_requests: AtomicU64,
+    /// Signaling sessions resumed after the WebSocket dropped (SPEC §10).
+    pub resumes: Arc<AtomicU64>,
 }
 
 /// The publisher's behaviour in the room.

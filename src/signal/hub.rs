@@ -4,13 +4,21 @@
 //! all members holding a [`Membership`] and reading a channel of [`ServerMessage`]s. A room
 //! exists while it has members. The lock is a plain mutex held only for map updates and
 //! `try_send`s, never across an await.
+//!
+//! A WebSocket client's membership is a [`Seat`] (membership + message queue) that survives a
+//! dropped socket for [`Hub::resume_grace`] (SPEC §10): its session task holds the detached
+//! seat, messages for it stay queued, and a reconnect with the one-use token of its last
+//! `welcome` ([`Hub::claim`]) hands the seat to the new session.
 
 use super::protocol::{
     ClientMessage, ErrorCode, IceServer, MessageRef, PeerInfo, Refusal, ServerMessage,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// Messages queued for one member before it counts as too slow and is dropped from its room.
 pub const MEMBER_QUEUE: usize = 512;
@@ -20,6 +28,14 @@ pub const MEMBER_QUEUE: usize = 512;
 /// end-of-candidates from each of up to 64 peers at once. When even this is full, the sender
 /// of a relayed message is refused with `rate-limited` instead.
 pub const BOT_QUEUE: usize = 8192;
+
+/// How long a WebSocket client whose socket dropped keeps its seat (SPEC §10), unless set
+/// otherwise with [`Hub::set_resume_grace`].
+pub const RESUME_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a resuming session waits for the earlier session's task to hand over the seat
+/// (it answers at once unless the runtime is starved).
+pub const HANDOVER_LIMIT: Duration = Duration::from_secs(5);
 
 /// What a joining member is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +51,20 @@ pub enum MemberKind {
 struct Member {
     info: PeerInfo,
     tx: mpsc::Sender<Arc<ServerMessage>>,
+    /// Set for WebSocket clients, whose seat can be resumed.
+    resume: Option<ResumeSlot>,
+}
+
+/// A request for a seat: the task holding it sends it through.
+type Takeover = oneshot::Sender<Seat>;
+
+/// What the hub keeps to resume a client's seat.
+struct ResumeSlot {
+    /// SHA-256 of the token of the member's last `welcome`; `None` once it was used (the
+    /// resumed session's welcome brings the next one). Only a hash is kept.
+    token: Option<[u8; 32]>,
+    /// Asks the task holding the seat (attached session or detached wait) to hand it over.
+    takeover: mpsc::Sender<Takeover>,
 }
 
 #[derive(Default)]
@@ -53,6 +83,8 @@ pub struct Hub {
     reserved_rooms: usize,
     /// When set, joins are refused while this budget could not cover one more peer connection.
     fds: Option<Arc<crate::limits::FdBudget>>,
+    /// [`RESUME_GRACE`] unless set otherwise, in milliseconds.
+    resume_grace_ms: AtomicU64,
 }
 
 /// Why a join was refused.
@@ -75,6 +107,55 @@ pub struct Membership {
     hub: Arc<Hub>,
     room: String,
     info: PeerInfo,
+}
+
+/// A WebSocket client's seat in a room: its membership, its message queue and its takeover
+/// requests. Exactly one task holds it (a session while attached, the detached wait after a
+/// drop); dropping it leaves the room. It passes to a resuming session whole, so messages
+/// queued meanwhile are delivered there in order.
+pub struct Seat {
+    pub(super) membership: Membership,
+    pub(super) queue: mpsc::Receiver<Arc<ServerMessage>>,
+    /// A message taken from the queue whose send failed when the socket died: delivered
+    /// first on resume.
+    pub(super) unsent: Option<Arc<ServerMessage>>,
+    pub(super) takeovers: mpsc::Receiver<Takeover>,
+}
+
+/// A resume token accepted by [`Hub::claim`] (and used up by it): [`Claim::seat`] fetches
+/// the seat from the task that holds it.
+pub struct Claim {
+    peer: String,
+    takeover: mpsc::Sender<Takeover>,
+}
+
+/// Why a resume was refused (the route answers `401` for all of them alike).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResumeError {
+    /// The token names no seat of this room: wrong, already used, expired, or of another room.
+    #[error("the resume token is wrong, expired or already used")]
+    Invalid,
+    /// The seat went away while it was being handed over (it expired or was dropped).
+    #[error("the seat to resume is gone")]
+    Gone,
+}
+
+/// A new resume token (256 random bits, URL-safe base64) and its hash.
+fn new_resume_token() -> (String, [u8; 32]) {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let hash = token_hash(&token);
+    (token, hash)
+}
+
+/// The hash under which a resume token is kept. Comparing hashes (not tokens) also keeps a
+/// timing difference from telling anything about a valid token.
+fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
 }
 
 /// Longest display name, in characters, after [`clean_name`].
@@ -157,7 +238,20 @@ impl Hub {
             max_rooms,
             reserved_rooms: reserved_rooms.min(max_rooms / 2),
             fds,
+            resume_grace_ms: AtomicU64::new(RESUME_GRACE.as_millis() as u64),
         })
+    }
+
+    /// How long a client whose socket dropped keeps its seat.
+    pub fn resume_grace(&self) -> Duration {
+        Duration::from_millis(self.resume_grace_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets [`resume_grace`](Self::resume_grace) for seats detached from now on (tests use a
+    /// short one).
+    pub fn set_resume_grace(&self, grace: Duration) {
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.resume_grace_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Whether a client (WebSocket) can join `room` now (exists with space, or can be created).
@@ -222,6 +316,45 @@ impl Hub {
         ),
         JoinError,
     > {
+        self.enter(room, name, kind, None)
+    }
+
+    /// Joins `room` as a WebSocket client that may resume (see [`join`](Self::join)): the
+    /// `welcome` carries a resume token.
+    pub fn join_client(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+    ) -> Result<(Seat, ServerMessage), JoinError> {
+        let (takeover, takeovers) = mpsc::channel(1);
+        let (membership, welcome, queue) =
+            self.enter(room, name, MemberKind::Client, Some(takeover))?;
+        Ok((
+            Seat {
+                membership,
+                queue,
+                unsent: None,
+                takeovers,
+            },
+            welcome,
+        ))
+    }
+
+    /// Joins; with `takeover` the member is resumable and its welcome carries a token.
+    fn enter(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        kind: MemberKind,
+        takeover: Option<mpsc::Sender<Takeover>>,
+    ) -> Result<
+        (
+            Membership,
+            ServerMessage,
+            mpsc::Receiver<Arc<ServerMessage>>,
+        ),
+        JoinError,
+    > {
         let info = PeerInfo {
             id: new_peer_id(),
             name: clean_name(name),
@@ -233,6 +366,17 @@ impl Hub {
         } else {
             MEMBER_QUEUE
         });
+        let (resume, token) = match takeover {
+            Some(takeover) => {
+                let (token, hash) = new_resume_token();
+                let slot = ResumeSlot {
+                    token: Some(hash),
+                    takeover,
+                };
+                (Some(slot), Some(token))
+            }
+            None => (None, None),
+        };
         let mut rooms = self.rooms();
         self.check(&rooms, room, kind)?;
         let entry = rooms.entry(room.to_owned()).or_default();
@@ -242,6 +386,7 @@ impl Hub {
         entry.members.push(Member {
             info: info.clone(),
             tx,
+            resume,
         });
         self.drop_slow(&mut rooms, room, slow);
         drop(rooms);
@@ -251,6 +396,8 @@ impl Hub {
             room: room.to_owned(),
             peers,
             ice_servers: self.ice_servers.clone(),
+            resume: token,
+            resumed: false,
         };
         Ok((
             Membership {
@@ -261,6 +408,57 @@ impl Hub {
             welcome,
             rx,
         ))
+    }
+
+    /// Accepts the resume `token` of a seat in `room` and uses it up (a second use fails).
+    /// Works whether the seat is detached or its old session still looks alive (a socket the
+    /// server has not yet seen die): [`Claim::seat`] takes it over either way.
+    pub fn claim(&self, room: &str, token: &str) -> Result<Claim, ResumeError> {
+        let hash = token_hash(token);
+        let mut rooms = self.rooms();
+        let slot = rooms.get_mut(room).and_then(|r| {
+            r.members.iter_mut().find_map(|m| {
+                let slot = m.resume.as_mut()?;
+                (slot.token == Some(hash)).then_some((m.info.id.clone(), slot))
+            })
+        });
+        let Some((peer, slot)) = slot else {
+            return Err(ResumeError::Invalid);
+        };
+        slot.token = None;
+        Ok(Claim {
+            peer,
+            takeover: slot.takeover.clone(),
+        })
+    }
+
+    /// The `welcome` of a resumed session of member `id`: the room's peers now and a fresh
+    /// resume token. `None` if the member is no longer in the room.
+    fn rewelcome(&self, room: &str, id: &str) -> Option<ServerMessage> {
+        let (token, hash) = new_resume_token();
+        let mut rooms = self.rooms();
+        let entry = rooms.get_mut(room)?;
+        let slot = entry
+            .members
+            .iter_mut()
+            .find(|m| m.info.id == id)?
+            .resume
+            .as_mut()?;
+        slot.token = Some(hash);
+        let peers = entry
+            .members
+            .iter()
+            .filter(|m| m.info.id != id)
+            .map(|m| m.info.clone())
+            .collect();
+        Some(ServerMessage::Welcome {
+            id: id.to_owned(),
+            room: room.to_owned(),
+            peers,
+            ice_servers: self.ice_servers.clone(),
+            resume: Some(token),
+            resumed: true,
+        })
     }
 
     /// Removes members whose queues were full, telling the others `peer-left`.
@@ -445,6 +643,90 @@ impl Membership {
     }
 }
 
+impl Claim {
+    /// The claimed peer's id.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Fetches the seat from the task that holds it: a detached wait hands it over at once,
+    /// an attached session drops its socket (no close frame, no `peer-left`) and hands it
+    /// over. [`ResumeError::Gone`] if the seat ended meanwhile (or within [`HANDOVER_LIMIT`]
+    /// no answer came).
+    pub async fn seat(self) -> Result<Seat, ResumeError> {
+        let (reply, seat) = oneshot::channel();
+        let fetch = async move {
+            self.takeover
+                .send(reply)
+                .await
+                .map_err(|_| ResumeError::Gone)?;
+            seat.await.map_err(|_| ResumeError::Gone)
+        };
+        tokio::time::timeout(HANDOVER_LIMIT, fetch)
+            .await
+            .unwrap_or(Err(ResumeError::Gone))
+    }
+}
+
+impl Seat {
+    /// This member's id.
+    pub fn id(&self) -> &str {
+        self.membership.id()
+    }
+
+    /// The room of this seat.
+    pub fn room(&self) -> &str {
+        self.membership.room()
+    }
+
+    /// The membership (to relay with).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The `welcome` for a session that resumed this seat: same id, the peers now, a fresh
+    /// resume token (the previous one is used up). `None` if the member was dropped from its
+    /// room meanwhile (its queue overflowed).
+    pub fn rewelcome(&self) -> Option<ServerMessage> {
+        self.membership
+            .hub
+            .rewelcome(&self.membership.room, &self.membership.info.id)
+    }
+
+    /// Holds a detached seat: hands it to the first resuming session, or leaves the room
+    /// (`peer-left` to all) after `grace`, at `shutdown`, or when the hub dropped the member
+    /// (its queue overflowed). Messages for it stay queued meanwhile.
+    pub async fn hold(self, grace: Duration, shutdown: &CancellationToken) {
+        let Seat {
+            membership,
+            queue,
+            unsent,
+            mut takeovers,
+        } = self;
+        let (room, peer) = (membership.room.clone(), membership.info.id.clone());
+        tracing::info!(
+            room,
+            peer,
+            grace_ms = grace.as_millis() as u64,
+            "peer detached: its seat waits for a resume"
+        );
+        tokio::select! {
+            request = takeovers.recv() => {
+                if let Some(reply) = request {
+                    let seat = Seat { membership, queue, unsent, takeovers };
+                    // If the claimant went away meanwhile, the seat comes back and is dropped
+                    // here: its only valid token is used up, nobody can resume it.
+                    let _ = reply.send(seat);
+                }
+            }
+            _ = tokio::time::sleep(grace) => {
+                tracing::info!(room, peer, "not resumed in time: the peer leaves");
+            }
+            _ = shutdown.cancelled() => {}
+        }
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         self.hub.leave(&self.room, &self.info.id);
@@ -454,6 +736,7 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_util::sync::CancellationToken;
 
     #[test]
     fn names_lose_control_and_format_characters() {
@@ -610,5 +893,147 @@ mod tests {
             ids.contains(&bot.id().to_owned()),
             "the bot stays in its room"
         );
+    }
+
+    fn resume_token(welcome: &ServerMessage) -> String {
+        match welcome {
+            ServerMessage::Welcome {
+                resume: Some(token),
+                ..
+            } => token.clone(),
+            other => panic!("no resume token in {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_resume_token_is_used_once_and_only_in_its_room() {
+        let hub = Hub::new(vec![], 10, 10);
+        let (seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let token = resume_token(&welcome);
+        assert!(token.len() >= 43, "256 bits: {token}");
+        let (_other, other_welcome) = hub.join_client("s", "bob").unwrap();
+        assert_ne!(resume_token(&other_welcome), token);
+        assert_eq!(hub.claim("r", "wrong").err(), Some(ResumeError::Invalid));
+        assert_eq!(hub.claim("s", &token).err(), Some(ResumeError::Invalid));
+        let claim = hub.claim("r", &token).unwrap();
+        assert_eq!(claim.peer(), seat.id());
+        assert_eq!(hub.claim("r", &token).err(), Some(ResumeError::Invalid));
+        // Bots and WHIP members have no token.
+        let (_bot, bot_welcome, _rx) = hub.join("r", "recorder", MemberKind::Bot).unwrap();
+        assert!(matches!(
+            bot_welcome,
+            ServerMessage::Welcome { resume: None, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_detached_seat_keeps_its_queue_and_passes_to_the_resume() {
+        let hub = Hub::new(vec![], 10, 10);
+        let (mut seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let alice = seat.id().to_owned();
+        let token = resume_token(&welcome);
+        let (bob, _, mut bob_rx) = hub.join("r", "bob", MemberKind::Client).unwrap();
+        // Alice's session read bob's arrival before her socket dropped.
+        assert!(matches!(
+            *seat.queue.try_recv().unwrap(),
+            ServerMessage::PeerJoined { .. }
+        ));
+        let shutdown = CancellationToken::new();
+        let holder =
+            tokio::spawn(async move { seat.hold(Duration::from_secs(60), &shutdown).await });
+        bob.relay(ClientMessage::Offer {
+            to: alice.clone(),
+            sdp: "v=0 while away".into(),
+        })
+        .unwrap();
+        let (carol, _, _carol_rx) = hub.join("r", "carol", MemberKind::Client).unwrap();
+
+        let mut seat = hub.claim("r", &token).unwrap().seat().await.unwrap();
+        holder.await.unwrap();
+        assert_eq!(seat.id(), alice);
+        let queued: Vec<ServerMessage> = std::iter::from_fn(|| seat.queue.try_recv().ok())
+            .map(|m| (*m).clone())
+            .collect();
+        assert_eq!(
+            queued,
+            vec![
+                ServerMessage::Offer {
+                    from: bob.id().into(),
+                    sdp: "v=0 while away".into()
+                },
+                ServerMessage::PeerJoined {
+                    peer: carol.info().clone()
+                },
+            ]
+        );
+        let ServerMessage::Welcome {
+            id,
+            peers,
+            resume: Some(fresh),
+            resumed: true,
+            ..
+        } = seat.rewelcome().unwrap()
+        else {
+            panic!("a resumed welcome")
+        };
+        assert_eq!(id, alice);
+        assert_eq!(peers, vec![bob.info().clone(), carol.info().clone()]);
+        assert_ne!(fresh, token);
+        assert_eq!(hub.claim("r", &token).err(), Some(ResumeError::Invalid));
+        // Bob heard nothing of alice meanwhile (carol's arrival only).
+        let heard: Vec<ServerMessage> = std::iter::from_fn(|| bob_rx.try_recv().ok())
+            .map(|m| (*m).clone())
+            .collect();
+        assert_eq!(
+            heard,
+            vec![ServerMessage::PeerJoined {
+                peer: carol.info().clone()
+            }]
+        );
+        assert!(hub.claim("r", &fresh).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_seat_not_resumed_in_time_leaves() {
+        let hub = Hub::new(vec![], 10, 10);
+        hub.set_resume_grace(Duration::from_millis(300));
+        let (seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let alice = seat.id().to_owned();
+        let token = resume_token(&welcome);
+        let (_bob, _, mut bob_rx) = hub.join("r", "bob", MemberKind::Client).unwrap();
+        let shutdown = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        seat.hold(hub.resume_grace(), &shutdown).await;
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(
+            *bob_rx.try_recv().unwrap(),
+            ServerMessage::PeerLeft { id: alice }
+        );
+        assert_eq!(hub.claim("r", &token).err(), Some(ResumeError::Invalid));
+    }
+
+    #[tokio::test]
+    async fn a_detached_seat_whose_queue_overflows_is_dropped() {
+        let hub = Hub::new(vec![], 10, 10);
+        let (seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let alice = seat.id().to_owned();
+        let token = resume_token(&welcome);
+        let (bob, _, _bob_rx) = hub.join("r", "bob", MemberKind::Client).unwrap();
+        let shutdown = CancellationToken::new();
+        let holder =
+            tokio::spawn(async move { seat.hold(Duration::from_secs(60), &shutdown).await });
+        for _ in 0..=MEMBER_QUEUE {
+            let _ = bob.relay(ClientMessage::Candidate {
+                to: alice.clone(),
+                candidate: crate::signal::protocol::CandidateField::end(),
+            });
+        }
+        // The seat is given up at once (not after the grace), and cannot be resumed.
+        tokio::time::timeout(Duration::from_secs(5), holder)
+            .await
+            .expect("the holder ends")
+            .unwrap();
+        assert_eq!(hub.claim("r", &token).err(), Some(ResumeError::Invalid));
+        assert_eq!(hub.peers("r"), vec![bob.info().clone()]);
     }
 }

@@ -163,6 +163,16 @@ pub enum ServerMessage {
         peers: Vec<PeerInfo>,
         /// ICE servers to configure the RTCPeerConnection with.
         ice_servers: Vec<IceServer>,
+        /// A WebSocket client's resume token (SPEC §10): reconnecting with `?resume=TOKEN`
+        /// after a drop keeps this peer's seat. One use; every welcome brings a new one.
+        /// Absent for bots and WHIP members.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        resume: Option<String>,
+        /// True in the welcome of a resumed session: the same `id`, `peers` as they are now,
+        /// and the messages queued while detached follow. A resumed client does not offer
+        /// to the peers again. Absent (false) in a first welcome.
+        #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+        resumed: bool,
     },
     /// Someone joined.
     PeerJoined {

@@ -6,14 +6,17 @@
 //! frame. Bad frames get an `error` message; the connection stays open unless the client
 //! keeps sending garbage ([`GARBAGE_LIMIT`] per minute: closed with 1008). Every close the
 //! server starts leaves the room first, then completes the closing handshake (see `close`).
+//! A socket that drops without a close frame keeps the client's seat for a resume (SPEC §10,
+//! see [`session`]).
 
-use super::hub::{Hub, MemberKind};
+use super::hub::{Hub, Membership, Seat};
 use super::protocol::{
     parse_client_message, ClientMessage, ErrorCode, Refusal, ServerMessage, MAX_FRAME_BYTES,
 };
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Ping period.
@@ -103,35 +106,137 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     .await;
 }
 
-/// Runs the session of client `name` in `room` on an upgraded `socket` until it ends: joins
-/// the hub (a refusal closes with 1013), sends `welcome` and then the room's running
-/// recordings as `announce` lists them at that moment, relays, and leaves the room before the
-/// closing handshake. `shutdown` being cancelled closes with 1001.
+/// How a session begins.
+pub enum Entry {
+    /// A new member: join `room` as `name`.
+    Join {
+        /// The hub to join.
+        hub: Arc<Hub>,
+        /// The room (already validated).
+        room: String,
+        /// The display name as given.
+        name: String,
+    },
+    /// A resumed member (`?resume=`): the seat handed over by its earlier session.
+    Resume(Seat),
+}
+
+/// How an attached session ended.
+enum Ended {
+    /// The member leaves the room; with a close frame to send after leaving, if any.
+    Leave(Option<(u16, &'static str)>),
+    /// The socket dropped without a close frame (or went silent): the seat waits for a resume.
+    Dropped,
+}
+
+/// Runs a client's session on an upgraded `socket` until it ends. A new member joins the hub
+/// (a refusal closes with 1013), gets `welcome` (with its resume token) and then the room's
+/// running recordings as `announce` lists them at that moment; a resumed member gets a
+/// `welcome` with `resumed: true` and then the messages queued while it was detached. The
+/// session relays, and ends in one of three ways:
+/// - the client leaves on purpose (`leave`, or any close frame of its own), or the server
+///   closes it (garbage 1008, too slow 1013, shutdown 1001): the member leaves the room
+///   before the closing handshake;
+/// - the socket drops without a close frame, or is silent for [`SILENCE_LIMIT`]: the task
+///   keeps the seat for the hub's resume grace ([`Seat::hold`]) and then leaves;
+/// - a resume takes the seat over: the old socket is dropped and the room sees nothing.
 pub async fn session(
     mut socket: WebSocket,
-    hub: Arc<Hub>,
-    room: String,
-    name: String,
+    entry: Entry,
     announce: impl FnOnce(&str) -> Vec<ServerMessage>,
     shutdown: CancellationToken,
 ) {
-    let (membership, welcome, mut rx) = match hub.join(&room, &name, MemberKind::Client) {
-        Ok(joined) => joined,
-        Err(e) => {
-            tracing::info!(room, error = %e, "join refused");
-            close(&mut socket, close_code::AGAIN, "room full").await;
+    let (seat, welcome, notices) = match entry {
+        Entry::Join { hub, room, name } => match hub.join_client(&room, &name) {
+            Ok((seat, welcome)) => {
+                // A recording already running is announced to the newcomer too.
+                let notices = announce(&room);
+                (seat, welcome, notices)
+            }
+            Err(e) => {
+                tracing::info!(room, error = %e, "join refused");
+                close(&mut socket, close_code::AGAIN, "room full").await;
+                return;
+            }
+        },
+        Entry::Resume(seat) => match seat.rewelcome() {
+            Some(welcome) => {
+                tracing::info!(room = seat.room(), peer = seat.id(), "peer resumed");
+                (seat, welcome, Vec::new())
+            }
+            None => {
+                close(&mut socket, close_code::AGAIN, "seat lost").await;
+                return;
+            }
+        },
+    };
+    let hub = Arc::clone(seat.membership.hub());
+    let Seat {
+        membership,
+        mut queue,
+        mut unsent,
+        mut takeovers,
+    } = seat;
+    let ended = tokio::select! {
+        ended = attached(&mut socket, &membership, (&mut queue, &mut unsent), welcome, notices, &shutdown) => ended,
+        Some(reply) = takeovers.recv() => {
+            // A resume of this seat: the socket goes without a word (it may be dead already,
+            // and a frame may have been cut mid-way); the room sees nothing.
+            tracing::info!(room = membership.room(), peer = membership.id(), "seat taken over by a resumed session");
+            drop(socket);
+            let seat = Seat { membership, queue, unsent, takeovers };
+            // If the claimant has gone meanwhile, the seat (its token used up) leaves.
+            let _ = reply.send(seat);
             return;
         }
     };
-    let peer = membership.id().to_owned();
-    let _connected = ConnectionGauge::new();
-    if !send(&mut socket, &welcome).await {
-        return;
+    match ended {
+        Ended::Leave(closing) => {
+            // Leave the room first: the others hear `peer-left` at once, not after the handshake.
+            drop(membership);
+            if let Some((code, reason)) = closing {
+                close(&mut socket, code, reason).await;
+            }
+        }
+        Ended::Dropped => {
+            drop(socket);
+            let seat = Seat {
+                membership,
+                queue,
+                unsent,
+                takeovers,
+            };
+            seat.hold(hub.resume_grace(), &shutdown).await;
+        }
     }
-    // A recording already running is announced to the newcomer too.
-    for notice in announce(&room) {
-        if !send(&mut socket, &notice).await {
-            return;
+}
+
+/// The attached part of a session: sends `welcome`, `notices` and the message a dropped
+/// socket left unsent, then relays the queue until the session ends.
+async fn attached(
+    socket: &mut WebSocket,
+    membership: &Membership,
+    (rx, unsent): (
+        &mut mpsc::Receiver<Arc<ServerMessage>>,
+        &mut Option<Arc<ServerMessage>>,
+    ),
+    welcome: ServerMessage,
+    notices: Vec<ServerMessage>,
+    shutdown: &CancellationToken,
+) -> Ended {
+    let room = membership.room();
+    let peer = membership.id();
+    let _connected = ConnectionGauge::new();
+    // A client that never got its welcome has no token to resume with.
+    for message in std::iter::once(&welcome).chain(&notices) {
+        if !send(socket, message).await {
+            return Ended::Leave(None);
+        }
+    }
+    if let Some(message) = unsent.take() {
+        if !send(socket, &message).await {
+            *unsent = Some(message);
+            return Ended::Dropped;
         }
     }
     let mut last_seen = Instant::now();
@@ -142,14 +247,15 @@ pub async fn session(
         last: Instant::now(),
     };
     let mut garbage = (0u32, Instant::now());
-    // Set where the session ends with a close frame, sent once the peer has left the room.
-    let mut closing: Option<(u16, &'static str)> = None;
     loop {
         tokio::select! {
             frame = socket.recv() => {
                 let now = Instant::now();
                 let text = match frame {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    // A drop without a close frame: the client may resume.
+                    None | Some(Err(_)) => return Ended::Dropped,
+                    // A close frame of the client's own is a leave on purpose.
+                    Some(Ok(Message::Close(_))) => return Ended::Leave(None),
                     Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => {
                         last_seen = now;
                         continue;
@@ -174,13 +280,12 @@ pub async fn session(
                 });
                 match outcome {
                     Ok(ClientMessage::Leave) => {
-                        closing = Some((close_code::NORMAL, "bye"));
-                        break;
+                        return Ended::Leave(Some((close_code::NORMAL, "bye")));
                     }
                     Ok(message) => {
                         if let Err(refusal) = membership.relay(message) {
-                            if !send(&mut socket, &refusal.into_message()).await {
-                                break;
+                            if !send(socket, &refusal.into_message()).await {
+                                return Ended::Dropped;
                             }
                         }
                     }
@@ -191,48 +296,41 @@ pub async fn session(
                         }
                         garbage.0 += 1;
                         if garbage.0 > GARBAGE_LIMIT {
-                            closing = Some((close_code::POLICY, "too many bad messages"));
-                            break;
+                            return Ended::Leave(Some((close_code::POLICY, "too many bad messages")));
                         }
-                        if !send(&mut socket, &refusal.into_message()).await {
-                            break;
+                        if !send(socket, &refusal.into_message()).await {
+                            return Ended::Dropped;
                         }
                     }
                 }
             }
             message = rx.recv() => match message {
                 Some(message) => {
-                    if !send(&mut socket, &message).await {
-                        break;
+                    if !send(socket, &message).await {
+                        // Kept for a resume. Messages written before the drop was noticed are
+                        // lost with the socket (SPEC §2 has no acknowledgements).
+                        *unsent = Some(message);
+                        return Ended::Dropped;
                     }
                 }
-                None => {
-                    closing = Some((close_code::AGAIN, "too slow"));
-                    break;
-                }
+                None => return Ended::Leave(Some((close_code::AGAIN, "too slow"))),
             },
             _ = check.tick() => {
                 let now = Instant::now();
                 if now.duration_since(last_seen) > SILENCE_LIMIT {
-                    tracing::info!(room, peer, "no frame for 60 s: dropped");
-                    break;
+                    tracing::info!(room, peer, "no frame for 60 s: detached");
+                    return Ended::Dropped;
                 }
                 if now.duration_since(last_ping) >= PING_EVERY {
                     last_ping = now;
                     if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break;
+                        return Ended::Dropped;
                     }
                 }
             }
             _ = shutdown.cancelled() => {
-                closing = Some((close_code::AWAY, "server shutting down"));
-                break;
+                return Ended::Leave(Some((close_code::AWAY, "server shutting down")));
             }
         }
-    }
-    // Leave the room first: the others hear `peer-left` at once, not after the handshake.
-    drop(membership);
-    if let Some((code, reason)) = closing {
-        close(&mut socket, code, reason).await;
     }
 }

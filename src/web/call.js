@@ -6,18 +6,25 @@
 //   impolite side toward a bot; between browsers the peer with the smaller id is polite.
 // - WHIP publishers (`whip: true`) send their media to the server only: nobody offers to them.
 //
+// - Resume (SPEC §10): when the WebSocket drops without a close frame, the call keeps its
+//   RTCPeerConnections and reconnects with the `resume` token of its last welcome (at once,
+//   then backing off 250 ms → 4 s, for up to 30 s). Messages it sends meanwhile wait in an outbox; the server
+//   queued those for us. A close frame from the server (leave, shutdown, refusal) ends the call.
+//
 // Events (CustomEvent, details in brackets): `peers` (the peer list changed), `media`
 // [{id, stream}], `link` [{id, state}], `recording` [{active, id, peer, state}],
-// `signal-error` [{code, message}], `closed` [{code, reason, clean}].
+// `signal-error` [{code, message}], `reconnecting` [{since}], `reconnected` [{after}],
+// `closed` [{code, reason, clean}].
 
 import { filterSdp, keepCandidate } from './ice.js';
 
 /** The WebSocket URL of a room, derived from the page's own origin. */
-export function roomSocketUrl(room, name, roomToken) {
+export function roomSocketUrl(room, name, roomToken, resume) {
   const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
   const query = new URLSearchParams();
   if (name) query.set('name', name);
   if (roomToken) query.set('token', roomToken);
+  if (resume) query.set('resume', resume);
   const qs = query.toString();
   return `${scheme}//${location.host}/rooms/${encodeURIComponent(room)}/ws${qs ? '?' + qs : ''}`;
 }
@@ -40,6 +47,12 @@ const RECORDER_NAME = 'recorder';
 /** Largest chat message, in bytes of its JSON (SPEC §11). */
 export const CHAT_MAX_BYTES = 4096;
 
+/** How long the server keeps a dropped client's seat (SPEC §10). */
+const RESUME_WINDOW_MS = 30000;
+
+/** Messages kept for the resumed socket at most (older ones are dropped first). */
+const OUTBOX_LIMIT = 500;
+
 export class Call extends EventTarget {
   /** @param {{room: string, name: string, roomToken?: string, stream: MediaStream}} options */
   constructor({ room, name, roomToken, stream }) {
@@ -58,43 +71,125 @@ export class Call extends EventTarget {
     this.recorders = new Map();
     this.ws = null;
     this.leaving = false;
+    /** The one-use token of the last welcome, to resume after a drop. */
+    this.resumeToken = null;
+    /** Set while reconnecting: when the socket dropped (ms). */
+    this.droppedAt = 0;
+    this.retryTimer = 0;
+    /** Messages sent while reconnecting, for the resumed socket. */
+    this.outbox = [];
   }
 
   /** Connects; resolves with the welcome, rejects if the server refuses or closes first. */
   join() {
     return new Promise((resolve, reject) => {
-      let welcomed = false;
-      const ws = new WebSocket(roomSocketUrl(this.room, this.name, this.roomToken));
-      this.ws = ws;
-      ws.onmessage = (event) => {
-        let msg;
-        try {
-          msg = JSON.parse(event.data);
-        } catch {
-          return;
-        }
-        if (msg.type === 'welcome' && !welcomed) {
-          welcomed = true;
+      this.open(
+        roomSocketUrl(this.room, this.name, this.roomToken),
+        (msg) => {
           this.onWelcome(msg);
           resolve(msg);
-        } else {
-          this.onMessage(msg);
-        }
-      };
-      ws.onclose = (event) => {
-        this.closeLinks();
-        if (!welcomed) {
+        },
+        (event) => {
+          this.closeLinks();
           reject(new Error(refusal(event, this.roomToken)));
-          return;
-        }
-        this.emit('closed', { code: event.code, reason: event.reason, clean: this.leaving });
-      };
+        },
+      );
     });
+  }
+
+  /**
+   * Opens a socket at `url`: `welcomed(msg)` on its welcome, `failed(event)` if it closes
+   * before; later messages go to onMessage and a later close to onDropped. Events of a socket
+   * that is no longer the call's own are ignored.
+   */
+  open(url, welcomed, failed) {
+    let got = false;
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onmessage = (event) => {
+      if (this.ws !== ws) return;
+      let msg;
+      try {
+        msg = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      if (msg.type === 'welcome' && !got) {
+        got = true;
+        welcomed(msg);
+      } else {
+        this.onMessage(msg);
+      }
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      if (got) this.onDropped(event);
+      else failed(event);
+    };
+  }
+
+  /**
+   * The socket closed after its welcome. A close frame (wasClean: leave, server shutdown,
+   * refusal) ends the call; a drop (1006, no close frame) starts the resume.
+   */
+  onDropped(event) {
+    if (this.leaving || event.wasClean || !this.resumeToken) {
+      this.end(event.code, event.reason);
+      return;
+    }
+    this.droppedAt = Date.now();
+    this.reconnect(0);
+  }
+
+  /** Tries to resume in `delay` ms, backing off after each failure, for 30 s from the drop. */
+  reconnect(delay) {
+    if (this.leaving) return;
+    const since = this.droppedAt;
+    if (Date.now() - since + delay > RESUME_WINDOW_MS) {
+      this.end(1006, 'the connection to the room could not be resumed within 30 s');
+      return;
+    }
+    this.emit('reconnecting', { since });
+    this.retryTimer = setTimeout(() => {
+      this.open(
+        roomSocketUrl(this.room, this.name, this.roomToken, this.resumeToken),
+        (msg) => this.onResumed(msg),
+        () => this.reconnect(Math.min(Math.max(delay * 2, 250), 4000)),
+      );
+    }, delay);
+  }
+
+  /** The welcome of a resumed session: same id; catch up with the peers; flush the outbox. */
+  onResumed(msg) {
+    const after = Date.now() - this.droppedAt;
+    this.droppedAt = 0;
+    this.resumeToken = msg.resume || null;
+    const now = new Set((msg.peers || []).map((p) => p.id));
+    for (const id of [...this.peers.keys()]) if (!now.has(id)) this.dropPeer(id);
+    for (const peer of msg.peers || []) {
+      // Those who joined meanwhile offer to us: their offers are among the queued messages.
+      if (!this.peers.has(peer.id)) this.peers.set(peer.id, peer);
+    }
+    this.emit('peers');
+    const outbox = this.outbox;
+    this.outbox = [];
+    for (const message of outbox) this.send(message);
+    this.emit('reconnected', { after });
+  }
+
+  /** The call is over (not by our leave): closes every connection and tells the page. */
+  end(code, reason) {
+    clearTimeout(this.retryTimer);
+    this.droppedAt = 0;
+    this.outbox = [];
+    this.closeLinks();
+    this.emit('closed', { code, reason, clean: this.leaving });
   }
 
   /** Leaves the room: tells the server, closes every connection. */
   leave() {
     this.leaving = true;
+    clearTimeout(this.retryTimer);
     if (this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.send({ type: 'leave' });
       // The server closes with 1000 after `leave`; close our side too in case it does not.
@@ -111,7 +206,13 @@ export class Call extends EventTarget {
   }
 
   send(message) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(message));
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(message));
+    } else if (this.droppedAt && !this.leaving) {
+      // Reconnecting: the resumed socket sends it.
+      this.outbox.push(message);
+      if (this.outbox.length > OUTBOX_LIMIT) this.outbox.shift();
+    }
   }
 
   emit(type, detail) {
@@ -120,6 +221,7 @@ export class Call extends EventTarget {
 
   onWelcome(msg) {
     this.id = msg.id;
+    this.resumeToken = msg.resume || null;
     this.iceServers = msg.ice_servers || [];
     for (const peer of msg.peers || []) {
       this.peers.set(peer.id, peer);

@@ -85,6 +85,15 @@ export function initRoom(hooks) {
     on('recording', recording);
     on('chat', (d) => addChat(call.peers.get(d.id)?.name || d.id, d.text));
     on('signal-error', (d) => toast(`Signaling refused a message: ${d.message} (${d.code})`, 'error'));
+    // A dropped signaling socket: media keep flowing while the call reconnects (≤ 30 s).
+    on('reconnecting', () => {
+      setNotice(callNotice, 'Connection to the room lost: reconnecting…', 'info');
+      callEl.dataset.signal = 'reconnecting';
+    });
+    on('reconnected', () => {
+      setNotice(callNotice, '');
+      delete callEl.dataset.signal;
+    });
     on('closed', (d) => {
       if (!d.clean) {
         const why = d.reason ? `: ${d.reason}` : '';
@@ -155,6 +164,7 @@ export function initRoom(hooks) {
 
   function cleanup() {
     $('#chat-log').replaceChildren();
+    delete callEl.dataset.signal;
     if (stream) for (const t of stream.getTracks()) t.stop();
     stream = null;
     call = null;

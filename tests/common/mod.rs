@@ -216,3 +216,67 @@ pub fn rms(samples: &[f32]) -> f64 {
         / samples.len() as f64)
         .sqrt()
 }
+
+/// A TCP relay on a free loopback port toward `target`, whose connections a test can cut:
+/// both sides are closed at once with no WebSocket close frame, as when a network drops.
+pub struct CutProxy {
+    pub addr: std::net::SocketAddr,
+    links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let links: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (l, a) = (Arc::clone(&links), Arc::clone(&accepted));
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let link = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                l.lock().unwrap().push(link);
+            }
+        });
+        Self {
+            addr,
+            links,
+            accepted,
+            accept,
+        }
+    }
+
+    /// `http://` base URL of the proxy.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Closes every relayed connection now (both sockets dropped); returns how many.
+    pub fn cut(&self) -> usize {
+        let links: Vec<_> = self.links.lock().unwrap().drain(..).collect();
+        for link in &links {
+            link.abort();
+        }
+        links.len()
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
