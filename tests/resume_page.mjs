@@ -19,6 +19,8 @@ globalThis.RTCPeerConnection = class {
   getTransceivers() { return this.transceivers; }
   addTransceiver(kind) { this.transceivers.push({ receiver: { track: { kind } } }); }
   addTrack() {}
+  // The page opens a `chat` channel on each connection (SPEC §11).
+  createDataChannel(label) { return { label, readyState: 'connecting', addEventListener() {}, close() {} }; }
   close() { this.closed = true; }
 };
 const open = () => connections.filter((pc) => !pc.closed).length;
