@@ -4,6 +4,7 @@
 use crate::api::App;
 use crate::bot::Services;
 use crate::config::ServerConfig;
+use crate::events::{EventKind, Events};
 use crate::peer::whip::WhipSessions;
 use crate::peer::{PeerConfig, PeerFactory};
 use crate::record::manifest::StopReason;
@@ -26,6 +27,32 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// The webhook outbox could not be opened, or its HTTP client built.
+    #[error("webhook outbox: {0}")]
+    Events(std::io::Error),
+}
+
+/// Where the webhook outbox lives, inside the recordings directory (not a recording: the
+/// store skips names that are not recording ids).
+pub const OUTBOX_DIR: &str = ".events";
+
+/// Ids of the recordings that the store will find unfinished (and mark failed) when it opens
+/// `dir`: each gets a `recording.failed` event once loaded.
+fn unfinished_recordings(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            if !crate::record::store::valid_id(&name) {
+                return None;
+            }
+            let doc = crate::record::manifest::read_manifest(&entry.path()).ok()?;
+            (doc.id == name && doc.state.is_active()).then_some(name)
+        })
+        .collect()
 }
 
 /// Builds the shared state (loads existing recordings).
@@ -33,7 +60,22 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
     // Counters count from the start, not from the first scrape.
     let _ = crate::telemetry::handle();
     let args = &config.args;
+    let events = match config.webhooks.clone() {
+        Some(webhooks) => Events::open(&args.recordings_dir.join(OUTBOX_DIR), webhooks)
+            .map_err(ServeError::Events)?,
+        None => Events::disabled(),
+    };
+    let unfinished = if events.enabled() {
+        unfinished_recordings(&args.recordings_dir)
+    } else {
+        Vec::new()
+    };
     let store = RecordingStore::open(&args.recordings_dir, args.max_recordings)?;
+    for id in unfinished {
+        if let Ok(recording) = store.get(&id) {
+            events.emit(EventKind::RecordingFailed, Some(&id), &recording.doc());
+        }
+    }
     let disk = Arc::new(crate::record::disk::DiskGuard::new(
         &args.recordings_dir,
         args.min_free_disk_mb.saturating_mul(1024 * 1024),
@@ -68,6 +110,7 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         disk,
         media_dir: args.media_dir.clone(),
         max_recording: std::time::Duration::from_secs(args.max_recording_s),
+        events,
     });
     Ok(Arc::new(App {
         config,
@@ -98,6 +141,10 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
+        app.services
+            .events
+            .start(&app.shutdown)
+            .map_err(|e| ServeError::Events(std::io::Error::other(e)))?;
         let router = crate::api::router(Arc::clone(&app));
         let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));
@@ -124,6 +171,13 @@ impl Server {
             crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
         });
         futures::future::join_all(stops).await;
+        // The last events (recording.stopped, bot.stopped) usually leave now; those that do
+        // not wait on disk for the next start.
+        self.app
+            .services
+            .events
+            .drain(std::time::Duration::from_secs(3))
+            .await;
         self.app.shutdown.cancel();
         match tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await {
             Ok(Ok(result)) => result.map_err(ServeError::Http),

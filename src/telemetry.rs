@@ -40,6 +40,17 @@ pub const WRITE_ERRORS: &str = "recbot_write_errors_total";
 /// Time to finalize a recording on stop, seconds (histogram).
 pub const FINALIZE_SECONDS: &str = "recbot_finalize_seconds";
 
+/// Webhook events waiting for delivery, all URLs (gauge).
+pub const WEBHOOK_PENDING: &str = "recbot_webhook_events_pending";
+/// Webhook events delivered (2xx) (counter).
+pub const WEBHOOK_DELIVERED: &str = "recbot_webhook_events_delivered_total";
+/// Webhook delivery attempts that failed (non-2xx, timeout, connection) (counter).
+pub const WEBHOOK_FAILED_ATTEMPTS: &str = "recbot_webhook_failed_attempts_total";
+/// Webhook events given up after 24 h of failures (counter).
+pub const WEBHOOK_GIVEN_UP: &str = "recbot_webhook_events_given_up_total";
+/// Webhook events dropped: outbox full or not storable (counter).
+pub const WEBHOOK_DROPPED: &str = "recbot_webhook_events_dropped_total";
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the process-wide recorder (once) and returns its handle, or `None` if another
@@ -74,6 +85,20 @@ fn describe() {
     describe_counter!(KEYFRAMES, "Video keyframes written.");
     describe_counter!(PLIS, "Picture loss indications sent.");
     describe_counter!(WRITE_ERRORS, "Failed writes to recording files.");
+    describe_gauge!(WEBHOOK_PENDING, "Webhook events waiting for delivery.");
+    describe_counter!(WEBHOOK_DELIVERED, "Webhook events delivered (2xx).");
+    describe_counter!(
+        WEBHOOK_FAILED_ATTEMPTS,
+        "Webhook delivery attempts that failed (retried)."
+    );
+    describe_counter!(
+        WEBHOOK_GIVEN_UP,
+        "Webhook events given up after 24 h of failed attempts."
+    );
+    describe_counter!(
+        WEBHOOK_DROPPED,
+        "Webhook events dropped (outbox full or not storable)."
+    );
     describe_histogram!(
         FINALIZE_SECONDS,
         Unit::Seconds,

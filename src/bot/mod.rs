@@ -9,6 +9,7 @@ pub mod recorder;
 pub mod registry;
 pub mod voicemail;
 
+use crate::events::Events;
 pub use crate::peer::room::Behaviour;
 use crate::peer::room::RoomPeer;
 use crate::peer::whip::WhipSessions;
@@ -37,6 +38,8 @@ pub struct Services {
     pub media_dir: PathBuf,
     /// Longest recording (`--max-recording-s`); a request may only shorten it.
     pub max_recording: Duration,
+    /// Where recording and bot events go (webhooks; a no-op when none are configured).
+    pub events: Events,
 }
 use tokio::sync::mpsc;
 use tracing::Instrument;
