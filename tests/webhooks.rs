@@ -157,7 +157,9 @@ async fn server_with(urls: &[&str]) -> TestServer {
 }
 
 async fn record_and_stop(srv: &TestServer, room: &str) -> String {
-    let (status, doc) = srv.post_json("/api/recordings", json!({"room": room})).await;
+    let (status, doc) = srv
+        .post_json("/api/recordings", json!({"room": room}))
+        .await;
     assert_eq!(status, 201, "{doc}");
     let id = doc["id"].as_str().unwrap().to_owned();
     let (status, doc) = srv
@@ -206,9 +208,25 @@ async fn a_recordings_events_arrive_in_order_and_a_500_is_retried_with_the_same_
     assert_eq!(log[0].id, log[1].id, "a retry keeps its webhook-id");
     assert_ne!(log[1].id, log[2].id, "each event has its own webhook-id");
     assert_eq!(log[2].data["stop_reason"], "requested");
-    // Delivered events leave the outbox.
+    // Delivered events leave the outbox; the figures are in /metrics.
     let events = srv.server.as_ref().unwrap().app.services.events.clone();
     assert_eq!(events.pending(), 0);
+    let metrics = srv
+        .http
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "recbot_webhook_events_pending",
+        "recbot_webhook_events_delivered_total",
+        "recbot_webhook_failed_attempts_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     srv.shutdown().await;
 }
 
@@ -226,7 +244,10 @@ async fn a_410_stops_delivery_to_that_url_only() {
     let events = srv.server.as_ref().unwrap().app.services.events.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while events.pending() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "events still pending");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events still pending"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
@@ -284,7 +305,11 @@ async fn a_receiver_that_is_down_gets_the_events_once_it_is_up() {
     let (status, doc) = srv.get_json(&format!("/api/recordings/{id}")).await;
     assert_eq!((status, doc["state"].as_str()), (200, Some("stopped")));
     let events = srv.server.as_ref().unwrap().app.services.events.clone();
-    assert_eq!(events.pending(), 2, "both events wait while the receiver is down");
+    assert_eq!(
+        events.pending(),
+        2,
+        "both events wait while the receiver is down"
+    );
     // Let a few attempts fail, then bring the receiver up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let receiver = Receiver::on(addr, ok()).await;
@@ -339,7 +364,13 @@ impl Drop for Guard {
 fn spawn_server(dir: &Path, url: &str) -> (Guard, String) {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_recbot"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--udp-bind", "127.0.0.1"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-bind",
+            "127.0.0.1",
+        ])
         .args(["--log-format", "json", "--log", "info"])
         .args(["--webhook-url", url, "--webhook-first-retry-ms", "100"])
         .env("RECBOT_WEBHOOK_SECRET", SECRET)
@@ -407,7 +438,11 @@ async fn events_not_delivered_at_a_sigkill_are_delivered_after_the_restart() {
 fn bad_webhook_flags_are_refused_at_startup_naming_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     for (args, secret, flag) in [
-        (vec!["--webhook-url", "http://127.0.0.1:9/h"], None, "--webhook-secret"),
+        (
+            vec!["--webhook-url", "http://127.0.0.1:9/h"],
+            None,
+            "--webhook-secret",
+        ),
         (
             vec!["--webhook-url", "http://127.0.0.1:9/h"],
             Some("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
@@ -418,8 +453,16 @@ fn bad_webhook_flags_are_refused_at_startup_naming_the_flag() {
             Some("whsec_MfKQ9r8G!!"),
             "--webhook-secret",
         ),
-        (vec!["--webhook-url", "localhost:9/h"], Some(SECRET), "--webhook-url"),
-        (vec!["--webhook-url", "http://"], Some(SECRET), "--webhook-url"),
+        (
+            vec!["--webhook-url", "localhost:9/h"],
+            Some(SECRET),
+            "--webhook-url",
+        ),
+        (
+            vec!["--webhook-url", "http://"],
+            Some(SECRET),
+            "--webhook-url",
+        ),
     ] {
         let mut command = Command::new(env!("CARGO_BIN_EXE_recbot"));
         command
@@ -431,10 +474,29 @@ fn bad_webhook_flags_are_refused_at_startup_naming_the_flag() {
         if let Some(secret) = secret {
             command.args(["--webhook-secret", secret]);
         }
-        let out = command.output().expect("recbot runs");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} accepted");
+        // A refused configuration exits at once; one accepted would serve (killed on drop).
+        let mut child = Guard(
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("recbot runs"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{args:?} accepted");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{args:?} accepted");
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
-        assert!(!stderr.contains("MfKQ9r8G"), "the secret was printed: {stderr}");
+        assert!(
+            !stderr.contains("MfKQ9r8G"),
+            "the secret was printed: {stderr}"
+        );
     }
 }
