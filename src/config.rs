@@ -126,6 +126,23 @@ pub struct ServeArgs {
     /// Use only loopback ICE candidates of remote peers (for tests with a local browser).
     #[arg(long, env = "RECBOT_LOOPBACK_CANDIDATES_ONLY", hide = true)]
     pub loopback_candidates_only: bool,
+    /// URL that receives every event as a signed POST (SPEC §8); repeatable, comma-separated
+    /// in the environment. Needs --webhook-secret.
+    #[arg(long, env = "RECBOT_WEBHOOK_URL", value_delimiter = ',')]
+    pub webhook_url: Vec<String>,
+    /// Signing secret of the webhooks, `whsec_` + base64 of at least 24 bytes (Standard
+    /// Webhooks; never logged).
+    #[arg(long, env = "RECBOT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Milliseconds before the first retry of a failed webhook delivery (at most 5000; tests
+    /// shorten it).
+    #[arg(
+        long,
+        env = "RECBOT_WEBHOOK_FIRST_RETRY_MS",
+        default_value_t = 5000,
+        hide = true
+    )]
+    pub webhook_first_retry_ms: u64,
     /// S3-compatible endpoint URL (MinIO, Garage, Ceph RGW…; path-style addressing). Without
     /// it, AWS S3 of --s3-region (virtual-hosted style). Needs --s3-bucket.
     #[arg(long, env = "RECBOT_S3_ENDPOINT")]
@@ -192,6 +209,9 @@ impl Default for ServeArgs {
                 fd_headroom: 64,
                 trusted_proxies: vec![],
                 loopback_candidates_only: false,
+                webhook_url: vec![],
+                webhook_secret: None,
+                webhook_first_retry_ms: 5000,
                 s3_endpoint: None,
                 s3_bucket: None,
                 s3_region: "us-east-1".into(),
@@ -231,6 +251,18 @@ pub enum ConfigError {
     /// Zero limits.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// A `--webhook-url` that is not an absolute http(s) URL.
+    #[error("--webhook-url `{0}` is not an http:// or https:// URL with a host")]
+    WebhookUrl(String),
+    /// `--webhook-url` without `--webhook-secret`.
+    #[error("--webhook-url needs --webhook-secret (RECBOT_WEBHOOK_SECRET): whsec_ + base64 of 24 to 64 random bytes")]
+    WebhookSecretMissing,
+    /// A `--webhook-secret` of the wrong shape (the value is not repeated here).
+    #[error("--webhook-secret {0}")]
+    WebhookSecret(#[from] crate::events::sign::SecretError),
+    /// `--webhook-first-retry-ms` out of range.
+    #[error("--webhook-first-retry-ms must be 1 to 5000")]
+    WebhookFirstRetry,
     /// Bad object storage settings (the message names the flag or variable).
     #[error("{0}")]
     Storage(String),
@@ -304,6 +336,8 @@ pub struct ServerConfig {
     pub udp_ports: Option<(u16, u16)>,
     /// ICE servers for our peers and for `welcome`.
     pub ice_servers: Vec<IceServer>,
+    /// Webhook receivers and secret (`None`: no events are sent).
+    pub webhooks: Option<crate::events::WebhookConfig>,
     /// Object storage, when `--s3-bucket` is set.
     pub storage: Option<S3Settings>,
 }
@@ -365,6 +399,7 @@ impl ServeArgs {
                 credential: turn.then(|| self.turn_credential.clone()).flatten(),
             });
         }
+        let webhooks = self.webhooks()?;
         let storage = self.s3_settings(|name| std::env::var(name).ok())?;
         std::fs::create_dir_all(&self.recordings_dir).map_err(|source| {
             ConfigError::RecordingsDir {
@@ -384,7 +419,39 @@ impl ServeArgs {
             udp_ports,
             ice_servers,
             storage,
+            webhooks,
         })
+    }
+
+    /// The webhook settings: each URL absolute http(s) with a host, a well-formed secret
+    /// whenever one is given, and one required with a URL.
+    fn webhooks(&self) -> Result<Option<crate::events::WebhookConfig>, ConfigError> {
+        let mut urls = Vec::new();
+        for text in self.webhook_url.iter().map(|u| u.trim()) {
+            let bad = || ConfigError::WebhookUrl(text.to_owned());
+            let url = reqwest::Url::parse(text).map_err(|_| bad())?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty)
+            {
+                return Err(bad());
+            }
+            urls.push(url);
+        }
+        let secret = match &self.webhook_secret {
+            Some(text) => Some(crate::events::sign::Secret::parse(text)?),
+            None => None,
+        };
+        if !(1..=5000).contains(&self.webhook_first_retry_ms) {
+            return Err(ConfigError::WebhookFirstRetry);
+        }
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let secret = secret.ok_or(ConfigError::WebhookSecretMissing)?;
+        Ok(Some(crate::events::WebhookConfig {
+            urls,
+            secret,
+            first_retry: std::time::Duration::from_millis(self.webhook_first_retry_ms),
+        }))
     }
 
     /// The object storage settings, with credentials from `env`: `None` without `--s3-bucket`;
@@ -626,5 +693,54 @@ mod tests {
         assert_eq!(cfg.ice_servers[1].credential.as_deref(), Some("p"));
         assert!(args(&["--ice-servers", "http://x"]).validate().is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn webhook_flags_are_checked() {
+        const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let ok = args(&[
+            "--webhook-url",
+            "https://a.example/hook",
+            "--webhook-url",
+            "http://127.0.0.1:9/x",
+            "--webhook-secret",
+            SECRET,
+        ])
+        .webhooks()
+        .unwrap()
+        .unwrap();
+        assert_eq!(ok.urls.len(), 2);
+        assert!(args(&[]).webhooks().unwrap().is_none());
+        for (argv, flag) in [
+            (
+                vec!["--webhook-url", "https://a.example/"],
+                "--webhook-secret",
+            ),
+            (
+                vec!["--webhook-url", "https://a", "--webhook-secret", "nope"],
+                "--webhook-secret",
+            ),
+            (
+                vec![
+                    "--webhook-url",
+                    "https://a",
+                    "--webhook-secret",
+                    "whsec_c2hvcnQ=",
+                ],
+                "--webhook-secret",
+            ),
+            (
+                vec!["--webhook-url", "ftp://a/", "--webhook-secret", SECRET],
+                "--webhook-url",
+            ),
+            (
+                vec!["--webhook-url", "not a url", "--webhook-secret", SECRET],
+                "--webhook-url",
+            ),
+        ] {
+            let err = args(&argv).webhooks().unwrap_err().to_string();
+            assert!(err.contains(flag), "{argv:?}: {err}");
+            assert!(!err.contains("C2FV"), "{err}");
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! protocol, rooms, WebSocket sessions) → [`peer`] (webrtc-rs connections, negotiation, WHIP
 //! sessions) → [`bot`] (the server-side peers: recorder, echo, play, voicemail) → [`api`]
 //! (HTTP, its state [`api::App`]) → [`server`] (startup, shutdown, the disk guard). [`client`]
-//! is the test client (`recbot publish`), [`config`] the options. `ARCHITECTURE.md` has the
-//! map. [`store`] (object storage) sits between `record` and `bot`.
+//! is the test client (`recbot publish`), [`config`] the options, [`events`] the webhooks
+//! (usable by any layer). [`store`] (object storage) sits between `record` and `bot`.
+//! `ARCHITECTURE.md` has the map.
 
 // No unsafe code, except the one call recorded in `limits::release_free_memory` (glibc's
 // malloc_trim, which has no safe wrapper); `deny` rather than `forbid` so that it alone can
@@ -19,6 +20,7 @@ pub mod bot;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod limits;

@@ -4,6 +4,7 @@
 use crate::api::App;
 use crate::bot::Services;
 use crate::config::ServerConfig;
+use crate::events::{EventKind, Events};
 use crate::peer::whip::WhipSessions;
 use crate::peer::{PeerConfig, PeerFactory};
 use crate::record::manifest::StopReason;
@@ -32,6 +33,32 @@ pub enum ServeError {
     /// Object storage is configured but unusable (the message names the flag).
     #[error("{0}")]
     Storage(String),
+    /// The webhook outbox could not be opened, or its HTTP client built.
+    #[error("webhook outbox: {0}")]
+    Events(std::io::Error),
+}
+
+/// Where the webhook outbox lives, inside the recordings directory (not a recording: the
+/// store skips names that are not recording ids).
+pub const OUTBOX_DIR: &str = ".events";
+
+/// Ids of the recordings that the store will find unfinished (and mark failed) when it opens
+/// `dir`: each gets a `recording.failed` event once loaded.
+fn unfinished_recordings(dir: &std::path::Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            if !crate::record::store::valid_id(&name) {
+                return None;
+            }
+            let doc = crate::record::manifest::read_manifest(&entry.path()).ok()?;
+            (doc.id == name && doc.state.is_active()).then_some(name)
+        })
+        .collect()
 }
 
 /// Builds the shared state (loads existing recordings; checks the bucket when object storage
@@ -43,6 +70,16 @@ async fn build_app(
     // Counters count from the start, not from the first scrape.
     let _ = crate::telemetry::handle();
     let args = &config.args;
+    let events = match config.webhooks.clone() {
+        Some(webhooks) => Events::open(&args.recordings_dir.join(OUTBOX_DIR), webhooks)
+            .map_err(ServeError::Events)?,
+        None => Events::disabled(),
+    };
+    let unfinished = if events.enabled() {
+        unfinished_recordings(&args.recordings_dir)
+    } else {
+        Vec::new()
+    };
     let store = RecordingStore::open(&args.recordings_dir, args.max_recordings)?;
     let storage = match &config.storage {
         Some(settings) => Some(
@@ -52,6 +89,18 @@ async fn build_app(
         ),
         None => None,
     };
+    if let Some(storage) = &storage {
+        // A manifest in the bucket means the recording there is complete (SPEC §7, §8).
+        let events = events.clone();
+        storage.set_on_uploaded(Arc::new(move |doc| {
+            events.emit(EventKind::RecordingUploaded, Some(&doc.id), doc)
+        }));
+    }
+    for id in unfinished {
+        if let Ok(recording) = store.get(&id) {
+            events.emit(EventKind::RecordingFailed, Some(&id), &recording.doc());
+        }
+    }
     let disk = Arc::new(crate::record::disk::DiskGuard::new(
         &args.recordings_dir,
         args.min_free_disk_mb.saturating_mul(1024 * 1024),
@@ -89,6 +138,7 @@ async fn build_app(
         notice: crate::bot::recorder::notice_clip(args.notice_media.as_deref())
             .map_err(ServeError::NoticeMedia)?,
         storage,
+        events,
     });
     Ok(Arc::new(App {
         config,
@@ -128,6 +178,10 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
+        app.services
+            .events
+            .start(&app.shutdown)
+            .map_err(|e| ServeError::Events(std::io::Error::other(e)))?;
         let router = crate::api::router(Arc::clone(&app));
         let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));
@@ -158,6 +212,13 @@ impl Server {
             crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
         });
         futures::future::join_all(stops).await;
+        // The last events (recording.stopped, bot.stopped) usually leave now; those that do
+        // not wait on disk for the next start.
+        self.app
+            .services
+            .events
+            .drain(std::time::Duration::from_secs(3))
+            .await;
         self.app.shutdown.cancel();
         match tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await {
             Ok(Ok(result)) => result.map_err(ServeError::Http),

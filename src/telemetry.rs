@@ -52,6 +52,16 @@ pub const UPLOAD_OLDEST_PENDING: &str = "recbot_upload_oldest_pending_seconds";
 pub const UPLOAD_BYTES: &str = "recbot_upload_bytes_total";
 /// Failed upload attempts (counter; each is retried).
 pub const UPLOAD_ERRORS: &str = "recbot_upload_errors_total";
+/// Webhook events waiting for delivery, all URLs (gauge).
+pub const WEBHOOK_PENDING: &str = "recbot_webhook_events_pending";
+/// Webhook events delivered (2xx) (counter).
+pub const WEBHOOK_DELIVERED: &str = "recbot_webhook_events_delivered_total";
+/// Webhook delivery attempts that failed (non-2xx, timeout, connection) (counter).
+pub const WEBHOOK_FAILED_ATTEMPTS: &str = "recbot_webhook_failed_attempts_total";
+/// Webhook events given up after 24 h of failures (counter).
+pub const WEBHOOK_GIVEN_UP: &str = "recbot_webhook_events_given_up_total";
+/// Webhook events dropped: outbox full or not storable (counter).
+pub const WEBHOOK_DROPPED: &str = "recbot_webhook_events_dropped_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -107,6 +117,20 @@ fn describe() {
         "Bytes uploaded to object storage and confirmed."
     );
     describe_counter!(UPLOAD_ERRORS, "Failed upload attempts (each is retried).");
+    describe_gauge!(WEBHOOK_PENDING, "Webhook events waiting for delivery.");
+    describe_counter!(WEBHOOK_DELIVERED, "Webhook events delivered (2xx).");
+    describe_counter!(
+        WEBHOOK_FAILED_ATTEMPTS,
+        "Webhook delivery attempts that failed (retried)."
+    );
+    describe_counter!(
+        WEBHOOK_GIVEN_UP,
+        "Webhook events given up after 24 h of failed attempts."
+    );
+    describe_counter!(
+        WEBHOOK_DROPPED,
+        "Webhook events dropped (outbox full or not storable)."
+    );
     describe_histogram!(
         FINALIZE_SECONDS,
         Unit::Seconds,

@@ -125,8 +125,21 @@ async fn start_recbot(
     keep_local: bool,
     tuning: Tuning,
 ) -> Result<Server, ServeError> {
+    start_recbot_with(dir, s3, bucket, keep_local, tuning, |_| {}).await
+}
+
+/// [`start_recbot`] with more settings made by `more`.
+async fn start_recbot_with(
+    dir: &Path,
+    s3: &S3Server,
+    bucket: &str,
+    keep_local: bool,
+    tuning: Tuning,
+    more: impl FnOnce(&mut ServeArgs),
+) -> Result<Server, ServeError> {
     init_logs();
-    let args = storage_args(dir, s3, bucket, keep_local);
+    let mut args = storage_args(dir, s3, bucket, keep_local);
+    more(&mut args);
     let storage = args
         .s3_settings(|name| match name {
             "RECBOT_S3_ACCESS_KEY_ID" => Some(KEY.into()),
@@ -213,6 +226,95 @@ async fn record(base: &str, room: &str, secs: u64) -> String {
 
 fn files_of(doc: &serde_json::Value) -> Vec<serde_json::Value> {
     doc["files"].as_array().cloned().unwrap_or_default()
+}
+
+/// The webhook `recording.uploaded` (SPEC §8) goes out once the manifest is in the bucket:
+/// after `recording.stopped`, with every file `uploaded`, checked by the Standard Webhooks
+/// crate's verifier on a real receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uploaded_event_follows_the_manifest_into_the_bucket() {
+    const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let _serial = heavy().await;
+    let root = store_root();
+    let s3 = S3Server::start(root.path(), "127.0.0.1:0".parse().unwrap(), KEY, SECRET).await;
+    let bucket = root.path().join(BUCKET);
+    // The receiver notes each event's type and whether the manifest was in the bucket then.
+    let got: Arc<Mutex<Vec<(String, serde_json::Value, bool)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let handler = {
+        let got = Arc::clone(&got);
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let got = Arc::clone(&got);
+            let bucket = bucket.clone();
+            async move {
+                standardwebhooks::Webhook::new(HOOK_SECRET)
+                    .unwrap()
+                    .verify(&body, &headers)
+                    .expect("a verified delivery");
+                let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let id = doc["data"]["id"].as_str().unwrap_or_default();
+                let in_bucket = bucket
+                    .join(format!("recordings/{id}/manifest.json"))
+                    .is_file();
+                let kind = doc["type"].as_str().unwrap_or_default().to_owned();
+                got.lock()
+                    .unwrap()
+                    .push((kind, doc["data"].clone(), in_bucket));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }
+    };
+    let receiver = tokio::spawn(async move {
+        let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_recbot_with(dir.path(), &s3, BUCKET, false, fast(), |args| {
+        args.webhook_url = vec![hook];
+        args.webhook_secret = Some(HOOK_SECRET.into());
+        args.webhook_first_retry_ms = 100;
+    })
+    .await
+    .expect("starts");
+    let base = format!("http://{}", server.addr);
+    let id = record(&base, "store-hook", 2).await;
+    wait_for(&base, &id, 60, |d| d["upload"] == "uploaded").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events = got.lock().unwrap().clone();
+        if events
+            .iter()
+            .any(|(kind, _, _)| kind == "recording.uploaded")
+        {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recording.uploaded: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let kinds: Vec<&str> = events.iter().map(|(k, _, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "recording.started",
+            "recording.stopped",
+            "recording.uploaded"
+        ],
+        "{events:#?}"
+    );
+    let (_, data, in_bucket) = &events[2];
+    assert!(*in_bucket, "the manifest was not in the bucket yet");
+    assert_eq!(data["id"], id.as_str());
+    assert_eq!(data["upload"], "uploaded", "{data:#}");
+    assert!(
+        files_of(data).iter().all(|f| f["upload"] == "uploaded"),
+        "{data:#}"
+    );
+    server.shutdown().await;
+    receiver.abort();
 }
 
 /// A recording uploads: every file confirmed, deleted locally, its object whole (WebM with

@@ -27,7 +27,7 @@ pub async fn start(
         }
         None => None,
     };
-    let bot = Bot::new(spec, Arc::clone(&services.hub));
+    let bot = Bot::new(spec, services);
     let peer = match bot.spec().mode {
         Mode::Echo => super::echo::start(services, &bot)?,
         Mode::Play => {
@@ -39,6 +39,11 @@ pub async fn start(
     };
     bot.set_bot_peer(peer.clone());
     bots.insert(&bot);
+    services.events.emit(
+        crate::events::EventKind::BotStarted,
+        Some(bot.id()),
+        &bot.doc(&services.store),
+    );
     tracing::info!(bot = %bot.id(), room = %bot.room(), mode = bot.spec().mode.name(), peer = %peer, "bot started");
     Ok(bot)
 }

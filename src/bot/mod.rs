@@ -9,6 +9,7 @@ pub mod recorder;
 pub mod registry;
 pub mod voicemail;
 
+use crate::events::Events;
 pub use crate::peer::room::Behaviour;
 use crate::peer::room::RoomPeer;
 use crate::peer::whip::WhipSessions;
@@ -41,6 +42,8 @@ pub struct Services {
     pub notice: Arc<[crate::peer::outlet::MediaFrame]>,
     /// Object storage (`--s3-bucket`), when configured.
     pub storage: Option<Arc<crate::store::Storage>>,
+    /// Where recording and bot events go (webhooks; a no-op when none are configured).
+    pub events: Events,
 }
 use tokio::sync::mpsc;
 use tracing::Instrument;

@@ -12,12 +12,13 @@
 
 use super::Behaviour;
 use super::Services;
+use crate::events::{EventKind, Events};
 use crate::media::source::{MediaSource, RemoteSource};
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::{pump, MediaFrame, Outlet, PumpOptions, SharedOutlets};
 use crate::peer::{Pc, PeerError};
 use crate::record::chat::CHANNEL_LABEL;
-use crate::record::manifest::{Kind, StopReason};
+use crate::record::manifest::{Kind, State, StopReason};
 use crate::record::session::ChatOutcome;
 use crate::record::session::{RecordOptions, Recording};
 use crate::record::store::RecordError;
@@ -330,10 +331,16 @@ pub fn start(
         Ok(peer) => peer,
         Err(e) => {
             recording.fail(e.to_string());
+            emit_end(&services.events, &recording);
             return Err(e.into());
         }
     };
     recording.set_recording(&peer);
+    services.events.emit(
+        EventKind::RecordingStarted,
+        Some(recording.id()),
+        &recording.doc(),
+    );
     record_whip(services, &recording);
     services.hub.broadcast(
         room,
@@ -356,9 +363,22 @@ pub fn start(
     Ok(recording)
 }
 
-/// Stops `recording` (idempotent) and tells its room once.
+/// Emits the event of a recording's end: `recording.failed` if it ended `failed`, else
+/// `recording.stopped`; its data is the final Recording.
+pub fn emit_end(events: &Events, recording: &Recording) {
+    let doc = recording.doc();
+    let kind = if doc.state == State::Failed {
+        EventKind::RecordingFailed
+    } else {
+        EventKind::RecordingStopped
+    };
+    events.emit(kind, Some(&doc.id), &doc);
+}
+
+/// Stops `recording` (idempotent), tells its room once, and emits its end event once.
 pub async fn stop(services: &Services, recording: &Arc<Recording>, reason: StopReason) {
     if recording.stop(reason).await {
+        emit_end(&services.events, recording);
         if let Some(peer) = recording.doc().bot_peer {
             services.hub.broadcast(
                 recording.room(),

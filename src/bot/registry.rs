@@ -7,6 +7,8 @@
 //! with a stop reason, waits for their files to be final, then leaves the room. Bots are kept
 //! in memory only: after a restart they are gone (their messages stay, as recordings).
 
+use super::Services;
+use crate::events::{EventKind, Events};
 use crate::record::manifest::{format_time, StopReason};
 use crate::record::store::RecordingStore;
 use crate::signal::hub::{Hub, JoinError};
@@ -165,6 +167,9 @@ pub struct Bot {
     id: String,
     spec: BotSpec,
     hub: Arc<Hub>,
+    /// Its messages are listed from here (the Bot document of its events).
+    store: Arc<RecordingStore>,
+    events: Events,
     started_at: String,
     inner: Mutex<Inner>,
     /// Cancelled when the bot leaves its room (its connections close, its pumps end).
@@ -182,12 +187,14 @@ fn new_id() -> String {
 }
 
 impl Bot {
-    /// A new bot for `spec`, not yet in a room of `hub`.
-    pub fn new(spec: BotSpec, hub: Arc<Hub>) -> Arc<Self> {
+    /// A new bot for `spec`, not yet in a room of the service's hub.
+    pub fn new(spec: BotSpec, services: &Services) -> Arc<Self> {
         Arc::new(Self {
             id: new_id(),
             spec,
-            hub,
+            hub: Arc::clone(&services.hub),
+            store: Arc::clone(&services.store),
+            events: services.events.clone(),
             started_at: format_time(time::OffsetDateTime::now_utc()),
             inner: Mutex::new(Inner {
                 state: BotState::Running,
@@ -341,6 +348,11 @@ impl Bot {
             inner.peers.clear();
         }
         self.done.send_replace(true);
+        self.events.emit(
+            EventKind::BotStopped,
+            Some(&self.id),
+            &self.doc(&self.store),
+        );
         tracing::info!(bot = %self.id, "bot stopped");
     }
 }

@@ -15,6 +15,7 @@ use super::play::{connected, drain, Media, CONNECT_TIMEOUT, STREAM};
 use super::registry::{Bot, BotError};
 use super::Behaviour;
 use super::Services;
+use crate::events::{EventKind, Events};
 use crate::media::source::RemoteSource;
 use crate::peer::negotiation::Role;
 use crate::peer::outlet::{MediaFrame, Outlet};
@@ -214,6 +215,7 @@ struct Shared {
     bot: Arc<Bot>,
     store: Arc<RecordingStore>,
     hub: Arc<Hub>,
+    events: Events,
     greeting: Arc<[MediaFrame]>,
     goodbye: Arc<[MediaFrame]>,
     calls: Mutex<HashMap<String, Arc<Call>>>,
@@ -224,7 +226,24 @@ impl Shared {
         self.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Tells the room that a message started or stopped, and emits its events: on start
+    /// `recording.started`; on stop its end event, then `voicemail.message`.
     fn notify(&self, recording: &Recording, state: RecordingNotice) {
+        match state {
+            RecordingNotice::Started => self.events.emit(
+                EventKind::RecordingStarted,
+                Some(recording.id()),
+                &recording.doc(),
+            ),
+            RecordingNotice::Stopped => {
+                super::recorder::emit_end(&self.events, recording);
+                self.events.emit(
+                    EventKind::VoicemailMessage,
+                    Some(recording.id()),
+                    &recording.doc(),
+                );
+            }
+        }
         if let Some(peer) = self.bot.bot_peer() {
             self.hub.broadcast(
                 self.bot.room(),
@@ -488,6 +507,7 @@ pub fn start(
             bot: Arc::clone(bot),
             store: Arc::clone(&services.store),
             hub: Arc::clone(&services.hub),
+            events: services.events.clone(),
             greeting,
             goodbye,
             calls: Mutex::new(HashMap::new()),
