@@ -313,7 +313,7 @@ async fn the_uploaded_event_follows_the_manifest_into_the_bucket() {
         files_of(data).iter().all(|f| f["upload"] == "uploaded"),
         "{data:#}"
     );
-    server.shutdown().await;
+    server.shutdown().await.expect("clean shutdown");
     receiver.abort();
 }
 
