@@ -910,7 +910,8 @@ async fn voicemail_greets_records_until_silence_and_says_goodbye() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn voicemail_messages_end_at_max_duration_or_when_the_caller_leaves() {
-    let srv = TestServer::start().await;
+    let hooks = HookReceiver::start().await;
+    let srv = TestServer::start_with(|args| hooks.configure(args)).await;
     let (status, bot) = srv
         .post_json(
             "/api/bots",
@@ -949,6 +950,47 @@ async fn voicemail_messages_end_at_max_duration_or_when_the_caller_leaves() {
             ("talker".to_owned(), "max-duration".to_owned())
         ]
     );
+    // Each message is announced once, after its own recording.stopped (SPEC §8), and the
+    // bot's start came first.
+    let messages: Vec<String> = doc["recordings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    let events = hooks
+        .until(Duration::from_secs(10), |events| {
+            events
+                .iter()
+                .filter(|e| e["type"] == "voicemail.message")
+                .count()
+                == 2
+        })
+        .await;
+    assert_eq!(events[0]["type"], "bot.started", "{events:#?}");
+    assert_eq!(events[0]["data"]["id"], id.as_str());
+    for message in &messages {
+        let of: Vec<&str> = events
+            .iter()
+            .filter(|e| e["data"]["id"] == message.as_str())
+            .map(|e| e["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            of,
+            [
+                "recording.started",
+                "recording.stopped",
+                "voicemail.message"
+            ],
+            "{message}: {events:#?}"
+        );
+        let announced = events
+            .iter()
+            .find(|e| e["type"] == "voicemail.message" && e["data"]["id"] == message.as_str())
+            .unwrap();
+        assert_eq!(announced["data"]["state"], "stopped");
+        assert_eq!(announced["data"]["room"], "desk2");
+    }
     talker.leave().await;
     srv.shutdown().await;
 }

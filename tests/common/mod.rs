@@ -280,3 +280,82 @@ impl Drop for CutProxy {
         self.cut();
     }
 }
+
+/// The webhook secret the tests' receivers verify with.
+pub const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A webhook receiver on 127.0.0.1 that accepts (204) every delivery after checking its
+/// signature with the `standardwebhooks` crate's verifier (not ours), and keeps the bodies.
+pub struct HookReceiver {
+    /// Where to point `--webhook-url`.
+    pub url: String,
+    events: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HookReceiver {
+    /// Starts one on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let events: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let kept = Arc::clone(&events);
+        let handler = move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let kept = Arc::clone(&kept);
+            async move {
+                standardwebhooks::Webhook::new(HOOK_SECRET)
+                    .unwrap()
+                    .verify(&body, &headers)
+                    .expect("a delivery signed with the secret");
+                let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+                kept.lock().unwrap().push(doc);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        };
+        let task = tokio::spawn(async move {
+            let app = axum::Router::new().route("/hook", axum::routing::post(handler));
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { url, events, task }
+    }
+
+    /// Sets `args` to deliver every event here (first retry after 100 ms).
+    pub fn configure(&self, args: &mut ServeArgs) {
+        args.webhook_url = vec![self.url.clone()];
+        args.webhook_secret = Some(HOOK_SECRET.into());
+        args.webhook_first_retry_ms = 100;
+    }
+
+    /// The events received so far, in arrival order.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits (at most `limit`) until `done` holds of the events, and returns them.
+    pub async fn until(
+        &self,
+        limit: std::time::Duration,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "webhook events: {events:#?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for HookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
