@@ -403,3 +403,118 @@ async fn chromium_renegotiates_toward_the_recorder() {
     }
     srv.shutdown().await;
 }
+
+/// Signaling resume (SPEC §10) in Chromium: the page's WebSocket goes through a relay that
+/// the test cuts once the page is being recorded. The page shows "reconnecting…", resumes its
+/// seat (same peer id: the others see no `peer-left`, no second `peer-joined`), and its
+/// recording goes on in the same files. The browser side is `tests/browser/resume.mjs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chromium_resumes_its_seat_after_a_signaling_drop() {
+    use futures::StreamExt;
+    if !prerequisites() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let srv = TestServer::start_with(|a| a.loopback_candidates_only = true).await;
+    let addr = srv.server.as_ref().expect("server").addr;
+    let proxy = CutProxy::start(addr).await;
+    let room = "resume-page";
+    // A watcher in the room, straight to the server: it sees every join and leave.
+    let ws_base = srv.base.replacen("http://", "ws://", 1);
+    let (mut watcher, _) =
+        tokio_tungstenite::connect_async(format!("{ws_base}/rooms/{room}/ws?name=watcher"))
+            .await
+            .expect("watcher connects");
+    let (code, rec) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": room}))
+        .await;
+    assert_eq!(code, 201, "{rec}");
+    let id = rec["id"].as_str().expect("id").to_owned();
+    let script = {
+        let proxy_base = proxy.base();
+        tokio::spawn(async move { run_script("resume.mjs", &[proxy_base.as_str(), room]).await })
+    };
+
+    // Once Chromium's video is being recorded, cut its signaling.
+    let carol_video = |rec: &serde_json::Value| {
+        rec["tracks"]
+            .as_array()
+            .and_then(|t| {
+                t.iter()
+                    .find(|t| t["participant_name"] == "carol" && t["kind"] == "video")
+            })
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let before = loop {
+        let (_, rec) = srv.get_json(&format!("/api/recordings/{id}")).await;
+        if let Some(video) = carol_video(&rec).filter(|v| v["frames"].as_u64() > Some(30)) {
+            break video;
+        }
+        assert!(Instant::now() < deadline, "carol is not recorded: {rec}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        proxy.cut() >= 1,
+        "no signaling connection went through the relay"
+    );
+    let (status, summary) = script.await.expect("the script task");
+    eprintln!("resume script: {summary}");
+    assert!(status.success() && summary["ok"] == true, "{summary}");
+    assert!(
+        summary["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("reconnecting")),
+        "{summary}"
+    );
+    assert_eq!(summary["in_call"], true, "{summary}");
+
+    // The recording went on in the same files, with frames after the drop.
+    let (_, rec) = srv.get_json(&format!("/api/recordings/{id}")).await;
+    let after = carol_video(&rec).expect("carol's video");
+    assert_eq!(after["file"], before["file"], "{rec}");
+    assert_eq!(after["participant"], before["participant"], "{rec}");
+    assert!(
+        after["frames"].as_u64().unwrap_or(0) > before["frames"].as_u64().unwrap_or(0) + 30,
+        "no video after the drop: {before} → {after}"
+    );
+    assert!(
+        rec["tracks"]
+            .as_array()
+            .expect("tracks")
+            .iter()
+            .all(|t| t["file"].as_str().is_some_and(|f| f.contains("-1."))),
+        "a second file index: {rec}"
+    );
+
+    // The watcher saw carol join once: no second join under a new id, as a page that lost
+    // its seat would make (its leave when the script closed Chromium may follow).
+    let carol = before["participant"]
+        .as_str()
+        .expect("carol's id")
+        .to_owned();
+    let mut joins = 0;
+    let mut left = 0;
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(500), watcher.next()).await
+    {
+        let Ok(text) = msg.into_text() else { continue };
+        let Ok(doc) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if doc["type"] == "peer-joined" && doc["peer"]["name"] == "carol" {
+            assert_eq!(doc["peer"]["id"], carol.as_str(), "{doc}");
+            assert_eq!(left, 0, "carol joined again after leaving: {doc}");
+            joins += 1;
+        }
+        if doc["type"] == "peer-left" && doc["id"] == carol.as_str() {
+            left += 1;
+        }
+    }
+    assert_eq!(joins, 1, "carol joined {joins} times as the watcher saw it");
+    let (code, _) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(code, 200);
+    srv.shutdown().await;
+}
