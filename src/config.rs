@@ -122,6 +122,16 @@ pub struct ServeArgs {
     /// Use only loopback ICE candidates of remote peers (for tests with a local browser).
     #[arg(long, env = "RECBOT_LOOPBACK_CANDIDATES_ONLY", hide = true)]
     pub loopback_candidates_only: bool,
+    /// Joins this node to a cluster sharing this Redis (SPEC §9): `redis://host:port/db` or
+    /// `unix:///path/to/redis.sock`. Without it recbot is a single node and needs no Redis.
+    #[arg(long, env = "RECBOT_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// This node's name in the cluster (default: host name and listen port).
+    #[arg(long, env = "RECBOT_NODE_ID")]
+    pub node_id: Option<String>,
+    /// This node's base URL as the other nodes reach it (default: the listen address).
+    #[arg(long, env = "RECBOT_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 /// The serve options alone, as the command line parses them without a subcommand (for
@@ -169,6 +179,9 @@ impl Default for ServeArgs {
                 fd_headroom: 64,
                 trusted_proxies: vec![],
                 loopback_candidates_only: false,
+                redis: None,
+                node_id: None,
+                advertise_url: None,
             },
         }
     }
@@ -203,6 +216,12 @@ pub enum ConfigError {
     /// Zero limits.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// Bad `--redis`.
+    #[error("--redis must be a redis://, rediss:// or unix:// URL, got `{0}`")]
+    RedisUrl(String),
+    /// Bad `--advertise-url` or `--node-id`.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// Validated settings of the running service.
@@ -251,6 +270,34 @@ impl ServeArgs {
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(flag));
+            }
+        }
+        if let Some(url) = &self.redis {
+            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
+                return Err(ConfigError::RedisUrl(url.clone()));
+            }
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<axum::http::Uri>().is_err()
+            {
+                return Err(ConfigError::Cluster(format!(
+                    "--advertise-url must be an http:// or https:// base URL, got `{url}`"
+                )));
+            }
+        }
+        if let Some(id) = &self.node_id {
+            let ok = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if !ok {
+                return Err(ConfigError::Cluster(format!(
+                    "--node-id must be 1-64 characters of A-Z a-z 0-9 - _ . :, got `{id}`"
+                )));
             }
         }
         if self.max_recording_s == 0 {

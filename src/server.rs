@@ -26,6 +26,9 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// The cluster could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Builds the shared state (loads existing recordings).
@@ -74,8 +77,41 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         bots: crate::bot::registry::BotStore::new(),
         services,
         limits,
+        cluster: None,
         shutdown: CancellationToken::new(),
     }))
+}
+
+/// This node's cluster settings (`--redis` given), once the listen address is bound: the node
+/// id defaults to the host name and the bound port, the advertised URL to the bound address
+/// (the host name when bound to every interface).
+fn cluster_settings(
+    config: &ServerConfig,
+    addr: SocketAddr,
+) -> Option<crate::cluster::ClusterSettings> {
+    let args = &config.args;
+    let redis_url = args.redis.clone()?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{host}:{}", addr.port()));
+    let advertise_url = match &args.advertise_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if addr.ip().is_unspecified() => format!("http://{host}:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
+    Some(crate::cluster::ClusterSettings {
+        redis_url,
+        node_id,
+        advertise_url,
+        api_token: args.api_token.clone(),
+        max_recordings: args.max_recordings,
+    })
 }
 
 /// A service listening on a socket.
@@ -91,13 +127,25 @@ impl Server {
     /// Binds the listen address of `config` and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Self, ServeError> {
         let listen = config.args.listen;
-        let app = build_app(config)?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServeError::Bind(listen, e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
+        let settings = cluster_settings(&config, addr);
+        let mut app = build_app(config)?;
+        if let Some(settings) = settings {
+            let shutdown = app.shutdown.clone();
+            let node = settings.node_id.clone();
+            let cluster =
+                crate::cluster::Cluster::start(settings, Arc::clone(&app.services), shutdown)
+                    .await?;
+            if let Some(app) = Arc::get_mut(&mut app) {
+                app.cluster = Some(cluster);
+            }
+            tracing::info!(node, "cluster node");
+        }
         let router = crate::api::router(Arc::clone(&app));
         let task = tokio::spawn(serve_http(listener, router, Arc::clone(&app)));
         tokio::spawn(guard_disk(Arc::clone(&app)));

@@ -3,6 +3,7 @@
 //! state is [`App`]; its errors are [`ApiError`](error::ApiError)s.
 
 pub mod bots;
+pub mod cluster;
 pub mod error;
 pub mod files;
 pub mod state;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use state::App;
 use std::sync::Arc;
 use std::time::Duration;
@@ -275,7 +276,7 @@ where
     deserializer.deserialize_option(Whole)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRecording {
     room: String,
@@ -289,8 +290,9 @@ struct CreateRecording {
 
 async fn create_recording(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateRecording>,
-) -> Result<(StatusCode, Json<RecordingDoc>), ApiError> {
+) -> Result<Response, ApiError> {
     if !valid_room_name(&body.room) {
         return Err(ApiError::bad_room());
     }
@@ -317,21 +319,37 @@ async fn create_recording(
         Some(0) => return Err(ApiError::bad_request("`max_duration_s` must be at least 1")),
         Some(s) => Some(Duration::from_secs(s)),
     };
-    let recording = recorder::start(
-        &app.services,
-        &body.room,
-        RecordOptions {
-            pli_interval,
-            max_duration,
-            muxed,
-        },
-    )?;
-    Ok((StatusCode::CREATED, Json(recording.doc())))
+    let options = RecordOptions {
+        pli_interval,
+        max_duration,
+        muxed,
+    };
+    let Some(node) = app.cluster.clone() else {
+        let recording = recorder::start(&app.services, &body.room, options)?;
+        return Ok((StatusCode::CREATED, Json(recording.doc())).into_response());
+    };
+    let here = async {
+        let recording = node.start_local(&body.room, options).await?;
+        Ok((StatusCode::CREATED, Json(recording.doc())).into_response())
+    };
+    match cluster::scope(&app, &headers) {
+        Some(scope) => {
+            let json = serde_json::to_value(&body).unwrap_or_default();
+            cluster::create(&app, &scope, json, here).await
+        }
+        None => here.await,
+    }
 }
 
-async fn list_recordings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let list: Vec<RecordingDoc> = app.services.store.list().iter().map(|r| r.doc()).collect();
-    Json(serde_json::json!({ "recordings": list }))
+async fn list_recordings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list: Vec<RecordingDoc> = match cluster::scope(&app, &headers) {
+        Some(scope) => cluster::list(&app, &scope).await?,
+        None => app.services.store.list().iter().map(|r| r.doc()).collect(),
+    };
+    Ok(Json(serde_json::json!({ "recordings": list })))
 }
 
 fn checked_id(id: &str) -> Result<&str, ApiError> {
@@ -342,28 +360,94 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// In a cluster, for a client's call about recording `id` owned by another node: that node's
+/// answer to the same call (or, when it is gone, `gone(node, last document)`). `None`: answer
+/// here.
+async fn elsewhere(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+    method: Method,
+    path: &str,
+    gone: fn(&str, Option<RecordingDoc>) -> Result<Response, ApiError>,
+) -> Result<Option<Response>, ApiError> {
+    let Some(scope) = cluster::scope(app, headers) else {
+        return Ok(None);
+    };
+    let Some((node, url, doc)) = cluster::owner(&scope, id).await? else {
+        return Ok(None);
+    };
+    match url {
+        Some(url) => {
+            let answer = cluster::proxy(&scope, &node, &url, method, path, headers, None).await;
+            match answer {
+                Ok(response) => Ok(Some(response)),
+                Err(_) => gone(&node, doc).map(Some),
+            }
+        }
+        None => gone(&node, doc).map(Some),
+    }
+}
+
+/// The owner of a recording is gone and the call needs it.
+fn owner_gone(node: &str, _doc: Option<RecordingDoc>) -> Result<Response, ApiError> {
+    Err(crate::cluster::ClusterError::Node(node.into(), "no heartbeat".into()).into())
+}
+
 async fn get_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<RecordingDoc>, ApiError> {
-    Ok(Json(app.services.store.get(checked_id(&id)?)?.doc()))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = checked_id(&id)?;
+    let path = format!("/api/recordings/{id}");
+    if let Some(answer) =
+        elsewhere(&app, &headers, id, Method::GET, &path, cluster::last_known).await?
+    {
+        return Ok(answer);
+    }
+    Ok(Json(app.services.store.get(id)?.doc()).into_response())
 }
 
 async fn stop_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<RecordingDoc>, ApiError> {
-    let recording = app.services.store.get(checked_id(&id)?)?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = checked_id(&id)?;
+    let path = format!("/api/recordings/{id}/stop");
+    if let Some(answer) = elsewhere(&app, &headers, id, Method::POST, &path, owner_gone).await? {
+        return Ok(answer);
+    }
+    let recording = app.services.store.get(id)?;
     recorder::stop(&app.services, &recording, StopReason::Requested).await;
-    Ok(Json(recording.doc()))
+    if let Some(node) = &app.cluster {
+        node.finished(&recording).await?;
+    }
+    Ok(Json(recording.doc()).into_response())
 }
 
 async fn delete_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    app.services.store.delete(checked_id(&id)?)?;
-    Ok(StatusCode::NO_CONTENT)
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = checked_id(&id)?;
+    let path = format!("/api/recordings/{id}");
+    let scope = cluster::scope(&app, &headers);
+    if let Some(answer) = elsewhere(&app, &headers, id, Method::DELETE, &path, owner_gone).await? {
+        if answer.status() == StatusCode::NO_CONTENT {
+            if let Some(scope) = &scope {
+                scope.forget(id).await?;
+            }
+        }
+        return Ok(answer);
+    }
+    app.services.store.delete(id)?;
+    if let Some(scope) = &scope {
+        scope.forget(id).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_file(
@@ -372,6 +456,14 @@ async fn get_file(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let path = format!("/api/recordings/{}/files/{name}", checked_id(&id)?);
+    if files::plain_file_name(&name) {
+        if let Some(answer) =
+            elsewhere(&app, &headers, &id, method.clone(), &path, owner_gone).await?
+        {
+            return Ok(answer);
+        }
+    }
     let recording = app.services.store.get(checked_id(&id)?)?;
     let listed = name == crate::record::manifest::MANIFEST_FILE
         || recording.doc().files.iter().any(|f| f.name == name);

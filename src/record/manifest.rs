@@ -134,6 +134,13 @@ pub struct RecordingDoc {
     pub tracks: Vec<TrackDoc>,
     /// Media files (the manifest itself is not listed).
     pub files: Vec<FileDoc>,
+    /// In a cluster (SPEC §9): the node recording it now (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// In a cluster: how many times another node continued it after its node died or
+    /// drained (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeovers: Option<u32>,
 }
 
 /// Formats a time as `2026-11-20T21:00:00.000Z`.
@@ -243,6 +250,8 @@ mod tests {
                 })
                 .collect(),
             files: vec![],
+            node: None,
+            takeovers: None,
         }
     }
 

@@ -47,6 +47,9 @@ struct Inner {
     muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
+    /// In a cluster: the node recording it and its takeover count (the document's `node`
+    /// and `takeovers`).
+    node: Option<(String, u32)>,
 }
 
 /// A recording, live or finished.
@@ -162,6 +165,7 @@ impl Recording {
                 senders: HashMap::new(),
                 muxes: HashMap::new(),
                 frozen: None,
+                node: None,
             }),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
@@ -250,7 +254,15 @@ impl Recording {
             stop_reason: inner.stop_reason,
             tracks,
             files,
+            node: inner.node.as_ref().map(|(n, _)| n.clone()),
+            takeovers: inner.node.as_ref().map(|(_, t)| *t),
         }
+    }
+
+    /// In a cluster: names the node recording it and how many takeovers it had (shown as the
+    /// document's `node` and `takeovers`; written with the next manifest write).
+    pub fn set_node(&self, node: &str, takeovers: u32) {
+        lock(&self.inner).node = Some((node.to_owned(), takeovers));
     }
 
     /// Rewrites `manifest.json`; failures are logged (the recording goes on).

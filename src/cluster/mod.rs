@@ -1,0 +1,748 @@
+//! A cluster of recbot nodes sharing one Redis (SPEC §9).
+//!
+//! Every node heartbeats its [`NodeInfo`] (capacity figures) under a key with a TTL; a node
+//! whose key expired is dead. Recordings are indexed in Redis (`id → node`, the last known
+//! document, a fencing token), a room's recording is claimed atomically (`SET NX`), and
+//! placement picks the live node with the most spare capacity. Rooms span nodes through
+//! [`relay`]: each node mirrors the members of the other nodes in its hub and relays their
+//! signaling over Redis pub/sub.
+//!
+//! Redis being unreachable never stops a recording in progress: the calls that need the
+//! cluster answer [`ClusterError::Unavailable`] (`503`) and the connection manager reconnects
+//! by itself.
+
+pub mod keys;
+pub mod relay;
+
+use crate::bot::Services;
+use crate::record::manifest::{RecordingDoc, State};
+use crate::record::session::{RecordOptions, Recording};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often a node refreshes its heartbeat.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+/// How long a heartbeat lives: a node silent this long is dead (SPEC §9: noticed within 10 s).
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// Request header of internal calls between nodes: "answer for this node only" (no
+/// placement, no fan-out, no proxying). It narrows what a call does and grants nothing: the
+/// call still passes the API token check like any other.
+pub const LOCAL_HEADER: &str = "x-recbot-node-local";
+
+/// Errors of cluster operations (mapped to HTTP statuses in `api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis cannot be reached (or timed out): the cluster-wide answer is not available.
+    #[error("the cluster store (Redis) is unreachable: {0}; recordings in progress continue, retry later")]
+    Unavailable(String),
+    /// The room is already being recorded somewhere in the cluster.
+    #[error("room `{0}` is already being recorded by {1}")]
+    RoomBusy(String, String),
+    /// Another node could not be reached or answered badly.
+    #[error("node `{0}` could not be reached: {1}")]
+    Node(String, String),
+    /// This node is draining: it takes no new work.
+    #[error("this node is draining: it takes no new work")]
+    Draining,
+}
+
+impl From<redis::RedisError> for ClusterError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// Settings of this node in its cluster (from `--redis`, `--node-id`, `--advertise-url`).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Redis URL.
+    pub redis_url: String,
+    /// This node's id.
+    pub node_id: String,
+    /// This node's base URL for the others (no trailing slash).
+    pub advertise_url: String,
+    /// The API token, sent on internal calls (they pass the same check as any call).
+    pub api_token: Option<String>,
+    /// `--max-recordings` (the capacity figure's denominator).
+    pub max_recordings: usize,
+}
+
+/// A node's heartbeat: who it is, where it answers, and its capacity figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Base URL (`--advertise-url`).
+    pub url: String,
+    /// Active recordings.
+    pub recordings: usize,
+    /// `--max-recordings`.
+    pub max_recordings: usize,
+    /// Tracks of the active recordings.
+    pub tracks: usize,
+    /// One-minute load average divided by the number of CPUs.
+    pub load: f64,
+    /// Free bytes in the recordings directory.
+    pub free_disk: u64,
+    /// Draining (SIGTERM): takes no new work.
+    pub draining: bool,
+}
+
+impl NodeInfo {
+    /// Whether it can take one more recording.
+    pub fn can_take(&self) -> bool {
+        !self.draining && self.recordings < self.max_recordings
+    }
+
+    /// Placement order: more free recording slots first, then fewer tracks, then lower load,
+    /// then more free disk, then the id (so every node ranks the same way).
+    fn rank(a: &NodeInfo, b: &NodeInfo) -> std::cmp::Ordering {
+        let free = |n: &NodeInfo| n.max_recordings.saturating_sub(n.recordings);
+        free(b)
+            .cmp(&free(a))
+            .then(a.tracks.cmp(&b.tracks))
+            .then(a.load.total_cmp(&b.load))
+            .then(b.free_disk.cmp(&a.free_disk))
+            .then(a.id.cmp(&b.id))
+    }
+}
+
+/// The nodes that can take a recording, best first.
+pub fn placement_order(mut nodes: Vec<NodeInfo>) -> Vec<NodeInfo> {
+    nodes.retain(NodeInfo::can_take);
+    nodes.sort_by(NodeInfo::rank);
+    nodes
+}
+
+/// Where a recording is, as the cluster index says.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    /// The node recording it (or that recorded it last).
+    pub node: String,
+    /// The last document its owner published.
+    pub doc: Option<RecordingDoc>,
+}
+
+/// This node's handle on the cluster. Shared (`Arc`).
+pub struct Cluster {
+    settings: ClusterSettings,
+    redis: ConnectionManager,
+    client: redis::Client,
+    http: reqwest::Client,
+    services: Arc<Services>,
+    draining: AtomicBool,
+    /// Fencing tokens of the recordings this node holds: recording id → token.
+    leases: Mutex<HashMap<String, u64>>,
+    shutdown: CancellationToken,
+    relay: Arc<relay::Relay>,
+}
+
+/// `SET claim id` only while the claim holds `nonce` (the pending claim becomes the id).
+const CONFIRM_CLAIM: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0";
+
+/// `DEL key` only while it holds `value`.
+const DELETE_IF: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// A fenced write of a recording's shared state: only while `fence` still equals this
+/// holder's token (a node whose lease was taken over never writes again).
+const FENCED_WRITE: &str = r"
+if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'state', ARGV[3], 'node', ARGV[4])
+  return 1
+end
+return 0";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn state_name(state: State) -> &'static str {
+    match state {
+        State::Starting => "starting",
+        State::Recording => "recording",
+        State::Stopping => "stopping",
+        State::Stopped => "stopped",
+        State::Failed => "failed",
+    }
+}
+
+impl Cluster {
+    /// Connects to Redis (lazily: a Redis that is down now is retried on every use), starts
+    /// the heartbeat and the signaling relay. The node's rooms span the cluster from now on.
+    pub async fn start(
+        settings: ClusterSettings,
+        services: Arc<Services>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let client = redis::Client::open(settings.redis_url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let relay = relay::Relay::new(
+            settings.node_id.clone(),
+            Arc::clone(&services.hub),
+            redis.clone(),
+        );
+        let cluster = Arc::new(Self {
+            settings,
+            redis,
+            client,
+            http,
+            services,
+            draining: AtomicBool::new(false),
+            leases: Mutex::new(HashMap::new()),
+            shutdown,
+            relay,
+        });
+        cluster
+            .services
+            .hub
+            .set_remote(Arc::clone(&cluster.relay) as Arc<dyn crate::signal::hub::RemoteRooms>);
+        tokio::spawn(relay::Relay::run(
+            Arc::clone(&cluster.relay),
+            cluster.client.clone(),
+            cluster.shutdown.clone(),
+        ));
+        tokio::spawn(Arc::clone(&cluster).heartbeat_loop());
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.settings.node_id
+    }
+
+    /// This node's base URL for the other nodes.
+    pub fn url(&self) -> &str {
+        &self.settings.advertise_url
+    }
+
+    /// Whether the node is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining: no new work is placed here from now on (the next heartbeat says so,
+    /// and this node's own placement skips it at once).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.redis.clone()
+    }
+
+    /// This node's current capacity figures.
+    pub fn info(&self) -> NodeInfo {
+        let active = self.services.store.active();
+        let tracks = active.iter().map(|r| r.doc().tracks.len()).sum();
+        NodeInfo {
+            id: self.settings.node_id.clone(),
+            url: self.settings.advertise_url.clone(),
+            recordings: active.len(),
+            max_recordings: self.settings.max_recordings,
+            tracks,
+            load: load_per_cpu(),
+            free_disk: self.services.disk.free(),
+            draining: self.is_draining(),
+        }
+    }
+
+    async fn heartbeat(&self) -> Result<(), ClusterError> {
+        self.announce().await?;
+        // Live figures of the recordings held here, for the index (a dead node's last word);
+        // a held one that ended (any stop: requested, max duration, disk, shutdown) releases
+        // its room's claim.
+        let held: Vec<String> = lock(&self.leases).keys().cloned().collect();
+        for id in held {
+            let Ok(recording) = self.services.store.get(&id) else {
+                lock(&self.leases).remove(&id);
+                continue;
+            };
+            if recording.state().is_active() {
+                self.publish_doc(&recording).await?;
+            } else {
+                self.finished(&recording).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes this node's heartbeat (its capacity figures, with the TTL): every
+    /// [`HEARTBEAT_EVERY`], and at once when a recording starts here, so that placement on
+    /// other nodes sees it.
+    async fn announce(&self) -> Result<(), ClusterError> {
+        let info = self.info();
+        let json =
+            serde_json::to_string(&info).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let mut conn = self.conn();
+        redis::pipe()
+            .cmd("SET")
+            .arg(keys::node(&info.id))
+            .arg(json)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys::NODES)
+            .arg(&info.id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut healthy = true;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            match self.heartbeat().await {
+                Ok(()) => {
+                    if !healthy {
+                        tracing::info!("cluster store reachable again");
+                        self.relay.resync();
+                    }
+                    healthy = true;
+                    if let Err(e) = self.reap_dead_nodes().await {
+                        tracing::debug!(error = %e, "dead-node check failed");
+                    }
+                }
+                Err(e) => {
+                    if healthy {
+                        tracing::warn!(error = %e, "heartbeat failed; recordings continue");
+                    }
+                    healthy = false;
+                }
+            }
+        }
+        // Leaving: our heartbeat goes at once, so nothing waits for the TTL.
+        let mut conn = self.conn();
+        let _ = redis::cmd("DEL")
+            .arg(keys::node(&self.settings.node_id))
+            .query_async::<()>(&mut conn)
+            .await;
+    }
+
+    /// Removes the mirrored members of nodes whose heartbeat expired.
+    async fn reap_dead_nodes(&self) -> Result<(), ClusterError> {
+        let live: std::collections::HashSet<String> =
+            self.nodes().await?.into_iter().map(|n| n.id).collect();
+        for node in self.relay.mirrored_nodes() {
+            if !live.contains(&node) {
+                tracing::warn!(node, "node gone: its room members are removed");
+                self.relay.forget_node(&node).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The live nodes (their heartbeat key exists), this one included.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut conn = self.conn();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::NODES)
+            .query_async(&mut conn)
+            .await?;
+        if ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let names: Vec<String> = ids.iter().map(|id| keys::node(id)).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&names)
+            .query_async(&mut conn)
+            .await?;
+        let mut nodes: Vec<NodeInfo> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        // Our own figures are fresher than our last heartbeat.
+        let me = self.info();
+        nodes.retain(|n| n.id != me.id);
+        nodes.push(me);
+        Ok(nodes)
+    }
+
+    /// The live nodes other than this one.
+    pub async fn others(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut nodes = self.nodes().await?;
+        nodes.retain(|n| n.id != self.settings.node_id);
+        Ok(nodes)
+    }
+
+    /// Where a new recording should go: the live nodes that can take one, best first.
+    pub async fn placement(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        Ok(placement_order(self.nodes().await?))
+    }
+
+    /// Starts recording `room` on this node, holding the room's cluster-wide claim: `409` if
+    /// any node records the room already. The claim is taken with a pending value before the
+    /// recording exists (it expires if this node dies in between) and then names the recording.
+    pub async fn start_local(
+        &self,
+        room: &str,
+        options: RecordOptions,
+    ) -> Result<Arc<Recording>, StartLocalError> {
+        if self.is_draining() {
+            return Err(ClusterError::Draining.into());
+        }
+        let mut conn = self.conn();
+        let claim = keys::claim(room);
+        let nonce = format!(
+            "pending:{}:{:016x}",
+            self.settings.node_id,
+            rand::random::<u64>()
+        );
+        let won: Option<String> = redis::cmd("SET")
+            .arg(&claim)
+            .arg(&nonce)
+            .arg("NX")
+            .arg("PX")
+            .arg(30_000u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(ClusterError::from)?;
+        if won.is_none() {
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&claim)
+                .query_async(&mut conn)
+                .await
+                .map_err(ClusterError::from)?;
+            let holder = holder.unwrap_or_else(|| "another node".into());
+            if self.claim_is_stale(&holder).await? {
+                // Its recording ended without releasing the claim (its node died before
+                // it could): take the claim over atomically and go on.
+                let taken: i64 = redis::Script::new(CONFIRM_CLAIM)
+                    .key(&claim)
+                    .arg(&holder)
+                    .arg(&nonce)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(ClusterError::from)?;
+                if taken == 0 {
+                    return Err(ClusterError::RoomBusy(room.into(), "another node".into()).into());
+                }
+            } else {
+                return Err(ClusterError::RoomBusy(room.into(), holder).into());
+            }
+        }
+        let recording = match crate::bot::recorder::start(&self.services, room, options) {
+            Ok(recording) => recording,
+            Err(e) => {
+                let _ = redis::Script::new(DELETE_IF)
+                    .key(&claim)
+                    .arg(&nonce)
+                    .invoke_async::<i64>(&mut conn)
+                    .await;
+                return Err(e.into());
+            }
+        };
+        recording.set_node(&self.settings.node_id, 0);
+        recording.write_manifest();
+        let registered = self.register(&recording, &claim, &nonce).await;
+        if let Err(e) = registered {
+            // Without the index nobody else could find or continue it: do not record
+            // half-known.
+            crate::bot::recorder::stop(
+                &self.services,
+                &recording,
+                crate::record::manifest::StopReason::Error,
+            )
+            .await;
+            return Err(e.into());
+        }
+        Ok(recording)
+    }
+
+    /// Whether the claim value `holder` names a recording that is over (or a pending claim
+    /// of a node that is gone).
+    async fn claim_is_stale(&self, holder: &str) -> Result<bool, ClusterError> {
+        if holder.starts_with("pending:") {
+            return Ok(false);
+        }
+        let mut conn = self.conn();
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(keys::rec(holder))
+            .arg("state")
+            .query_async(&mut conn)
+            .await?;
+        Ok(matches!(
+            state.as_deref(),
+            Some("stopped" | "failed") | None
+        ))
+    }
+
+    async fn register(
+        &self,
+        recording: &Arc<Recording>,
+        claim: &str,
+        nonce: &str,
+    ) -> Result<(), ClusterError> {
+        let mut conn = self.conn();
+        let id = recording.id();
+        let fence: u64 = redis::cmd("HINCRBY")
+            .arg(keys::rec(id))
+            .arg("fence")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        lock(&self.leases).insert(id.to_owned(), fence);
+        let created_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        redis::pipe()
+            .cmd("HSET")
+            .arg(keys::rec(id))
+            .arg("room")
+            .arg(recording.room())
+            .arg("node")
+            .arg(&self.settings.node_id)
+            .arg("takeovers")
+            .arg(0)
+            .ignore()
+            .cmd("ZADD")
+            .arg(keys::RECORDINGS)
+            .arg(created_ms as i64)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        let confirmed: i64 = redis::Script::new(CONFIRM_CLAIM)
+            .key(claim)
+            .arg(nonce)
+            .arg(id)
+            .invoke_async(&mut conn)
+            .await?;
+        if confirmed == 0 {
+            return Err(ClusterError::RoomBusy(
+                recording.room().into(),
+                "another node (this node's claim expired)".into(),
+            ));
+        }
+        self.publish_doc(recording).await?;
+        self.announce().await
+    }
+
+    /// Writes `recording`'s document to the index, if this node still holds its lease
+    /// (fencing: after a takeover the old holder's writes are refused).
+    pub async fn publish_doc(&self, recording: &Arc<Recording>) -> Result<(), ClusterError> {
+        let Some(fence) = lock(&self.leases).get(recording.id()).copied() else {
+            return Ok(());
+        };
+        let doc = recording.doc();
+        let json =
+            serde_json::to_string(&doc).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let mut conn = self.conn();
+        let written: i64 = redis::Script::new(FENCED_WRITE)
+            .key(keys::rec(recording.id()))
+            .arg(fence)
+            .arg(json)
+            .arg(state_name(doc.state))
+            .arg(&self.settings.node_id)
+            .invoke_async(&mut conn)
+            .await?;
+        if written == 0 {
+            tracing::warn!(recording = %recording.id(), "lease lost: another node holds this recording now");
+            lock(&self.leases).remove(recording.id());
+        }
+        Ok(())
+    }
+
+    /// After a local stop: publishes the final document and releases the room's claim.
+    pub async fn finished(&self, recording: &Arc<Recording>) -> Result<(), ClusterError> {
+        let holds = lock(&self.leases).contains_key(recording.id());
+        self.publish_doc(recording).await?;
+        if holds {
+            let mut conn = self.conn();
+            let _: i64 = redis::Script::new(DELETE_IF)
+                .key(keys::claim(recording.room()))
+                .arg(recording.id())
+                .invoke_async(&mut conn)
+                .await?;
+            lock(&self.leases).remove(recording.id());
+        }
+        Ok(())
+    }
+
+    /// The index entry of recording `id`, if the cluster knows it.
+    pub async fn lookup(&self, id: &str) -> Result<Option<IndexEntry>, ClusterError> {
+        let mut conn = self.conn();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::rec(id))
+            .query_async(&mut conn)
+            .await?;
+        let Some(node) = fields.get("node") else {
+            return Ok(None);
+        };
+        Ok(Some(IndexEntry {
+            node: node.clone(),
+            doc: fields.get("doc").and_then(|d| serde_json::from_str(d).ok()),
+        }))
+    }
+
+    /// Every indexed recording id, newest first.
+    pub async fn recording_ids(&self) -> Result<Vec<String>, ClusterError> {
+        let mut conn = self.conn();
+        Ok(redis::cmd("ZREVRANGE")
+            .arg(keys::RECORDINGS)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// The index entries of `ids` (in order; unknown ones left out).
+    pub async fn lookup_many(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, IndexEntry)>, ClusterError> {
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(keys::rec(id)).arg("node").arg("doc");
+        }
+        let rows: Vec<(Option<String>, Option<String>)> = pipe.query_async(&mut conn).await?;
+        Ok(ids
+            .iter()
+            .zip(rows)
+            .filter_map(|(id, (node, doc))| {
+                Some((
+                    id.clone(),
+                    IndexEntry {
+                        node: node?,
+                        doc: doc.and_then(|d| serde_json::from_str(&d).ok()),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Forgets recording `id` in the index (after it was deleted).
+    pub async fn forget(&self, id: &str) -> Result<(), ClusterError> {
+        let mut conn = self.conn();
+        redis::pipe()
+            .cmd("DEL")
+            .arg(keys::rec(id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(keys::RECORDINGS)
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The base URL of live node `id`, if it is alive.
+    pub async fn node_url(&self, id: &str) -> Result<Option<String>, ClusterError> {
+        if id == self.settings.node_id {
+            return Ok(Some(self.settings.advertise_url.clone()));
+        }
+        let mut conn = self.conn();
+        let value: Option<String> = redis::cmd("GET")
+            .arg(keys::node(id))
+            .query_async(&mut conn)
+            .await?;
+        Ok(value
+            .and_then(|v| serde_json::from_str::<NodeInfo>(&v).ok())
+            .map(|n| n.url))
+    }
+
+    /// An internal request to another node's API (`path` with its query), answered by that
+    /// node alone ([`LOCAL_HEADER`]), with the API token when one is configured.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        base: &str,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", base.trim_end_matches('/'), path))
+            .header(LOCAL_HEADER, "1");
+        if let Some(token) = &self.settings.api_token {
+            request = request.bearer_auth(token);
+        }
+        request
+    }
+}
+
+/// Error of [`Cluster::start_local`]: the cluster's or the recorder's.
+#[derive(Debug, thiserror::Error)]
+pub enum StartLocalError {
+    /// The cluster refused or is unreachable.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    /// The recorder could not start.
+    #[error(transparent)]
+    Start(#[from] crate::bot::recorder::StartError),
+}
+
+/// One-minute load average per CPU (0 where unknown).
+fn load_per_cpu() -> f64 {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|l| l.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    load / cpus as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, recordings: usize, tracks: usize, draining: bool) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            url: format!("http://{id}"),
+            recordings,
+            max_recordings: 4,
+            tracks,
+            load: 0.1,
+            free_disk: 1 << 30,
+            draining,
+        }
+    }
+
+    #[test]
+    fn placement_prefers_spare_capacity_and_skips_full_or_draining_nodes() {
+        let order = placement_order(vec![
+            node("a", 2, 4, false),
+            node("b", 1, 9, false),
+            node("c", 1, 2, false),
+            node("d", 0, 0, true),
+            node("e", 4, 0, false),
+        ]);
+        let ids: Vec<&str> = order.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, vec!["c", "b", "a"]);
+    }
+}
