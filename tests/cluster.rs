@@ -59,6 +59,17 @@ struct Node {
 
 fn start_node(redis: &str, id: &str) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
+    let (proc, base) = spawn_node(redis, id, dir.path());
+    Node {
+        proc,
+        base,
+        id: id.into(),
+        dir,
+    }
+}
+
+/// `recbot serve --redis URL --node-id ID` on a free port, recording into `dir`.
+fn spawn_node(redis: &str, id: &str, dir: &Path) -> (Proc, String) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_recbot"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -72,7 +83,7 @@ fn start_node(redis: &str, id: &str) -> Node {
         ])
         .args(["--redis", redis, "--node-id", id])
         .arg("--recordings-dir")
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -91,12 +102,7 @@ fn start_node(redis: &str, id: &str) -> Node {
     });
     rx.recv_timeout(Duration::from_secs(30))
         .expect("the node says it listens");
-    Node {
-        proc,
-        base: format!("http://127.0.0.1:{port}"),
-        id: id.into(),
-        dir,
-    }
+    (proc, format!("http://127.0.0.1:{port}"))
 }
 
 /// HAProxy with the README's configuration in front of `nodes`.
@@ -447,4 +453,133 @@ async fn redis_down_answers_503_and_recovers_by_itself() {
     let id = rec["id"].as_str().unwrap();
     let doc = std::fs::read_to_string(a.dir.path().join(id).join("manifest.json")).unwrap();
     assert!(doc.contains("\"recording\""), "{doc}");
+    // The new Redis is empty: the holder writes its recording into the index again, and the
+    // room's claim with it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, list) = get(&a.base, "/api/recordings").await;
+    assert!(list.to_string().contains(id), "{list}");
+    let (status, _) = post(
+        &a.base,
+        "/api/recordings",
+        serde_json::json!({"room": "d1"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+}
+
+fn track_of<'a>(doc: &'a serde_json::Value, file_part: &str) -> Option<&'a serde_json::Value> {
+    doc["tracks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["file"].as_str().is_some_and(|f| f.contains(file_part)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let _heavy = heavy().await;
+    let publisher = recbot::client::start(
+        &b.base,
+        "tk",
+        "carol",
+        clip(),
+        factory(),
+        Default::default(),
+    )
+    .await
+    .expect("carol joins node B");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "tk"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, before) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(before["node"], "node-a", "{before}");
+    assert!(
+        track_of(&before, "video-1").is_some_and(|t| t["frames"].as_u64() > Some(10)),
+        "{before}"
+    );
+
+    drop(a_proc); // SIGKILL
+    let killed = Instant::now();
+    let mut taken = None;
+    let mut resumed = None;
+    let mut doc = serde_json::Value::Null;
+    while killed.elapsed() < Duration::from_secs(40) {
+        let (status, d) = get(&b.base, &format!("/api/recordings/{id}")).await;
+        if status == 200 {
+            doc = d;
+            if taken.is_none() && doc["node"] == "node-b" {
+                taken = Some(killed.elapsed());
+            }
+            if track_of(&doc, "video-2").is_some_and(|t| t["frames"].as_u64() > Some(0)) {
+                resumed = Some(killed.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let taken = taken.unwrap_or_else(|| panic!("no takeover: {doc}"));
+    let resumed = resumed.unwrap_or_else(|| panic!("no media after the takeover: {doc}"));
+    println!("takeover after SIGKILL: lease moved in {taken:?}, media again in {resumed:?}");
+    assert_eq!(doc["state"], "recording");
+    assert_eq!(doc["takeovers"], 1);
+    assert!(
+        track_of(&doc, "video-1").is_some(),
+        "the earlier files stay listed: {doc}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The killed node comes back: it repairs its files, never writes the shared state.
+    let (_a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, seen) = get(&a_base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(seen["node"], "node-b", "{seen}");
+    assert_eq!(seen["state"], "recording", "{seen}");
+    let (_, stopped) = post(
+        &a_base,
+        &format!("/api/recordings/{id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    publisher.leave().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, after) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(
+        after["state"], "stopped",
+        "the returned node did not overwrite it: {after}"
+    );
+    assert_eq!(after["node"], "node-b");
+    // The file the dead node wrote is downloadable from any node (from node A, repaired).
+    let first = track_of(&after, "video-1").unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reqwest::get(format!("{}/api/recordings/{id}/files/{first}", b.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.len() > 1000);
+    let local = std::fs::read_to_string(a_dir.path().join(&id).join("manifest.json")).unwrap();
+    assert!(
+        local.contains("interrupted"),
+        "node A marks its own copy: {local}"
+    );
 }

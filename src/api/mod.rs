@@ -458,13 +458,42 @@ async fn get_file(
 ) -> Result<Response, ApiError> {
     let path = format!("/api/recordings/{}/files/{name}", checked_id(&id)?);
     if files::plain_file_name(&name) {
+        // A file written before a takeover is on the node that wrote it, not the owner's.
+        if let Some(scope) = cluster::scope(&app, &headers) {
+            if let Some(node) = scope.file_node(&id, &name).await? {
+                if node != scope.node_id() {
+                    let Some(url) = scope.node_url(&node).await? else {
+                        return owner_gone(&node, None);
+                    };
+                    return Ok(
+                        cluster::proxy(&scope, &node, &url, method, &path, &headers, None).await?,
+                    );
+                }
+                // Here: answered below, from this node's folder.
+                if app.services.store.get(&id).is_ok() {
+                    return serve_local(&app, &id, &name, &method, &headers).await;
+                }
+            }
+        }
         if let Some(answer) =
             elsewhere(&app, &headers, &id, method.clone(), &path, owner_gone).await?
         {
             return Ok(answer);
         }
     }
-    let recording = app.services.store.get(checked_id(&id)?)?;
+    serve_local(&app, &id, &name, &method, &headers).await
+}
+
+/// A file of a recording of this node.
+async fn serve_local(
+    app: &App,
+    id: &str,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = name.to_owned();
+    let recording = app.services.store.get(checked_id(id)?)?;
     let listed = name == crate::record::manifest::MANIFEST_FILE
         || recording.doc().files.iter().any(|f| f.name == name);
     if !files::plain_file_name(&name) || !listed {
@@ -472,7 +501,7 @@ async fn get_file(
             "no file `{name}` in recording `{id}`"
         )));
     }
-    Ok(files::serve(&recording.dir().join(&name), &name, &method, &headers).await)
+    Ok(files::serve(&recording.dir().join(&name), &name, method, headers).await)
 }
 
 async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {

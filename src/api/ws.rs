@@ -45,6 +45,10 @@ pub async fn handler(
             return ApiError::unauthorized("a valid room `token` is required").into_response();
         }
     }
+    if let Some(cluster) = &app.cluster {
+        // Members of other nodes that joined a moment ago are in the welcome too.
+        cluster.sync_room(&room).await;
+    }
     if let Err(e) = app.services.hub.has_room_for(&room) {
         return ApiError::from(e).into_response();
     }

@@ -35,3 +35,13 @@ pub fn members(room: &str) -> String {
 pub fn rec(id: &str) -> String {
     format!("recbot:rec:{{{id}}}")
 }
+
+/// The active recordings a node holds (what another node takes over when it dies).
+pub fn held(node: &str) -> String {
+    format!("recbot:held:{{{node}}}")
+}
+
+/// Which node has each file of a recording: hash file name → node id.
+pub fn files(id: &str) -> String {
+    format!("recbot:files:{{{id}}}")
+}

@@ -140,7 +140,41 @@ pub struct Cluster {
     leases: Mutex<HashMap<String, u64>>,
     shutdown: CancellationToken,
     relay: Arc<relay::Relay>,
+    /// Files already written to the file index: (recording id, file name).
+    indexed_files: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Told the document of every recording this node took over (webhook
+    /// `recording.takeover`; wired by the server).
+    takeover_hook: std::sync::OnceLock<TakeoverHook>,
 }
+
+/// Called with the Recording once this node continues it after a takeover.
+pub type TakeoverHook = Box<dyn Fn(RecordingDoc) + Send + Sync>;
+
+/// Takes recording KEYS[1] over from dead node ARGV[1] for node ARGV[2]: only while the dead
+/// node still holds it, it is active, and the dead node's heartbeat (KEYS[2]) is still gone.
+/// One winner: the fence moves on, so the old holder's writes are refused from now on.
+/// Returns the new fence, or 0.
+const TAKE_OVER: &str = r"
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
+local st = redis.call('HGET', KEYS[1], 'state')
+if st ~= 'starting' and st ~= 'recording' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'node', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
+redis.call('SREM', KEYS[3], ARGV[3])
+redis.call('SADD', KEYS[4], ARGV[3])
+return fence";
+
+/// A node back after a crash: for recording KEYS[1] that it still holds (nobody took it
+/// over), marks it ended with the document ARGV[2] and frees its room's claim KEYS[2].
+const RELEASE_STALE: &str = r"
+redis.call('SREM', KEYS[3], ARGV[3])
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'state', 'failed', 'doc', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1";
 
 /// `SET claim id` only while the claim holds `nonce` (the pending claim becomes the id).
 const CONFIRM_CLAIM: &str = r"
@@ -159,8 +193,20 @@ return 0";
 
 /// A fenced write of a recording's shared state: only while `fence` still equals this
 /// holder's token (a node whose lease was taken over never writes again).
+/// When the index lost the recording (Redis restarted without its data), the holder writes
+/// it again: its fence, the recording list, its held set and the room's claim.
 const FENCED_WRITE: &str = r"
-if redis.call('HGET', KEYS[1], 'fence') == ARGV[1] then
+local fence = redis.call('HGET', KEYS[1], 'fence')
+if fence == false then
+  redis.call('HSET', KEYS[1], 'fence', ARGV[1], 'room', ARGV[5], 'takeovers', ARGV[8])
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
+  redis.call('SADD', KEYS[3], ARGV[6])
+  if ARGV[3] == 'starting' or ARGV[3] == 'recording' then
+    redis.call('SET', KEYS[4], ARGV[6], 'NX')
+  end
+  fence = ARGV[1]
+end
+if fence == ARGV[1] then
   redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'state', ARGV[3], 'node', ARGV[4])
   return 1
 end
@@ -215,7 +261,12 @@ impl Cluster {
             leases: Mutex::new(HashMap::new()),
             shutdown,
             relay,
+            indexed_files: Mutex::new(Default::default()),
+            takeover_hook: std::sync::OnceLock::new(),
         });
+        if let Err(e) = cluster.release_stale().await {
+            tracing::warn!(error = %e, "could not settle this node's recordings of before");
+        }
         cluster
             .services
             .hub
@@ -227,6 +278,154 @@ impl Cluster {
         ));
         tokio::spawn(Arc::clone(&cluster).heartbeat_loop());
         Ok(cluster)
+    }
+
+    /// Sets the callback told of every takeover by this node (webhook `recording.takeover`).
+    /// Only the first call counts.
+    pub fn on_takeover(&self, hook: TakeoverHook) {
+        let _ = self.takeover_hook.set(hook);
+    }
+
+    /// At start: the recordings this node held before it stopped or died, and that nobody
+    /// took over, are ended in the index (they are `failed` / `interrupted` here, their files
+    /// repaired) and their rooms' claims freed. Those taken over are left to their new holder.
+    async fn release_stale(&self) -> Result<(), ClusterError> {
+        let mut conn = self.conn();
+        let me = &self.settings.node_id;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::held(me))
+            .query_async(&mut conn)
+            .await?;
+        for id in ids {
+            let Ok(recording) = self.services.store.get(&id) else {
+                continue;
+            };
+            let mut doc = recording.doc();
+            let room = doc.room.clone();
+            doc.node = Some(me.clone());
+            let json = serde_json::to_string(&doc).unwrap_or_default();
+            let released: i64 = redis::Script::new(RELEASE_STALE)
+                .key(keys::rec(&id))
+                .key(keys::claim(&room))
+                .key(keys::held(me))
+                .arg(me)
+                .arg(json)
+                .arg(&id)
+                .invoke_async(&mut conn)
+                .await?;
+            tracing::info!(recording = %id, released = released == 1, "recording of before settled");
+        }
+        Ok(())
+    }
+
+    /// Takes over the active recordings of dead nodes (their heartbeat expired), one winner
+    /// per recording across the cluster; this node tries only while it has room for one more.
+    async fn take_over_dead(&self) -> Result<(), ClusterError> {
+        if self.is_draining() || !self.info().can_take() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::NODES)
+            .query_async(&mut conn)
+            .await?;
+        let live: std::collections::HashSet<String> =
+            self.nodes().await?.into_iter().map(|n| n.id).collect();
+        for dead in ids.iter().filter(|id| !live.contains(*id)) {
+            let held: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(keys::held(dead))
+                .query_async(&mut conn)
+                .await?;
+            for id in held {
+                if !self.info().can_take() {
+                    return Ok(());
+                }
+                let fence: i64 = redis::Script::new(TAKE_OVER)
+                    .key(keys::rec(&id))
+                    .key(keys::node(dead))
+                    .key(keys::held(dead))
+                    .key(keys::held(&self.settings.node_id))
+                    .arg(dead)
+                    .arg(&self.settings.node_id)
+                    .arg(&id)
+                    .invoke_async(&mut conn)
+                    .await?;
+                if fence > 0 {
+                    tracing::warn!(recording = %id, from = %dead, "taking over a recording of a dead node");
+                    if let Err(e) = self.continue_here(&id, fence as u64).await {
+                        tracing::error!(recording = %id, error = %e, "takeover failed");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Continues recording `id` here with lease `fence`: a new recorder joins its room and
+    /// records into the same Recording (new files take the next index).
+    async fn continue_here(&self, id: &str, fence: u64) -> Result<(), ClusterError> {
+        let mut conn = self.conn();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::rec(id))
+            .query_async(&mut conn)
+            .await?;
+        let bad =
+            |what: &str| ClusterError::Node(self.settings.node_id.clone(), format!("{id}: {what}"));
+        let prior: RecordingDoc = fields
+            .get("doc")
+            .and_then(|d| serde_json::from_str(d).ok())
+            .ok_or_else(|| bad("no document in the index"))?;
+        let takeovers: u32 = fields
+            .get("takeovers")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        let options: StoredOptions = fields
+            .get("options")
+            .and_then(|o| serde_json::from_str(o).ok())
+            .unwrap_or_default();
+        let elapsed = elapsed_since(&prior.started_at).unwrap_or_default();
+        let recording = Recording::resume(
+            &prior,
+            self.services.store.dir_of(id),
+            options.to_options(),
+            elapsed,
+        );
+        recording.set_node(&self.settings.node_id, takeovers);
+        lock(&self.leases).insert(id.to_owned(), fence);
+        self.services
+            .store
+            .adopt(&recording)
+            .map_err(|e| bad(&e.to_string()))?;
+        crate::bot::recorder::resume(
+            &self.services,
+            &recording,
+            options.max_duration_s.map(Duration::from_secs),
+        )
+        .map_err(|e| bad(&e.to_string()))?;
+        self.publish_doc(&recording).await?;
+        self.announce().await?;
+        if let Some(hook) = self.takeover_hook.get() {
+            hook(recording.doc());
+        }
+        Ok(())
+    }
+
+    /// The node that has file `name` of recording `id`, if the index knows.
+    pub async fn file_node(&self, id: &str, name: &str) -> Result<Option<String>, ClusterError> {
+        let mut conn = self.conn();
+        Ok(redis::cmd("HGET")
+            .arg(keys::files(id))
+            .arg(name)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Brings `room`'s mirrored members up to date before a local join (best effort: with
+    /// Redis down the join goes on with what this node knows).
+    pub async fn sync_room(&self, room: &str) {
+        if let Err(e) = self.relay.sync_room(room).await {
+            tracing::debug!(room, error = %e, "room members not synced");
+        }
     }
 
     /// This node's id.
@@ -331,6 +530,9 @@ impl Cluster {
                     healthy = true;
                     if let Err(e) = self.reap_dead_nodes().await {
                         tracing::debug!(error = %e, "dead-node check failed");
+                    }
+                    if let Err(e) = self.take_over_dead().await {
+                        tracing::warn!(error = %e, "takeover check failed");
                     }
                 }
                 Err(e) => {
@@ -513,7 +715,7 @@ impl Cluster {
             .query_async(&mut conn)
             .await?;
         lock(&self.leases).insert(id.to_owned(), fence);
-        let created_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let created_ms = now_ms();
         redis::pipe()
             .cmd("HSET")
             .arg(keys::rec(id))
@@ -524,9 +726,16 @@ impl Cluster {
             .arg("takeovers")
             .arg(0)
             .ignore()
+            .arg("options")
+            .arg(serde_json::to_string(&StoredOptions::of(recording.options())).unwrap_or_default())
+            .ignore()
             .cmd("ZADD")
             .arg(keys::RECORDINGS)
-            .arg(created_ms as i64)
+            .arg(created_ms)
+            .arg(id)
+            .ignore()
+            .cmd("SADD")
+            .arg(keys::held(&self.settings.node_id))
             .arg(id)
             .ignore()
             .query_async::<()>(&mut conn)
@@ -559,15 +768,58 @@ impl Cluster {
         let mut conn = self.conn();
         let written: i64 = redis::Script::new(FENCED_WRITE)
             .key(keys::rec(recording.id()))
+            .key(keys::RECORDINGS)
+            .key(keys::held(&self.settings.node_id))
+            .key(keys::claim(recording.room()))
             .arg(fence)
             .arg(json)
             .arg(state_name(doc.state))
             .arg(&self.settings.node_id)
+            .arg(recording.room())
+            .arg(recording.id())
+            .arg(now_ms())
+            .arg(doc.takeovers.unwrap_or(0))
             .invoke_async(&mut conn)
             .await?;
         if written == 0 {
+            // Fenced out: another node continues it (this one was thought dead). Its recorder
+            // leaves; its files here are finalized; the shared state is never written again.
             tracing::warn!(recording = %recording.id(), "lease lost: another node holds this recording now");
             lock(&self.leases).remove(recording.id());
+            let services = Arc::clone(&self.services);
+            let recording = Arc::clone(recording);
+            tokio::spawn(async move {
+                crate::bot::recorder::stop(
+                    &services,
+                    &recording,
+                    crate::record::manifest::StopReason::Interrupted,
+                )
+                .await;
+            });
+            return Ok(());
+        }
+        // Which node has each file (downloads of files written before a takeover).
+        let new: Vec<String> = {
+            let known = lock(&self.indexed_files);
+            doc.files
+                .iter()
+                .filter(|f| recording.dir().join(&f.name).exists())
+                .filter(|f| !known.contains(&(doc.id.clone(), f.name.clone())))
+                .map(|f| f.name.clone())
+                .collect()
+        };
+        if !new.is_empty() {
+            let mut pipe = redis::pipe();
+            for name in &new {
+                pipe.cmd("HSET")
+                    .arg(keys::files(&doc.id))
+                    .arg(name)
+                    .arg(&self.settings.node_id)
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+            let mut known = lock(&self.indexed_files);
+            known.extend(new.into_iter().map(|n| (doc.id.clone(), n)));
         }
         Ok(())
     }
@@ -582,6 +834,11 @@ impl Cluster {
                 .key(keys::claim(recording.room()))
                 .arg(recording.id())
                 .invoke_async(&mut conn)
+                .await?;
+            let _: () = redis::cmd("SREM")
+                .arg(keys::held(&self.settings.node_id))
+                .arg(recording.id())
+                .query_async(&mut conn)
                 .await?;
             lock(&self.leases).remove(recording.id());
         }
@@ -652,6 +909,9 @@ impl Cluster {
             .arg(keys::RECORDINGS)
             .arg(id)
             .ignore()
+            .cmd("DEL")
+            .arg(keys::files(id))
+            .ignore()
             .query_async::<()>(&mut conn)
             .await?;
         Ok(())
@@ -702,6 +962,63 @@ pub enum StartLocalError {
     Start(#[from] crate::bot::recorder::StartError),
 }
 
+/// A recording's options as the index keeps them (for a takeover).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoredOptions {
+    #[serde(default)]
+    pli_interval_ms: Option<u64>,
+    #[serde(default)]
+    max_duration_s: Option<u64>,
+    #[serde(default)]
+    muxed: bool,
+}
+
+impl StoredOptions {
+    fn of(options: &RecordOptions) -> Self {
+        Self {
+            pli_interval_ms: options.pli_interval.map(|d| d.as_millis() as u64),
+            max_duration_s: options.max_duration.map(|d| d.as_secs()),
+            muxed: options.muxed,
+        }
+    }
+
+    fn to_options(&self) -> RecordOptions {
+        RecordOptions {
+            pli_interval: self.pli_interval_ms.map(Duration::from_millis),
+            max_duration: self.max_duration_s.map(Duration::from_secs),
+            muxed: self.muxed,
+        }
+    }
+}
+
+/// Time since `started_at` (`2026-11-20T21:00:00.000Z`), if it reads and is in the past.
+fn elapsed_since(started_at: &str) -> Option<Duration> {
+    let b = started_at.as_bytes();
+    if b.len() != 24 || b[23] != b'Z' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| started_at.get(range)?.parse::<u32>().ok();
+    let month = time::Month::try_from(num(5..7)? as u8).ok()?;
+    let date = time::Date::from_calendar_date(num(0..4)? as i32, month, num(8..10)? as u8).ok()?;
+    let clock = time::Time::from_hms_milli(
+        num(11..13)? as u8,
+        num(14..16)? as u8,
+        num(17..19)? as u8,
+        num(20..23)? as u16,
+    )
+    .ok()?;
+    let then = time::PrimitiveDateTime::new(date, clock).assume_utc();
+    let since = time::OffsetDateTime::now_utc() - then;
+    since.try_into().ok()
+}
+
+/// Unix time in ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One-minute load average per CPU (0 where unknown).
 fn load_per_cpu() -> f64 {
     let load = std::fs::read_to_string("/proc/loadavg")
@@ -731,6 +1048,16 @@ mod tests {
             free_disk: 1 << 30,
             draining,
         }
+    }
+
+    #[test]
+    fn started_at_reads_back() {
+        let now = crate::record::manifest::format_time(time::OffsetDateTime::now_utc());
+        assert!(elapsed_since(&now).is_some_and(|d| d < Duration::from_secs(5)));
+        let before = elapsed_since("2020-01-02T03:04:05.678Z").unwrap();
+        assert!(before > Duration::from_secs(86_400 * 365 * 5));
+        assert_eq!(elapsed_since("2020-13-02T03:04:05.678Z"), None);
+        assert_eq!(elapsed_since("garbage"), None);
     }
 
     #[test]

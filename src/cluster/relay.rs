@@ -335,6 +335,26 @@ impl Relay {
         Ok(())
     }
 
+    /// Mirrors the members of other nodes listed in `room`'s hash that are not mirrored yet
+    /// (a newcomer's `welcome` then lists those whose join event is still on its way).
+    pub async fn sync_room(self: &Arc<Self>, room: &str) -> redis::RedisResult<()> {
+        let mut conn = self.redis.clone();
+        let members: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys::members(room))
+            .query_async(&mut conn)
+            .await?;
+        for entry in members
+            .values()
+            .filter_map(|v| serde_json::from_str::<Entry>(v).ok())
+        {
+            let known = lock(&self.mirrors).contains_key(&(room.to_owned(), entry.peer.id.clone()));
+            if entry.node != self.node && !known {
+                self.mirror(room, entry.peer, &entry.node);
+            }
+        }
+        Ok(())
+    }
+
     /// Re-announces this node's members (after Redis came back).
     pub fn resync(&self) {
         for (room, peer) in self.hub.local_members() {

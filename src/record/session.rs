@@ -50,6 +50,9 @@ struct Inner {
     /// In a cluster: the node recording it and its takeover count (the document's `node`
     /// and `takeovers`).
     node: Option<(String, u32)>,
+    /// In a cluster, after a takeover: the tracks and files written by the nodes that held it
+    /// before (listed first in the document).
+    prior: Option<(Vec<TrackDoc>, Vec<FileDoc>)>,
 }
 
 /// A recording, live or finished.
@@ -166,6 +169,56 @@ impl Recording {
                 muxes: HashMap::new(),
                 frozen: None,
                 node: None,
+                prior: None,
+            }),
+            stop_tx: watch::Sender::new(None),
+            left_tx: broadcast::Sender::new(64),
+            leave: CancellationToken::new(),
+            done_tx: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+            manifest: Mutex::new(()),
+        })
+    }
+
+    /// In a cluster: recording `prior` (its last shared document), continued on this node
+    /// after the node that held it died or drained. Its clock keeps the original start
+    /// (`started_at` was `elapsed` ago), its earlier tracks and files stay listed, and new
+    /// files take the next free index (`alice-video-2.webm`).
+    pub fn resume(
+        prior: &RecordingDoc,
+        dir: PathBuf,
+        options: RecordOptions,
+        elapsed: Duration,
+    ) -> Arc<Self> {
+        let origin = Instant::now()
+            .checked_sub(elapsed)
+            .unwrap_or_else(Instant::now);
+        Arc::new(Self {
+            id: prior.id.clone(),
+            room: prior.room.clone(),
+            dir,
+            started_at: prior.started_at.clone(),
+            clock: RecordingClock::new(origin),
+            options,
+            inner: Mutex::new(Inner {
+                state: State::Starting,
+                bot_peer: None,
+                stopped_at: None,
+                stop_instant: None,
+                error: None,
+                stop_reason: None,
+                tracks: Vec::new(),
+                names_used: prior
+                    .files
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .chain(prior.tracks.iter().map(|t| t.file.clone()))
+                    .collect(),
+                senders: HashMap::new(),
+                muxes: HashMap::new(),
+                frozen: None,
+                node: None,
+                prior: Some((prior.tracks.clone(), prior.files.clone())),
             }),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
@@ -229,9 +282,11 @@ impl Recording {
         if let Some(doc) = &inner.frozen {
             return doc.clone();
         }
-        let tracks: Vec<TrackDoc> = inner.tracks.iter().map(|t| t.doc()).collect();
-        let mut files: Vec<FileDoc> = Vec::new();
-        for (entry, doc) in inner.tracks.iter().zip(&tracks) {
+        let live: Vec<TrackDoc> = inner.tracks.iter().map(|t| t.doc()).collect();
+        let (mut tracks, mut files) = inner.prior.clone().unwrap_or_default();
+        // Ids stay unique after the earlier holders' tracks.
+        let offset = tracks.len();
+        for (entry, doc) in inner.tracks.iter().zip(&live) {
             if !entry.stats.file_created.load(Ordering::Relaxed)
                 || files.iter().any(|f| f.name == doc.file)
             {
@@ -243,6 +298,15 @@ impl Recording {
                 url: format!("/api/recordings/{}/files/{}", self.id, doc.file),
             });
         }
+        tracks.extend(live.into_iter().map(|mut t| {
+            if offset > 0 {
+                t.id = format!(
+                    "t{}",
+                    offset + t.id.trim_start_matches('t').parse::<usize>().unwrap_or(0)
+                );
+            }
+            t
+        }));
         RecordingDoc {
             id: self.id.clone(),
             room: self.room.clone(),
