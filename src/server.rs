@@ -164,6 +164,10 @@ impl Server {
     /// WebSocket sessions, and waits for the HTTP server to finish.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // In a cluster: /healthz 503 and no new work at once; recordings handed over first.
+        if let Some(cluster) = &self.app.cluster {
+            cluster.drain().await;
+        }
         // Bots first: their voicemail messages end as `shutdown` and leave the active list.
         self.app.bots.stop_all(StopReason::Shutdown).await;
         let active = self.app.services.store.active();
@@ -172,6 +176,9 @@ impl Server {
             crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
         });
         futures::future::join_all(stops).await;
+        if let Some(cluster) = &self.app.cluster {
+            cluster.settle().await;
+        }
         self.app.shutdown.cancel();
         match tokio::time::timeout(std::time::Duration::from_secs(10), self.task).await {
             Ok(Ok(result)) => result.map_err(ServeError::Http),

@@ -583,3 +583,92 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
         "node A marks its own copy: {local}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (mut a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let _heavy = heavy().await;
+    let publisher =
+        recbot::client::start(&b.base, "dr", "dave", clip(), factory(), Default::default())
+            .await
+            .expect("dave joins node B");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "dr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let pid = a_proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (status, health) = get(&a_base, "/healthz").await;
+    assert_eq!(status, 503, "draining at once: {health}");
+    let (status, _) = post(
+        &a_base,
+        "/api/recordings",
+        serde_json::json!({"room": "other"}),
+    )
+    .await;
+    assert_eq!(status, 503, "no new work on a draining node");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = a_proc.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the drained node did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "exit 0: {exit:?}");
+
+    let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(doc["node"], "node-b", "{doc}");
+    assert_eq!(doc["state"], "recording");
+    assert_eq!(doc["takeovers"], 1);
+    let second = track_of(&doc, "video-2")
+        .cloned()
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert!(second["frames"].as_u64() > Some(0), "{doc}");
+    // The old node's final figures of its file, on its own disk.
+    let local: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a_dir.path().join(&id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let first = track_of(&local, "video-1")
+        .cloned()
+        .unwrap_or_else(|| panic!("{local}"));
+    let end_first =
+        first["start_offset_ms"].as_i64().unwrap() + first["duration_ms"].as_i64().unwrap();
+    let start_second = second["start_offset_ms"].as_i64().unwrap();
+    let hole = start_second - end_first;
+    println!("drain handover: hole {hole} ms (negative: overlap)");
+    assert!(
+        hole <= 100,
+        "the new recorder records before the old one leaves: {hole} ms"
+    );
+    publisher.leave().await;
+    let (_, stopped) = post(
+        &b.base,
+        &format!("/api/recordings/{id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(stopped["state"], "stopped");
+}

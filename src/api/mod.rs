@@ -51,6 +51,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/recordings/{id}/stop", post(stop_recording))
         .route("/api/recordings/{id}/files/{name}", get(get_file))
         .route("/api/rooms", get(list_rooms))
+        .route("/api/cluster/handover/{id}", post(accept_handover))
         .route("/metrics", get(metrics))
         .merge(bots::routes())
         .layer(axum::middleware::from_fn_with_state(
@@ -70,10 +71,7 @@ pub fn router(app: Arc<App>) -> Router {
     let cors = cors_layer(&app);
     Router::new()
         .merge(guarded)
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
@@ -502,6 +500,40 @@ async fn serve_local(
         )));
     }
     Ok(files::serve(&recording.dir().join(&name), &name, method, headers).await)
+}
+
+/// `GET /healthz`: `200 {"status": "ok"}`; in a cluster, `503 {"status": "draining"}` from
+/// the moment a drain starts, so load balancers send nothing new.
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.cluster.as_ref().is_some_and(|c| c.is_draining()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct HandoverQuery {
+    from: String,
+}
+
+/// `POST /api/cluster/handover/{id}?from=NODE` (internal, between the nodes of a cluster): the
+/// draining node `from` hands recording `id` to this node; answered once the new recorder
+/// receives. `404` without a cluster.
+async fn accept_handover(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HandoverQuery>,
+) -> Result<Json<RecordingDoc>, ApiError> {
+    let Some(node) = &app.cluster else {
+        return Err(ApiError::not_found("no such route"));
+    };
+    Ok(Json(
+        node.accept_handover(checked_id(&id)?, &query.from).await?,
+    ))
 }
 
 async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {

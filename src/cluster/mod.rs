@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a heartbeat lives: a node silent this long is dead (SPEC §9: noticed within 10 s).
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// Longest a handover waits for the new recorder to receive every participant.
+pub const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 /// Request header of internal calls between nodes: "answer for this node only" (no
 /// placement, no fan-out, no proxying). It narrows what a call does and grants nothing: the
 /// call still passes the API token check like any other.
@@ -150,15 +152,16 @@ pub struct Cluster {
 /// Called with the Recording once this node continues it after a takeover.
 pub type TakeoverHook = Box<dyn Fn(RecordingDoc) + Send + Sync>;
 
-/// Takes recording KEYS[1] over from dead node ARGV[1] for node ARGV[2]: only while the dead
-/// node still holds it, it is active, and the dead node's heartbeat (KEYS[2]) is still gone.
+/// Takes recording KEYS[1] over from node ARGV[1] for node ARGV[2]: only while that node still
+/// holds it, it is active, and (ARGV[4] `dead`) its heartbeat (KEYS[2]) is still gone, or
+/// (ARGV[4] `handover`) that node hands it over while draining.
 /// One winner: the fence moves on, so the old holder's writes are refused from now on.
 /// Returns the new fence, or 0.
 const TAKE_OVER: &str = r"
 if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return 0 end
 local st = redis.call('HGET', KEYS[1], 'state')
 if st ~= 'starting' and st ~= 'recording' then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if ARGV[4] == 'dead' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'node', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'takeovers', 1)
@@ -348,6 +351,7 @@ impl Cluster {
                     .arg(dead)
                     .arg(&self.settings.node_id)
                     .arg(&id)
+                    .arg("dead")
                     .invoke_async(&mut conn)
                     .await?;
                 if fence > 0 {
@@ -361,9 +365,133 @@ impl Cluster {
         Ok(())
     }
 
+    /// Takes recording `id` over from draining node `from` (its internal handover call): a new
+    /// recorder joins here, and the answer comes once it receives media from every
+    /// participant of the room that is not a bot (at most [`HANDOVER_WAIT`]), so the old
+    /// recorder leaves only after the new one records: no gap.
+    pub async fn accept_handover(
+        &self,
+        id: &str,
+        from: &str,
+    ) -> Result<RecordingDoc, ClusterError> {
+        if self.is_draining() || !self.info().can_take() {
+            return Err(ClusterError::Draining);
+        }
+        let mut conn = self.conn();
+        let fence: i64 = redis::Script::new(TAKE_OVER)
+            .key(keys::rec(id))
+            .key(keys::node(from))
+            .key(keys::held(from))
+            .key(keys::held(&self.settings.node_id))
+            .arg(from)
+            .arg(&self.settings.node_id)
+            .arg(id)
+            .arg("handover")
+            .invoke_async(&mut conn)
+            .await?;
+        if fence <= 0 {
+            return Err(ClusterError::Node(
+                from.into(),
+                format!("does not hold `{id}`"),
+            ));
+        }
+        tracing::info!(recording = %id, from, "handover: continuing a draining node's recording");
+        let recording = self.continue_here(id, fence as u64).await?;
+        let deadline = tokio::time::Instant::now() + HANDOVER_WAIT;
+        let prior = recording.doc().tracks.len() - recording.live_tracks();
+        while tokio::time::Instant::now() < deadline {
+            let doc = recording.doc();
+            let receiving: std::collections::HashSet<&str> = doc.tracks[prior..]
+                .iter()
+                .filter(|t| t.packets > 0)
+                .map(|t| t.participant.as_str())
+                .collect();
+            let senders: std::collections::HashSet<String> = doc.tracks[..prior]
+                .iter()
+                .map(|t| t.participant.clone())
+                .collect();
+            let present = self.services.hub.peers(recording.room());
+            let waiting = present
+                .iter()
+                .filter(|p| !p.bot && senders.contains(&p.id))
+                .any(|p| !receiving.contains(p.id.as_str()));
+            if !waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(recording.doc())
+    }
+
+    /// Drains this node (SIGTERM): no new work from now on (the heartbeat says so at once),
+    /// and each recording held here is handed to the best other node, which answers once its
+    /// recorder receives; then the recorder here stops (its files finalized, the shared state
+    /// left to the new holder). Recordings no other node could take stay here and stop with
+    /// the shutdown.
+    pub async fn drain(&self) {
+        self.set_draining();
+        if let Err(e) = self.announce().await {
+            tracing::warn!(error = %e, "drain: heartbeat not updated");
+        }
+        let held: Vec<String> = lock(&self.leases).keys().cloned().collect();
+        let handovers = held.into_iter().map(|id| async move {
+            let Ok(recording) = self.services.store.get(&id) else {
+                return;
+            };
+            if !recording.state().is_active() {
+                return;
+            }
+            // The index gets the newest figures of what was written here.
+            let _ = self.publish_doc(&recording).await;
+            let Ok(order) = self.placement().await else {
+                return;
+            };
+            for node in order.iter().filter(|n| n.id != self.settings.node_id) {
+                let path = format!(
+                    "/api/cluster/handover/{id}?from={}",
+                    self.settings.node_id
+                );
+                let answer = self
+                    .request(reqwest::Method::POST, &node.url, &path)
+                    .timeout(HANDOVER_WAIT + Duration::from_secs(10))
+                    .send()
+                    .await;
+                match answer {
+                    Ok(r) if r.status().is_success() => {
+                        tracing::info!(recording = %id, to = %node.id, "handed over");
+                        lock(&self.leases).remove(&id);
+                        crate::bot::recorder::stop(
+                            &self.services,
+                            &recording,
+                            crate::record::manifest::StopReason::Shutdown,
+                        )
+                        .await;
+                        return;
+                    }
+                    Ok(r) => tracing::warn!(recording = %id, to = %node.id, status = %r.status(), "handover refused"),
+                    Err(e) => tracing::warn!(recording = %id, to = %node.id, error = %e, "handover failed"),
+                }
+            }
+        });
+        futures::future::join_all(handovers).await;
+    }
+
+    /// At the end of a shutdown: publishes the final document of every recording still held
+    /// here and frees their rooms' claims.
+    pub async fn settle(&self) {
+        let held: Vec<String> = lock(&self.leases).keys().cloned().collect();
+        for id in held {
+            if let Ok(recording) = self.services.store.get(&id) {
+                if let Err(e) = self.finished(&recording).await {
+                    tracing::warn!(recording = %id, error = %e, "final state not published");
+                }
+            }
+        }
+    }
+
     /// Continues recording `id` here with lease `fence`: a new recorder joins its room and
     /// records into the same Recording (new files take the next index).
-    async fn continue_here(&self, id: &str, fence: u64) -> Result<(), ClusterError> {
+    async fn continue_here(&self, id: &str, fence: u64) -> Result<Arc<Recording>, ClusterError> {
         let mut conn = self.conn();
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys::rec(id))
@@ -407,7 +535,7 @@ impl Cluster {
         if let Some(hook) = self.takeover_hook.get() {
             hook(recording.doc());
         }
-        Ok(())
+        Ok(recording)
     }
 
     /// The node that has file `name` of recording `id`, if the index knows.

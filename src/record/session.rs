@@ -323,6 +323,12 @@ impl Recording {
         }
     }
 
+    /// Tracks recorded by this node (after a takeover, the document lists the earlier
+    /// holders' tracks first, then these).
+    pub fn live_tracks(&self) -> usize {
+        lock(&self.inner).tracks.len()
+    }
+
     /// In a cluster: names the node recording it and how many takeovers it had (shown as the
     /// document's `node` and `takeovers`; written with the next manifest write).
     pub fn set_node(&self, node: &str, takeovers: u32) {
