@@ -192,3 +192,48 @@ pub fn last_known(node: &str, doc: Option<RecordingDoc>) -> Result<Response, Api
         None => Err(ClusterError::Node(node.into(), "no heartbeat".into()).into()),
     }
 }
+
+/// The JSON answers of every other live node to a node-local `GET path` (nodes that do not
+/// answer are left out).
+pub async fn gather(cluster: &Cluster, path: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    let others = cluster.others().await?;
+    let answers = futures::future::join_all(others.iter().map(|node| async move {
+        cluster
+            .request(reqwest::Method::GET, &node.url, path)
+            .send()
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+    }))
+    .await;
+    Ok(answers.into_iter().flatten().collect())
+}
+
+/// The first answer other than `404` of the other live nodes to a node-local call (for what
+/// the cluster does not index, like bots), or `None` when none has it.
+pub async fn first_found(
+    cluster: &Cluster,
+    method: Method,
+    path: &str,
+) -> Result<Option<Response>, ApiError> {
+    for node in cluster.others().await? {
+        let answer = proxy(
+            cluster,
+            &node.id,
+            &node.url,
+            method.clone(),
+            path,
+            &HeaderMap::new(),
+            None,
+        )
+        .await;
+        if let Ok(response) = answer {
+            if response.status() != StatusCode::NOT_FOUND {
+                return Ok(Some(response));
+            }
+        }
+    }
+    Ok(None)
+}

@@ -15,7 +15,7 @@ pub mod keys;
 pub mod relay;
 
 use crate::bot::Services;
-use crate::record::manifest::{RecordingDoc, State};
+use crate::record::manifest::{Kind, RecordingDoc, State};
 use crate::record::session::{RecordOptions, Recording};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
@@ -368,7 +368,7 @@ impl Cluster {
     /// Takes recording `id` over from draining node `from` (its internal handover call): a new
     /// recorder joins here, and the answer comes once it receives media from every
     /// participant of the room that is not a bot (at most [`HANDOVER_WAIT`]), so the old
-    /// recorder leaves only after the new one records: no gap.
+    /// recorder leaves only after the new one writes every kind of media it wrote: no gap.
     pub async fn accept_handover(
         &self,
         id: &str,
@@ -401,20 +401,24 @@ impl Cluster {
         let prior = recording.doc().tracks.len() - recording.live_tracks();
         while tokio::time::Instant::now() < deadline {
             let doc = recording.doc();
-            let receiving: std::collections::HashSet<&str> = doc.tracks[prior..]
+            // Written, not only received: a video file starts at its first keyframe.
+            let writing: Vec<(&str, Kind)> = doc.tracks[prior..]
                 .iter()
-                .filter(|t| t.packets > 0)
-                .map(|t| t.participant.as_str())
+                .filter(|t| t.frames > 0)
+                .map(|t| (t.participant.as_str(), t.kind))
                 .collect();
-            let senders: std::collections::HashSet<String> = doc.tracks[..prior]
-                .iter()
-                .map(|t| t.participant.clone())
+            let present: std::collections::HashSet<String> = self
+                .services
+                .hub
+                .peers(recording.room())
+                .into_iter()
+                .filter(|p| !p.bot)
+                .map(|p| p.id)
                 .collect();
-            let present = self.services.hub.peers(recording.room());
-            let waiting = present
+            let waiting = doc.tracks[..prior]
                 .iter()
-                .filter(|p| !p.bot && senders.contains(&p.id))
-                .any(|p| !receiving.contains(p.id.as_str()));
+                .filter(|t| present.contains(&t.participant))
+                .any(|t| !writing.contains(&(t.participant.as_str(), t.kind)));
             if !waiting {
                 break;
             }
