@@ -744,3 +744,81 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     .await;
     assert_eq!(stopped["state"], "stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let _heavy = heavy().await;
+    let publisher =
+        recbot::client::start(&b.base, "fz", "erin", clip(), factory(), Default::default())
+            .await
+            .expect("erin joins node B");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "fz"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = a_proc.0.id().to_string();
+    // Frozen, not dead: its sockets stay open, it will wake up believing it still records.
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
+        if doc["node"] == "node-b" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no takeover: {doc}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Its next heartbeat tries to write its (old) document: refused by the fence; its
+    // recorder stops there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let local = reqwest::Client::new()
+            .get(format!("{a_base}/api/recordings/{id}"))
+            .header("x-recbot-node-local", "1")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        if local["state"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A still records: {local}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for base in [&a_base, &b.base] {
+        let (_, doc) = get(base, &format!("/api/recordings/{id}")).await;
+        assert_eq!(doc["node"], "node-b", "{doc}");
+        assert_eq!(doc["state"], "recording", "{doc}");
+        assert_eq!(doc["takeovers"], 1, "{doc}");
+    }
+    publisher.leave().await;
+}

@@ -29,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 /// How long a heartbeat lives: a node silent this long is dead (SPEC §9: noticed within 10 s).
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(10);
+/// Longest an internal API call (other than a file download) may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a handover waits for the new recorder to receive every participant.
 pub const HANDOVER_WAIT: Duration = Duration::from_secs(10);
 /// Request header of internal calls between nodes: "answer for this node only" (no
@@ -138,6 +140,8 @@ pub struct Cluster {
     http: reqwest::Client,
     services: Arc<Services>,
     draining: AtomicBool,
+    /// Whether a heartbeat was written already.
+    announced: AtomicBool,
     /// Fencing tokens of the recordings this node holds: recording id → token.
     leases: Mutex<HashMap<String, u64>>,
     shutdown: CancellationToken,
@@ -246,7 +250,7 @@ impl Cluster {
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
         let relay = relay::Relay::new(
@@ -261,6 +265,7 @@ impl Cluster {
             http,
             services,
             draining: AtomicBool::new(false),
+            announced: AtomicBool::new(false),
             leases: Mutex::new(HashMap::new()),
             shutdown,
             relay,
@@ -629,19 +634,25 @@ impl Cluster {
         let json =
             serde_json::to_string(&info).map_err(|e| ClusterError::Unavailable(e.to_string()))?;
         let mut conn = self.conn();
-        redis::pipe()
+        let (previous,): (Option<String>,) = redis::pipe()
             .cmd("SET")
             .arg(keys::node(&info.id))
             .arg(json)
             .arg("PX")
             .arg(HEARTBEAT_TTL.as_millis() as u64)
-            .ignore()
+            .arg("GET")
             .cmd("SADD")
             .arg(keys::NODES)
             .arg(&info.id)
             .ignore()
-            .query_async::<()>(&mut conn)
+            .query_async(&mut conn)
             .await?;
+        // Our heartbeat had expired (this process was stopped or cut off for longer than the
+        // TTL): the other nodes dropped our members; announce them again.
+        if previous.is_none() && self.announced.swap(true, Ordering::Relaxed) {
+            tracing::warn!("this node's heartbeat had expired: re-announcing its members");
+            self.relay.resync();
+        }
         Ok(())
     }
 
@@ -1065,7 +1076,8 @@ impl Cluster {
     }
 
     /// An internal request to another node's API (`path` with its query), answered by that
-    /// node alone ([`LOCAL_HEADER`]), with the API token when one is configured.
+    /// node alone ([`LOCAL_HEADER`]), with the API token when one is configured, within
+    /// [`CALL_TIMEOUT`] (file downloads: as long as bytes keep coming).
     pub fn request(
         &self,
         method: reqwest::Method,
@@ -1076,6 +1088,11 @@ impl Cluster {
             .http
             .request(method, format!("{}{}", base.trim_end_matches('/'), path))
             .header(LOCAL_HEADER, "1");
+        // A node that hangs (frozen, cut off) must not hold an API call for long; a file
+        // download may take as long as it keeps moving (the read timeout).
+        if !path.contains("/files/") {
+            request = request.timeout(CALL_TIMEOUT);
+        }
         if let Some(token) = &self.settings.api_token {
             request = request.bearer_auth(token);
         }
