@@ -161,6 +161,16 @@ pub struct ServeArgs {
     /// Keep the local copy of a file after its upload is confirmed.
     #[arg(long, env = "RECBOT_KEEP_LOCAL")]
     pub keep_local: bool,
+    /// Joins this node to a cluster sharing this Redis (SPEC §9): `redis://host:port/db` or
+    /// `unix:///path/to/redis.sock`. Without it recbot is a single node and needs no Redis.
+    #[arg(long, env = "RECBOT_REDIS_URL", hide_env_values = true)]
+    pub redis: Option<String>,
+    /// This node's name in the cluster (default: host name and listen port).
+    #[arg(long, env = "RECBOT_NODE_ID")]
+    pub node_id: Option<String>,
+    /// This node's base URL as the other nodes reach it (default: the listen address).
+    #[arg(long, env = "RECBOT_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 /// The serve options alone, as the command line parses them without a subcommand (for
@@ -217,6 +227,9 @@ impl Default for ServeArgs {
                 s3_region: "us-east-1".into(),
                 s3_prefix: "recordings/".into(),
                 keep_local: false,
+                redis: None,
+                node_id: None,
+                advertise_url: None,
             },
         }
     }
@@ -251,6 +264,12 @@ pub enum ConfigError {
     /// Zero limits.
     #[error("{0} must be at least 1")]
     ZeroLimit(&'static str),
+    /// Bad `--redis`.
+    #[error("--redis must be a redis://, rediss:// or unix:// URL, got `{0}`")]
+    RedisUrl(String),
+    /// Bad `--advertise-url` or `--node-id`.
+    #[error("{0}")]
+    Cluster(String),
     /// A `--webhook-url` that is not an absolute http(s) URL.
     #[error("--webhook-url `{0}` is not an http:// or https:// URL with a host")]
     WebhookUrl(String),
@@ -377,6 +396,34 @@ impl ServeArgs {
         ] {
             if value == 0 {
                 return Err(ConfigError::ZeroLimit(flag));
+            }
+        }
+        if let Some(url) = &self.redis {
+            let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !scheme_ok || redis::Client::open(url.as_str()).is_err() {
+                return Err(ConfigError::RedisUrl(url.clone()));
+            }
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<axum::http::Uri>().is_err()
+            {
+                return Err(ConfigError::Cluster(format!(
+                    "--advertise-url must be an http:// or https:// base URL, got `{url}`"
+                )));
+            }
+        }
+        if let Some(id) = &self.node_id {
+            let ok = (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+            if !ok {
+                return Err(ConfigError::Cluster(format!(
+                    "--node-id must be 1-64 characters of A-Z a-z 0-9 - _ . :, got `{id}`"
+                )));
             }
         }
         if self.max_recording_s == 0 {

@@ -3,7 +3,8 @@
 //! The modules form a stack, each using only those below it: [`media`] (reorder, VP8 assembly,
 //! PLI, clocks) → [`record`] (WebM and Ogg writers, recordings) → [`signal`] (the wire
 //! protocol, rooms, WebSocket sessions) → [`peer`] (webrtc-rs connections, negotiation, WHIP
-//! sessions) → [`bot`] (the server-side peers: recorder, echo, play, voicemail) → [`api`]
+//! sessions) → [`bot`] (the server-side peers: recorder, echo, play, voicemail) → [`cluster`] (many nodes on
+//! Redis) → [`api`]
 //! (HTTP, its state [`api::App`]) → [`server`] (startup, shutdown, the disk guard). [`client`]
 //! is the test client (`recbot publish`), [`config`] the options, [`events`] the webhooks
 //! (usable by any layer). [`store`] (object storage) sits between `record` and `bot`.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod bot;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod events;
 #[doc(hidden)]

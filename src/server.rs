@@ -36,6 +36,9 @@ pub enum ServeError {
     /// The webhook outbox could not be opened, or its HTTP client built.
     #[error("webhook outbox: {0}")]
     Events(std::io::Error),
+    /// The cluster could not be joined.
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Where the webhook outbox lives, inside the recordings directory (not a recording: the
@@ -145,8 +148,41 @@ async fn build_app(
         bots: crate::bot::registry::BotStore::new(),
         services,
         limits,
+        cluster: None,
         shutdown: CancellationToken::new(),
     }))
+}
+
+/// This node's cluster settings (`--redis` given), once the listen address is bound: the node
+/// id defaults to the host name and the bound port, the advertised URL to the bound address
+/// (the host name when bound to every interface).
+fn cluster_settings(
+    config: &ServerConfig,
+    addr: SocketAddr,
+) -> Option<crate::cluster::ClusterSettings> {
+    let args = &config.args;
+    let redis_url = args.redis.clone()?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let node_id = args
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("{host}:{}", addr.port()));
+    let advertise_url = match &args.advertise_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if addr.ip().is_unspecified() => format!("http://{host}:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
+    Some(crate::cluster::ClusterSettings {
+        redis_url,
+        node_id,
+        advertise_url,
+        api_token: args.api_token.clone(),
+        max_recordings: args.max_recordings,
+    })
 }
 
 /// A service listening on a socket.
@@ -171,13 +207,30 @@ impl Server {
         tuning: crate::store::Tuning,
     ) -> Result<Self, ServeError> {
         let listen = config.args.listen;
-        let app = build_app(config, tuning).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| ServeError::Bind(listen, e))?;
         let addr = listener
             .local_addr()
             .map_err(|e| ServeError::Bind(listen, e))?;
+        let settings = cluster_settings(&config, addr);
+        let mut app = build_app(config, tuning).await?;
+        if let Some(settings) = settings {
+            let shutdown = app.shutdown.clone();
+            let node = settings.node_id.clone();
+            let cluster =
+                crate::cluster::Cluster::start(settings, Arc::clone(&app.services), shutdown)
+                    .await?;
+            // Another node's recording continued here (SPEC §8, §9).
+            let events = app.services.events.clone();
+            cluster.on_takeover(Box::new(move |doc| {
+                events.emit(EventKind::RecordingTakeover, Some(&doc.id), &doc)
+            }));
+            if let Some(app) = Arc::get_mut(&mut app) {
+                app.cluster = Some(cluster);
+            }
+            tracing::info!(node, "cluster node");
+        }
         app.services
             .events
             .start(&app.shutdown)
@@ -204,6 +257,10 @@ impl Server {
     /// WebSocket sessions, and waits for the HTTP server to finish.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+        // In a cluster: /healthz 503 and no new work at once; recordings handed over first.
+        if let Some(cluster) = &self.app.cluster {
+            cluster.drain().await;
+        }
         // Bots first: their voicemail messages end as `shutdown` and leave the active list.
         self.app.bots.stop_all(StopReason::Shutdown).await;
         let active = self.app.services.store.active();
@@ -212,6 +269,9 @@ impl Server {
             crate::bot::recorder::stop(&self.app.services, recording, StopReason::Shutdown)
         });
         futures::future::join_all(stops).await;
+        if let Some(cluster) = &self.app.cluster {
+            cluster.settle().await;
+        }
         // The last events (recording.stopped, bot.stopped) usually leave now; those that do
         // not wait on disk for the next start.
         self.app

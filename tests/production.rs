@@ -400,6 +400,8 @@ fn stale_manifest_temps_are_removed_at_startup_and_never_listed() {
             chat_messages: 0,
             chat_dropped: 0,
             upload: None,
+            node: None,
+            takeovers: None,
         };
         write_manifest(&dir, &doc).unwrap();
         for name in [".manifest.json.tmp", ".manifest.k3Jx9Q.tmp"] {

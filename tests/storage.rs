@@ -485,6 +485,8 @@ async fn pending_uploads_resume_at_startup_in_parts() {
         chat_messages: 0,
         chat_dropped: 0,
         upload,
+        node: None,
+        takeovers: None,
     };
     for (id, upload) in [
         ("20261120-210000-00000a", Some(UploadState::Uploading)),
@@ -795,6 +797,8 @@ async fn bench_upload_throughput() {
             chat_messages: 0,
             chat_dropped: 0,
             upload: Some(UploadState::Pending),
+            node: None,
+            takeovers: None,
         },
     )
     .unwrap();

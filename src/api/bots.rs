@@ -141,14 +141,29 @@ async fn create_bot(
     Ok((StatusCode::CREATED, Json(bot.doc(&app.services.store))))
 }
 
-async fn list_bots(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
+async fn list_bots(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let list: Vec<BotDoc> = app
         .bots
         .list()
         .iter()
         .map(|b| b.doc(&app.services.store))
         .collect();
-    Json(serde_json::json!({ "bots": list }))
+    let mut list: Vec<serde_json::Value> = list
+        .into_iter()
+        .filter_map(|b| serde_json::to_value(b).ok())
+        .collect();
+    // In a cluster: every node's bots.
+    if let Some(scope) = super::cluster::scope(&app, &headers) {
+        for answer in super::cluster::gather(&scope, "/api/bots").await? {
+            if let Some(bots) = answer["bots"].as_array() {
+                list.extend(bots.iter().cloned());
+            }
+        }
+    }
+    Ok(Json(serde_json::json!({ "bots": list })))
 }
 
 fn checked_id(id: &str) -> Result<&str, ApiError> {
@@ -162,18 +177,47 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
 async fn get_bot(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<BotDoc>, ApiError> {
-    Ok(Json(
-        app.bots.get(checked_id(&id)?)?.doc(&app.services.store),
-    ))
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = checked_id(&id)?;
+    match app.bots.get(id) {
+        Ok(bot) => Ok(Json(bot.doc(&app.services.store)).into_response()),
+        Err(e) => match elsewhere(&app, &headers, axum::http::Method::GET, id).await? {
+            Some(answer) => Ok(answer),
+            None => Err(e.into()),
+        },
+    }
+}
+
+/// In a cluster, for a client's call about a bot this node does not have: the answer of the
+/// node that has it.
+async fn elsewhere(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    method: axum::http::Method,
+    id: &str,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    match super::cluster::scope(app, headers) {
+        Some(scope) => {
+            super::cluster::first_found(&scope, method, &format!("/api/bots/{id}")).await
+        }
+        None => Ok(None),
+    }
 }
 
 async fn delete_bot(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    app.bots
-        .remove(checked_id(&id)?, StopReason::Requested)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let id = checked_id(&id)?;
+    if app.bots.get(id).is_err() {
+        if let Some(answer) = elsewhere(&app, &headers, axum::http::Method::DELETE, id).await? {
+            return Ok(answer);
+        }
+    }
+    app.bots.remove(id, StopReason::Requested).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -201,3 +201,28 @@ impl From<JsonRejection> for ApiError {
         Self::new(status, code, e.body_text())
     }
 }
+
+/// A cluster error: `409 room-busy` for a room recorded on another node, `503` when Redis or
+/// the owning node cannot be reached or this node drains.
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        use crate::cluster::ClusterError as C;
+        let (status, code) = match &e {
+            C::RoomBusy(..) => (StatusCode::CONFLICT, "room-busy"),
+            C::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "cluster-unavailable"),
+            C::Node(..) => (StatusCode::SERVICE_UNAVAILABLE, "node-unavailable"),
+            C::Draining => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        };
+        tracing::warn!(error = %e, "cluster request failed");
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<crate::cluster::StartLocalError> for ApiError {
+    fn from(e: crate::cluster::StartLocalError) -> Self {
+        match e {
+            crate::cluster::StartLocalError::Cluster(e) => e.into(),
+            crate::cluster::StartLocalError::Start(e) => e.into(),
+        }
+    }
+}

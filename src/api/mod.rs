@@ -3,6 +3,7 @@
 //! state is [`App`]; its errors are [`ApiError`](error::ApiError)s.
 
 pub mod bots;
+pub mod cluster;
 pub mod error;
 pub mod files;
 pub mod state;
@@ -23,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use error::ApiError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 pub use state::App;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/recordings/{id}/resume", post(resume_recording))
         .route("/api/recordings/{id}/files/{name}", get(get_file))
         .route("/api/rooms", get(list_rooms))
+        .route("/api/cluster/handover/{id}", post(accept_handover))
         .route("/metrics", get(metrics))
         .merge(bots::routes())
         .layer(axum::middleware::from_fn_with_state(
@@ -71,10 +73,7 @@ pub fn router(app: Arc<App>) -> Router {
     let cors = cors_layer(&app);
     Router::new()
         .merge(guarded)
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(axum::middleware::from_fn_with_state(
@@ -277,7 +276,7 @@ where
     deserializer.deserialize_option(Whole)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CreateRecording {
     room: String,
@@ -293,8 +292,9 @@ struct CreateRecording {
 
 async fn create_recording(
     State(app): State<Arc<App>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CreateRecording>,
-) -> Result<(StatusCode, Json<RecordingDoc>), ApiError> {
+) -> Result<Response, ApiError> {
     if !valid_room_name(&body.room) {
         return Err(ApiError::bad_room());
     }
@@ -321,22 +321,38 @@ async fn create_recording(
         Some(0) => return Err(ApiError::bad_request("`max_duration_s` must be at least 1")),
         Some(s) => Some(Duration::from_secs(s)),
     };
-    let recording = recorder::start(
-        &app.services,
-        &body.room,
-        RecordOptions {
-            pli_interval,
-            max_duration,
-            muxed,
-            notice: body.notice,
-        },
-    )?;
-    Ok((StatusCode::CREATED, Json(recording.doc())))
+    let options = RecordOptions {
+        pli_interval,
+        max_duration,
+        muxed,
+        notice: body.notice,
+    };
+    let Some(node) = app.cluster.clone() else {
+        let recording = recorder::start(&app.services, &body.room, options)?;
+        return Ok((StatusCode::CREATED, Json(recording.doc())).into_response());
+    };
+    let here = async {
+        let recording = node.start_local(&body.room, options).await?;
+        Ok((StatusCode::CREATED, Json(recording.doc())).into_response())
+    };
+    match cluster::scope(&app, &headers) {
+        Some(scope) => {
+            let json = serde_json::to_value(&body).unwrap_or_default();
+            cluster::create(&app, &scope, json, here).await
+        }
+        None => here.await,
+    }
 }
 
-async fn list_recordings(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
-    let list: Vec<RecordingDoc> = app.services.store.list().iter().map(|r| r.doc()).collect();
-    Json(serde_json::json!({ "recordings": list }))
+async fn list_recordings(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list: Vec<RecordingDoc> = match cluster::scope(&app, &headers) {
+        Some(scope) => cluster::list(&app, &scope).await?,
+        None => app.services.store.list().iter().map(|r| r.doc()).collect(),
+    };
+    Ok(Json(serde_json::json!({ "recordings": list })))
 }
 
 fn checked_id(id: &str) -> Result<&str, ApiError> {
@@ -347,20 +363,71 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// In a cluster, for a client's call about recording `id` owned by another node: that node's
+/// answer to the same call (or, when it is gone, `gone(node, last document)`). `None`: answer
+/// here.
+async fn elsewhere(
+    app: &App,
+    headers: &HeaderMap,
+    id: &str,
+    method: Method,
+    path: &str,
+    gone: fn(&str, Option<RecordingDoc>) -> Result<Response, ApiError>,
+) -> Result<Option<Response>, ApiError> {
+    let Some(scope) = cluster::scope(app, headers) else {
+        return Ok(None);
+    };
+    let Some((node, url, doc)) = cluster::owner(&scope, id).await? else {
+        return Ok(None);
+    };
+    match url {
+        Some(url) => {
+            let answer = cluster::proxy(&scope, &node, &url, method, path, headers, None).await;
+            match answer {
+                Ok(response) => Ok(Some(response)),
+                Err(_) => gone(&node, doc).map(Some),
+            }
+        }
+        None => gone(&node, doc).map(Some),
+    }
+}
+
+/// The owner of a recording is gone and the call needs it.
+fn owner_gone(node: &str, _doc: Option<RecordingDoc>) -> Result<Response, ApiError> {
+    Err(crate::cluster::ClusterError::Node(node.into(), "no heartbeat".into()).into())
+}
+
 async fn get_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<RecordingDoc>, ApiError> {
-    Ok(Json(app.services.store.get(checked_id(&id)?)?.doc()))
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = checked_id(&id)?;
+    let path = format!("/api/recordings/{id}");
+    if let Some(answer) =
+        elsewhere(&app, &headers, id, Method::GET, &path, cluster::last_known).await?
+    {
+        return Ok(answer);
+    }
+    Ok(Json(app.services.store.get(id)?.doc()).into_response())
 }
 
 async fn stop_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<Json<RecordingDoc>, ApiError> {
-    let recording = app.services.store.get(checked_id(&id)?)?;
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = checked_id(&id)?;
+    let path = format!("/api/recordings/{id}/stop");
+    if let Some(answer) = elsewhere(&app, &headers, id, Method::POST, &path, owner_gone).await? {
+        return Ok(answer);
+    }
+    let recording = app.services.store.get(id)?;
     recorder::stop(&app.services, &recording, StopReason::Requested).await;
-    Ok(Json(recording.doc()))
+    if let Some(node) = &app.cluster {
+        node.finished(&recording).await?;
+    }
+    Ok(Json(recording.doc()).into_response())
 }
 
 /// `POST /api/recordings/{id}/pause` (SPEC §11): 404 unknown, 409 `not-recording` unless the
@@ -397,8 +464,19 @@ fn pause_error(e: crate::record::session::PauseError) -> ApiError {
 async fn delete_recording(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = checked_id(&id)?;
+    let path = format!("/api/recordings/{id}");
+    let scope = cluster::scope(&app, &headers);
+    if let Some(answer) = elsewhere(&app, &headers, id, Method::DELETE, &path, owner_gone).await? {
+        if answer.status() == StatusCode::NO_CONTENT {
+            if let Some(scope) = &scope {
+                scope.forget(id).await?;
+            }
+        }
+        return Ok(answer);
+    }
     let recording = app.services.store.get(id)?;
     if recording.state().is_active() {
         return Err(crate::record::store::RecordError::Active(id.to_owned()).into());
@@ -415,7 +493,10 @@ async fn delete_recording(
         None => None,
     };
     app.services.store.delete(id)?;
-    Ok(StatusCode::NO_CONTENT)
+    if let Some(scope) = &scope {
+        scope.forget(id).await?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn get_file(
@@ -424,7 +505,44 @@ async fn get_file(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let recording = app.services.store.get(checked_id(&id)?)?;
+    let path = format!("/api/recordings/{}/files/{name}", checked_id(&id)?);
+    if files::plain_file_name(&name) {
+        // A file written before a takeover is on the node that wrote it, not the owner's.
+        if let Some(scope) = cluster::scope(&app, &headers) {
+            if let Some(node) = scope.file_node(&id, &name).await? {
+                if node != scope.node_id() {
+                    let Some(url) = scope.node_url(&node).await? else {
+                        return owner_gone(&node, None);
+                    };
+                    return Ok(
+                        cluster::proxy(&scope, &node, &url, method, &path, &headers, None).await?,
+                    );
+                }
+                // Here: answered below, from this node's folder.
+                if app.services.store.get(&id).is_ok() {
+                    return serve_local(&app, &id, &name, &method, &headers).await;
+                }
+            }
+        }
+        if let Some(answer) =
+            elsewhere(&app, &headers, &id, method.clone(), &path, owner_gone).await?
+        {
+            return Ok(answer);
+        }
+    }
+    serve_local(&app, &id, &name, &method, &headers).await
+}
+
+/// A file of a recording of this node.
+async fn serve_local(
+    app: &App,
+    id: &str,
+    name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let name = name.to_owned();
+    let recording = app.services.store.get(checked_id(id)?)?;
     let listed = name == crate::record::manifest::MANIFEST_FILE
         || recording.doc().files.iter().any(|f| f.name == name);
     if !files::plain_file_name(&name) || !listed {
@@ -437,10 +555,44 @@ async fn get_file(
         // Uploaded and deleted locally: streamed from the store (Range included).
         let uploaded = recording.file_upload(&name) == Some(UploadState::Uploaded);
         if uploaded && !path.exists() {
-            return Ok(files::serve_object(storage, &recording, &name, &method, &headers).await);
+            return Ok(files::serve_object(storage, &recording, &name, method, headers).await);
         }
     }
-    Ok(files::serve(&path, &name, &method, &headers).await)
+    Ok(files::serve(&path, &name, method, headers).await)
+}
+
+/// `GET /healthz`: `200 {"status": "ok"}`; in a cluster, `503 {"status": "draining"}` from
+/// the moment a drain starts, so load balancers send nothing new.
+async fn healthz(State(app): State<Arc<App>>) -> Response {
+    if app.cluster.as_ref().is_some_and(|c| c.is_draining()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct HandoverQuery {
+    from: String,
+}
+
+/// `POST /api/cluster/handover/{id}?from=NODE` (internal, between the nodes of a cluster): the
+/// draining node `from` hands recording `id` to this node; answered once the new recorder
+/// receives. `404` without a cluster.
+async fn accept_handover(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HandoverQuery>,
+) -> Result<Json<RecordingDoc>, ApiError> {
+    let Some(node) = &app.cluster else {
+        return Err(ApiError::not_found("no such route"));
+    };
+    Ok(Json(
+        node.accept_handover(checked_id(&id)?, &query.from).await?,
+    ))
 }
 
 async fn list_rooms(State(app): State<Arc<App>>) -> Json<serde_json::Value> {

@@ -19,6 +19,8 @@ pub struct App {
     pub services: Arc<Services>,
     /// Per-client counters and the file-descriptor budget.
     pub limits: Arc<Limits>,
+    /// In a cluster (`--redis`): this node's handle on it; `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Cancelled when the service shuts down (WebSocket sessions close on it; they hold child
     /// tokens).
     pub shutdown: CancellationToken,

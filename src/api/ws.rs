@@ -48,6 +48,10 @@ pub async fn handler(
             return ApiError::unauthorized("a valid room `token` is required").into_response();
         }
     }
+    if let Some(cluster) = &app.cluster {
+        // Members of other nodes that joined a moment ago are in the welcome too.
+        cluster.sync_room(&room).await;
+    }
     let hub = Arc::clone(&app.services.hub);
     let entry = match query.resume.as_deref() {
         // The seat is fetched before the upgrade, so a refusal is still an HTTP status. A

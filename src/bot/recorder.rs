@@ -313,8 +313,47 @@ pub fn start(
         .hub
         .can_join(room, crate::signal::hub::MemberKind::Bot)?;
     let recording = services.store.create(room, options)?;
+    begin(services, &recording, max_duration)?;
+    // (A recording continued on another node gets `recording.takeover` instead: the cluster
+    // layer tells it.)
+    services.events.emit(
+        EventKind::RecordingStarted,
+        Some(recording.id()),
+        &recording.doc(),
+    );
+    Ok(recording)
+}
+
+/// In a cluster: continues `recording` (taken in with [`RecordingStore::adopt`]) on this node
+/// after the node that held it died or drained: a new recorder joins its room and records
+/// into it, with the rest of its longest duration.
+///
+/// [`RecordingStore::adopt`]: crate::record::store::RecordingStore::adopt
+pub fn resume(
+    services: &Arc<Services>,
+    recording: &Arc<Recording>,
+    max_duration: Option<Duration>,
+) -> Result<(), StartError> {
+    let cap = services.max_recording;
+    let limit = max_duration.map_or(cap, |d| d.min(cap));
+    let elapsed = Duration::from_secs_f64(
+        recording
+            .clock()
+            .seconds(std::time::Instant::now())
+            .max(0.0),
+    );
+    begin(services, recording, Some(limit.saturating_sub(elapsed)))
+}
+
+/// Sends the recorder of `recording` into its room and tells the room.
+fn begin(
+    services: &Arc<Services>,
+    recording: &Arc<Recording>,
+    max_duration: Option<Duration>,
+) -> Result<(), StartError> {
+    let room = recording.room();
     let behaviour = Arc::new(Recorder {
-        recording: Arc::clone(&recording),
+        recording: Arc::clone(recording),
         notice: recording
             .options()
             .notice
@@ -331,17 +370,12 @@ pub fn start(
         Ok(peer) => peer,
         Err(e) => {
             recording.fail(e.to_string());
-            emit_end(&services.events, &recording);
+            emit_end(&services.events, recording);
             return Err(e.into());
         }
     };
     recording.set_recording(&peer);
-    services.events.emit(
-        EventKind::RecordingStarted,
-        Some(recording.id()),
-        &recording.doc(),
-    );
-    record_whip(services, &recording);
+    record_whip(services, recording);
     services.hub.broadcast(
         room,
         &ServerMessage::Recording {
@@ -354,13 +388,13 @@ pub fn start(
     tracing::info!(recording = %recording.id(), room, peer = %peer, "recording started");
     if let Some(limit) = max_duration {
         let services = Arc::clone(services);
-        let recording = Arc::clone(&recording);
+        let recording = Arc::clone(recording);
         tokio::spawn(async move {
             tokio::time::sleep(limit).await;
             stop(&services, &recording, StopReason::MaxDuration).await;
         });
     }
-    Ok(recording)
+    Ok(())
 }
 
 /// Emits the event of a recording's end: `recording.failed` if it ended `failed`, else

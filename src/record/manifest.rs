@@ -174,6 +174,13 @@ pub struct RecordingDoc {
     /// is in the bucket, so the recording there is complete); null without object storage.
     #[serde(default)]
     pub upload: Option<UploadState>,
+    /// In a cluster (SPEC §9): the node recording it now (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// In a cluster: how many times another node continued it after its node died or
+    /// drained (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeovers: Option<u32>,
 }
 
 /// Formats a time as `2026-11-20T21:00:00.000Z`.
@@ -288,6 +295,8 @@ mod tests {
                 .collect(),
             files: vec![],
             upload: None,
+            node: None,
+            takeovers: None,
         }
     }
 

@@ -76,6 +76,12 @@ struct Inner {
     muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
+    /// In a cluster: the node recording it and its takeover count (the document's `node`
+    /// and `takeovers`).
+    node: Option<(String, u32)>,
+    /// In a cluster, after a takeover: the tracks and files written by the nodes that held it
+    /// before (listed first in the document).
+    prior: Option<(Vec<TrackDoc>, Vec<FileDoc>)>,
     /// `chat.jsonl`.
     chat: super::chat::ChatWriter,
     /// Chat messages refused or sent while paused.
@@ -302,6 +308,62 @@ impl Recording {
                 chat: super::chat::ChatWriter::new(chat_path),
                 chat_dropped: 0,
                 uploads: None,
+                node: None,
+                prior: None,
+            }),
+            uploads_changed: std::sync::OnceLock::new(),
+            stop_tx: watch::Sender::new(None),
+            left_tx: broadcast::Sender::new(64),
+            leave: CancellationToken::new(),
+            done_tx: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+            manifest: Mutex::new(()),
+        })
+    }
+
+    /// In a cluster: recording `prior` (its last shared document), continued on this node
+    /// after the node that held it died or drained. Its clock keeps the original start
+    /// (`started_at` was `elapsed` ago), its earlier tracks and files stay listed, and new
+    /// files take the next free index (`alice-video-2.webm`).
+    pub fn continued(
+        prior: &RecordingDoc,
+        dir: PathBuf,
+        options: RecordOptions,
+        elapsed: Duration,
+    ) -> Arc<Self> {
+        let origin = Instant::now()
+            .checked_sub(elapsed)
+            .unwrap_or_else(Instant::now);
+        let chat_path = dir.join(super::chat::CHAT_FILE);
+        Arc::new(Self {
+            id: prior.id.clone(),
+            room: prior.room.clone(),
+            dir,
+            started_at: prior.started_at.clone(),
+            clock: RecordingClock::new(origin),
+            options,
+            inner: Mutex::new(Inner {
+                state: State::Starting,
+                bot_peer: None,
+                stopped_at: None,
+                stop_instant: None,
+                error: None,
+                stop_reason: None,
+                tracks: Vec::new(),
+                names_used: prior
+                    .files
+                    .iter()
+                    .map(|f| f.name.clone())
+                    .chain(prior.tracks.iter().map(|t| t.file.clone()))
+                    .collect(),
+                senders: HashMap::new(),
+                muxes: HashMap::new(),
+                frozen: None,
+                node: None,
+                prior: Some((prior.tracks.clone(), prior.files.clone())),
+                chat: super::chat::ChatWriter::new(chat_path),
+                chat_dropped: 0,
+                uploads: None,
             }),
             uploads_changed: std::sync::OnceLock::new(),
             stop_tx: watch::Sender::new(None),
@@ -378,9 +440,11 @@ impl Recording {
         if let Some(doc) = &inner.frozen {
             return doc.clone();
         }
-        let tracks: Vec<TrackDoc> = inner.tracks.iter().map(|t| t.doc()).collect();
-        let mut files: Vec<FileDoc> = Vec::new();
-        for (entry, doc) in inner.tracks.iter().zip(&tracks) {
+        let live: Vec<TrackDoc> = inner.tracks.iter().map(|t| t.doc()).collect();
+        let (mut tracks, mut files) = inner.prior.clone().unwrap_or_default();
+        // Ids stay unique after the earlier holders' tracks.
+        let offset = tracks.len();
+        for (entry, doc) in inner.tracks.iter().zip(&live) {
             if !entry.stats.file_created.load(Ordering::Relaxed)
                 || files.iter().any(|f| f.name == doc.file)
             {
@@ -410,6 +474,15 @@ impl Recording {
             });
         }
         let now = inner.stop_instant.unwrap_or_else(Instant::now);
+        tracks.extend(live.into_iter().map(|mut t| {
+            if offset > 0 {
+                t.id = format!(
+                    "t{}",
+                    offset + t.id.trim_start_matches('t').parse::<usize>().unwrap_or(0)
+                );
+            }
+            t
+        }));
         RecordingDoc {
             id: self.id.clone(),
             room: self.room.clone(),
@@ -421,6 +494,8 @@ impl Recording {
             stop_reason: inner.stop_reason,
             tracks,
             files,
+            node: inner.node.as_ref().map(|(n, _)| n.clone()),
+            takeovers: inner.node.as_ref().map(|(_, t)| *t),
             paused: self.clock.is_paused(),
             paused_ms: self.clock.paused_total(now).as_millis() as u64,
             chat_messages: inner.chat.lines(),
@@ -478,12 +553,19 @@ impl Recording {
             unfinished: 0,
             manifest_ready: false,
         };
+        // After a takeover, the files of the nodes that held it before are theirs to upload.
+        let theirs = |name: &str| {
+            inner
+                .prior
+                .as_ref()
+                .is_some_and(|(_, files)| files.iter().any(|f| f.name == name))
+        };
         for file in &doc.files {
             let uploaded = uploads
                 .files
                 .get(&file.name)
                 .is_some_and(|f| f.state == UploadState::Uploaded);
-            if uploaded {
+            if uploaded || theirs(&file.name) {
                 continue;
             }
             work.unfinished += 1;
@@ -632,6 +714,18 @@ impl Recording {
             self.write_manifest();
         }
         outcome
+    }
+
+    /// Tracks recorded by this node (after a takeover, the document lists the earlier
+    /// holders' tracks first, then these).
+    pub fn live_tracks(&self) -> usize {
+        lock(&self.inner).tracks.len()
+    }
+
+    /// In a cluster: names the node recording it and how many takeovers it had (shown as the
+    /// document's `node` and `takeovers`; written with the next manifest write).
+    pub fn set_node(&self, node: &str, takeovers: u32) {
+        lock(&self.inner).node = Some((node.to_owned(), takeovers));
     }
 
     /// Rewrites `manifest.json`; failures are logged (the recording goes on).

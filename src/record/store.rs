@@ -341,6 +341,37 @@ impl RecordingStore {
         }
     }
 
+    /// In a cluster: takes in `recording`, a recording continued here after another node
+    /// held it ([`Recording::continued`]), creating its folder. Refused while a recording with
+    /// its id is active here, and over the limit of active recordings.
+    pub fn adopt(&self, recording: &Arc<Recording>) -> Result<(), RecordError> {
+        let mut map = self.map();
+        if let Some((_, existing)) = map.get(recording.id()) {
+            if existing.state().is_active() {
+                return Err(RecordError::RoomBusy(
+                    recording.room().to_owned(),
+                    existing.id().to_owned(),
+                ));
+            }
+        }
+        let active = map.values().filter(|(_, r)| r.state().is_active()).count();
+        if active >= self.max_active {
+            return Err(RecordError::TooMany(self.max_active));
+        }
+        std::fs::create_dir_all(recording.dir())?;
+        recording.write_manifest();
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        map.insert(recording.id().to_owned(), (seq, Arc::clone(recording)));
+        Ok(())
+    }
+
+    /// The folder a recording `id` has (or would have) here.
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
     /// One recording.
     pub fn get(&self, id: &str) -> Result<Arc<Recording>, RecordError> {
         self.map()

@@ -15,7 +15,7 @@ use super::protocol::{
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,20 @@ struct Member {
     tx: mpsc::Sender<Arc<ServerMessage>>,
     /// Set for WebSocket clients, whose seat can be resumed.
     resume: Option<ResumeSlot>,
+    /// A member of another node of a cluster, mirrored here: its node tells it about joins
+    /// and leaves, so room notices skip it; relayed messages and broadcasts reach it through
+    /// its queue (read by the cluster layer).
+    remote: bool,
+}
+
+/// Where a hub tells the rest of a cluster about its own members (implemented above, in the
+/// cluster layer). Called under the hub's lock, in the order of the changes: an
+/// implementation only queues (never blocks, never calls back into the hub).
+pub trait RemoteRooms: Send + Sync {
+    /// A member of this node joined `room`.
+    fn joined(&self, room: &str, peer: &PeerInfo);
+    /// A member of this node left `room`.
+    fn left(&self, room: &str, id: &str);
 }
 
 /// A request for a seat: the task holding it sends it through.
@@ -85,6 +99,8 @@ pub struct Hub {
     fds: Option<Arc<crate::limits::FdBudget>>,
     /// [`RESUME_GRACE`] unless set otherwise, in milliseconds.
     resume_grace_ms: AtomicU64,
+    /// In a cluster: told about this node's joins and leaves.
+    remote: OnceLock<Arc<dyn RemoteRooms>>,
 }
 
 /// Why a join was refused.
@@ -239,6 +255,7 @@ impl Hub {
             reserved_rooms: reserved_rooms.min(max_rooms / 2),
             fds,
             resume_grace_ms: AtomicU64::new(RESUME_GRACE.as_millis() as u64),
+            remote: OnceLock::new(),
         })
     }
 
@@ -382,12 +399,16 @@ impl Hub {
         let entry = rooms.entry(room.to_owned()).or_default();
         let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
         let joined = ServerMessage::PeerJoined { peer: info.clone() };
-        let slow = send_all(&entry.members, &joined, None);
+        let slow = send_all(&entry.members, &joined, true);
         entry.members.push(Member {
             info: info.clone(),
             tx,
             resume,
+            remote: false,
         });
+        if let Some(remote) = self.remote.get() {
+            remote.joined(room, &info);
+        }
         self.drop_slow(&mut rooms, room, slow);
         drop(rooms);
         tracing::info!(room, peer = %info.id, name = ?info.name, ?kind, "peer joined");
@@ -473,8 +494,11 @@ impl Hub {
                 continue;
             }
             tracing::warn!(room, peer = %id, "peer dropped: its message queue is full");
+            if let Some(remote) = self.remote.get() {
+                remote.left(room, &id);
+            }
             let left = ServerMessage::PeerLeft { id };
-            slow.extend(send_all(&entry.members, &left, None));
+            slow.extend(send_all(&entry.members, &left, true));
             if entry.members.is_empty() {
                 rooms.remove(room);
             }
@@ -492,10 +516,13 @@ impl Hub {
             return;
         }
         tracing::info!(room, peer = %id, "peer left");
+        if let Some(remote) = self.remote.get() {
+            remote.left(room, id);
+        }
         let slow = send_all(
             &entry.members,
             &ServerMessage::PeerLeft { id: id.to_owned() },
-            None,
+            true,
         );
         if entry.members.is_empty() {
             rooms.remove(room);
@@ -509,8 +536,98 @@ impl Hub {
         let Some(entry) = rooms.get(room) else {
             return;
         };
-        let slow = send_all(&entry.members, message, None);
+        let slow = send_all(&entry.members, message, false);
         self.drop_slow(&mut rooms, room, slow);
+    }
+
+    /// Joins this hub to a cluster: `remote` hears of every join and leave of this node's
+    /// members from now on. Only the first call counts.
+    pub fn set_remote(&self, remote: Arc<dyn RemoteRooms>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// Mirrors `peer`, a member of another node, into `room` (created if needed; the other
+    /// node applied the limits). This node's members of the room are told `peer-joined`.
+    /// Returns the queue of messages for it (relayed to it and room broadcasts), or `None` if
+    /// a member with its id is here already.
+    pub fn add_remote(
+        &self,
+        room: &str,
+        peer: PeerInfo,
+    ) -> Option<mpsc::Receiver<Arc<ServerMessage>>> {
+        let (tx, rx) = mpsc::channel(BOT_QUEUE);
+        let mut rooms = self.rooms();
+        let entry = rooms.entry(room.to_owned()).or_default();
+        if entry.members.iter().any(|m| m.info.id == peer.id) {
+            return None;
+        }
+        let joined = ServerMessage::PeerJoined { peer: peer.clone() };
+        let slow = send_all(&entry.members, &joined, true);
+        entry.members.push(Member {
+            info: peer,
+            tx,
+            resume: None,
+            remote: true,
+        });
+        self.drop_slow(&mut rooms, room, slow);
+        Some(rx)
+    }
+
+    /// Removes the mirrored member `id` of another node from `room`; this node's members are
+    /// told `peer-left`. A no-op for unknown ids and for this node's own members.
+    pub fn remove_remote(&self, room: &str, id: &str) {
+        let mut rooms = self.rooms();
+        let Some(entry) = rooms.get_mut(room) else {
+            return;
+        };
+        let before = entry.members.len();
+        entry.members.retain(|m| !(m.remote && m.info.id == id));
+        if entry.members.len() == before {
+            return;
+        }
+        let slow = send_all(
+            &entry.members,
+            &ServerMessage::PeerLeft { id: id.to_owned() },
+            true,
+        );
+        if entry.members.is_empty() {
+            rooms.remove(room);
+        }
+        self.drop_slow(&mut rooms, room, slow);
+    }
+
+    /// Delivers `message` (relayed from another node) to this node's member `to` of `room`.
+    /// Returns false when there is no such member here.
+    pub fn deliver(&self, room: &str, to: &str, message: ServerMessage) -> bool {
+        let mut rooms = self.rooms();
+        let Some(target) = rooms
+            .get(room)
+            .and_then(|r| r.members.iter().find(|m| !m.remote && m.info.id == to))
+        else {
+            return false;
+        };
+        let (id, bot) = (target.info.id.clone(), target.info.bot);
+        match target.tx.try_send(Arc::new(message)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) if bot => {
+                tracing::warn!(peer = %id, "a relayed message to a busy bot was lost");
+            }
+            Err(_) => self.drop_slow(&mut rooms, room, vec![id]),
+        }
+        true
+    }
+
+    /// This node's own members, by room (what a cluster re-announces after an outage).
+    pub fn local_members(&self) -> Vec<(String, PeerInfo)> {
+        self.rooms()
+            .iter()
+            .flat_map(|(room, r)| {
+                r.members
+                    .iter()
+                    .filter(|m| !m.remote)
+                    .map(|m| (room.clone(), m.info.clone()))
+            })
+            .collect()
     }
 
     /// All rooms with their members, sorted by room name.
@@ -578,7 +695,8 @@ impl Hub {
         let Some(out) = message.relayed(from) else {
             return Ok(());
         };
-        let target_is_bot = target.info.bot;
+        // A mirrored member of another node is never dropped here: its queue is read in-process.
+        let target_is_bot = target.info.bot || target.remote;
         match target.tx.try_send(Arc::new(out)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) if target_is_bot => {
@@ -594,17 +712,18 @@ impl Hub {
     }
 }
 
-/// Sends to every member except `skip` (one shared copy of the message); returns the ids whose
-/// queues were full.
-fn send_all(members: &[Member], message: &ServerMessage, skip: Option<&str>) -> Vec<String> {
+/// Sends to every member (only this node's own with `local_only`: membership notices, which
+/// each node of a cluster sends to its own members; one shared copy of the message); returns
+/// the ids whose queues were full.
+fn send_all(members: &[Member], message: &ServerMessage, local_only: bool) -> Vec<String> {
     let mut slow = Vec::new();
     let shared = Arc::new(message.clone());
     for member in members {
-        if Some(member.info.id.as_str()) == skip {
+        if local_only && member.remote {
             continue;
         }
         if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Arc::clone(&shared)) {
-            if member.info.bot {
+            if member.info.bot || member.remote {
                 // A bot is never dropped from its room for slowness (see BOT_QUEUE).
                 tracing::warn!(peer = %member.info.id, "a room notice to a busy bot was lost");
             } else {
@@ -847,6 +966,76 @@ mod tests {
             Err(JoinError::AtCapacity)
         );
         assert_eq!(hub.can_join("a", MemberKind::Whip), Ok(()));
+    }
+
+    #[derive(Default)]
+    struct Log(Mutex<Vec<String>>);
+
+    impl RemoteRooms for Log {
+        fn joined(&self, room: &str, peer: &PeerInfo) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("join {room} {}", peer.id));
+        }
+        fn left(&self, room: &str, id: &str) {
+            self.0.lock().unwrap().push(format!("left {room} {id}"));
+        }
+    }
+
+    #[test]
+    fn remote_members_are_mirrored_relayed_to_and_never_told_membership() {
+        let hub = Hub::new(vec![], 3, 10);
+        let log = Arc::new(Log::default());
+        hub.set_remote(Arc::clone(&log) as Arc<dyn RemoteRooms>);
+        let far = PeerInfo {
+            id: "far0000000".into(),
+            name: "far".into(),
+            bot: false,
+            whip: false,
+        };
+        let mut far_rx = hub.add_remote("r", far.clone()).expect("mirrored");
+        assert!(hub.add_remote("r", far.clone()).is_none(), "once per id");
+        let (a, welcome, mut arx) = hub.join("r", "a", MemberKind::Client).unwrap();
+        match welcome {
+            ServerMessage::Welcome { peers, .. } => assert_eq!(peers, vec![far.clone()]),
+            other => panic!("{other:?}"),
+        }
+        // Its own node tells it about joins: nothing queued for the mirror but relays.
+        a.relay(ClientMessage::Offer {
+            to: far.id.clone(),
+            sdp: "v=0".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            *far_rx.try_recv().unwrap(),
+            ServerMessage::Offer {
+                from: a.id().into(),
+                sdp: "v=0".into()
+            }
+        );
+        assert!(far_rx.try_recv().is_err());
+        assert!(hub.deliver("r", a.id(), ServerMessage::PeerLeft { id: "x".into() }));
+        assert!(!hub.deliver("r", &far.id, ServerMessage::PeerLeft { id: "x".into() }));
+        assert_eq!(
+            *arx.try_recv().unwrap(),
+            ServerMessage::PeerLeft { id: "x".into() }
+        );
+        // Limits count the mirror: the room of 3 has one place left.
+        let (_b, _, _brx) = hub.join("r", "b", MemberKind::Client).unwrap();
+        assert!(matches!(
+            hub.join("r", "c", MemberKind::Client),
+            Err(JoinError::RoomFull(_))
+        ));
+        hub.remove_remote("r", &far.id);
+        assert!(std::iter::from_fn(|| arx.try_recv().ok())
+            .any(|m| *m == ServerMessage::PeerLeft { id: far.id.clone() }));
+        let a_id = a.id().to_owned();
+        drop(a);
+        let log = log.0.lock().unwrap().clone();
+        assert_eq!(log[0], format!("join r {a_id}"));
+        assert_eq!(log.last().unwrap(), &format!("left r {a_id}"));
+        assert!(log.iter().all(|l| !l.contains(&far.id)), "{log:?}");
     }
 
     #[test]

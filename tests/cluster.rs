@@ -1,0 +1,824 @@
+//! A cluster of real `recbot serve --redis` processes on loopback (SPEC §9): a real
+//! `redis-server` on a Unix socket in a temp dir, the nodes and HAProxy (the README's config)
+//! started and stopped by PID. Under CI=true a missing redis-server or haproxy fails the test.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+/// A child process killed (by its PID) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A redis-server on a Unix socket in `dir`, no persistence.
+fn start_redis(dir: &Path) -> (Proc, String) {
+    let socket = dir.join("redis.sock");
+    let child = Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "redis-server made no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), format!("unix://{}", socket.display()))
+}
+
+/// A node: `recbot serve --redis URL --node-id ID` on a free port.
+struct Node {
+    proc: Proc,
+    base: String,
+    id: String,
+    dir: tempfile::TempDir,
+}
+
+fn start_node(redis: &str, id: &str) -> Node {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (proc, base) = spawn_node(redis, id, dir.path());
+    Node {
+        proc,
+        base,
+        id: id.into(),
+        dir,
+    }
+}
+
+/// `recbot serve --redis URL --node-id ID` on a free port, recording into `dir`.
+fn spawn_node(redis: &str, id: &str, dir: &Path) -> (Proc, String) {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_recbot"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--udp-bind",
+            "127.0.0.1",
+            "--log-format",
+            "json",
+            "--log",
+            "info",
+        ])
+        .args(["--redis", redis, "--node-id", id])
+        .arg("--recordings-dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("recbot starts");
+    let mut proc = Proc(child);
+    let stderr = proc.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["fields"]["message"] == "listening" {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the node says it listens");
+    (proc, format!("http://127.0.0.1:{port}"))
+}
+
+/// HAProxy with the README's configuration in front of `nodes`.
+fn start_haproxy(dir: &Path, nodes: &[&Node]) -> (Proc, String) {
+    let port = free_port();
+    let servers: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "    server {} {} check inter 1s\n",
+                n.id,
+                n.base.trim_start_matches("http://")
+            )
+        })
+        .collect();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let start = readme
+        .find("# recbot-haproxy-begin")
+        .expect("README has the HAProxy config");
+    let end = readme.find("# recbot-haproxy-end").expect("end marker");
+    let config = readme[start..end]
+        .replace("127.0.0.1:80", &format!("127.0.0.1:{port}"))
+        .replace("    server node1 10.0.0.1:8080 check inter 1s\n", &servers)
+        .replace("    server node2 10.0.0.2:8080 check inter 1s\n", "");
+    let path: PathBuf = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).expect("config");
+    let child = Command::new("haproxy")
+        .arg("-f")
+        .arg(&path)
+        .arg("-db")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "haproxy does not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), format!("http://127.0.0.1:{port}"))
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn post(base: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    call(reqwest::Method::POST, format!("{base}{path}"), Some(body)).await
+}
+
+async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
+    call(reqwest::Method::GET, format!("{base}{path}"), None).await
+}
+
+/// Total commands Redis has run (INFO commandstats), if redis-cli answers.
+fn redis_calls(socket: &str) -> Option<u64> {
+    let out = Command::new("redis-cli")
+        .args(["-s", socket, "INFO", "commandstats"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum(),
+    )
+}
+
+/// Redis commands per minute over `span`.
+async fn redis_rate(socket: &str, span: Duration) -> Option<f64> {
+    let before = redis_calls(socket)?;
+    tokio::time::sleep(span).await;
+    let after = redis_calls(socket)?;
+    Some((after - before) as f64 * 60.0 / span.as_secs_f64())
+}
+
+fn tools() -> bool {
+    ["redis-server", "haproxy"]
+        .iter()
+        .all(|t| tool_available(t))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_recording_per_room_placement_and_one_api_behind_haproxy() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let b = start_node(&url, "node-b");
+    let (_lb, lb) = start_haproxy(tmp.path(), &[&a, &b]);
+
+    let (status, first) = post(&lb, "/api/recordings", serde_json::json!({"room": "r1"})).await;
+    assert_eq!(status, 201, "{first}");
+    let id1 = first["id"].as_str().expect("id").to_owned();
+    let owner1 = first["node"].as_str().expect("node").to_owned();
+    assert_eq!(first["takeovers"], 0);
+    // The room is busy on every node, whichever the call lands on.
+    for node in [&a, &b] {
+        let (status, body) = post(
+            &node.base,
+            "/api/recordings",
+            serde_json::json!({"room": "r1"}),
+        )
+        .await;
+        assert_eq!(status, 409, "{} answered {body}", node.id);
+        assert_eq!(body["error"]["code"], "room-busy");
+    }
+    // The next recording goes to the node with more spare capacity: the other one.
+    let (status, second) = post(&lb, "/api/recordings", serde_json::json!({"room": "r2"})).await;
+    assert_eq!(status, 201, "{second}");
+    let id2 = second["id"].as_str().unwrap().to_owned();
+    assert_ne!(second["node"], first["node"], "placed on the idle node");
+
+    // Every node answers for every recording.
+    for node in [&a, &b] {
+        let (status, list) = get(&node.base, "/api/recordings").await;
+        assert_eq!(status, 200);
+        let ids: Vec<&str> = list["recordings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["id"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&id1.as_str()) && ids.contains(&id2.as_str()),
+            "{}: {list}",
+            node.id
+        );
+        let (status, one) = get(&node.base, &format!("/api/recordings/{id1}")).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one["node"], owner1.as_str());
+        assert_eq!(one["state"], "recording");
+    }
+    let other = if owner1 == a.id { &b } else { &a };
+    // Stop and delete through the node that does not own it.
+    let (status, stopped) = post(
+        &other.base,
+        &format!("/api/recordings/{id1}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{stopped}");
+    assert_eq!(stopped["state"], "stopped");
+    let (status, again) = post(&lb, "/api/recordings", serde_json::json!({"room": "r1"})).await;
+    assert_eq!(status, 201, "the room is free again: {again}");
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/api/recordings/{id1}", other.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    for node in [&a, &b] {
+        let (status, _) = get(&node.base, &format!("/api/recordings/{id1}")).await;
+        assert_eq!(status, 404, "{}", node.id);
+    }
+    // Bots too: one made on node A is listed, read and removed through node B.
+    let (status, bot) = post(
+        &a.base,
+        "/api/bots",
+        serde_json::json!({"room": "b1", "mode": "echo"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{bot}");
+    let bot_id = bot["id"].as_str().unwrap();
+    let (_, bots) = get(&b.base, "/api/bots").await;
+    assert!(bots.to_string().contains(bot_id), "{bots}");
+    let (status, one) = get(&b.base, &format!("/api/bots/{bot_id}")).await;
+    assert_eq!((status, one["id"].as_str()), (200, Some(bot_id)));
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/api/bots/{bot_id}", b.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _) = get(&a.base, &format!("/api/bots/{bot_id}")).await;
+    assert_eq!(status, 404);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(base: &str, room: &str, name: &str) -> Ws {
+    let url = format!(
+        "ws://{}/rooms/{room}/ws?name={name}",
+        base.trim_start_matches("http://")
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connects")
+        .0
+}
+
+async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("stream open")
+            .expect("frame");
+        match frame {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, value: serde_json::Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .expect("send");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_nodes_and_a_recorder_on_one_records_a_publisher_on_the_other() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let b = start_node(&url, "node-b");
+
+    let mut alice = connect(&a.base, "span", "alice").await;
+    let welcome = next_json(&mut alice).await;
+    let alice_id = welcome["id"].as_str().unwrap().to_owned();
+    // Node B knows of alice once her join went through Redis (a few ms; two joins on two
+    // nodes within that window each see the other as `peer-joined`: README, Cluster).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get(&b.base, "/api/rooms")
+        .await
+        .1
+        .to_string()
+        .contains(&alice_id)
+    {
+        assert!(Instant::now() < deadline, "node B never saw alice");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut bob = connect(&b.base, "span", "bob").await;
+    let welcome = next_json(&mut bob).await;
+    let bob_id = welcome["id"].as_str().unwrap().to_owned();
+    let listed: Vec<&str> = welcome["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(
+        listed,
+        vec![alice_id.as_str()],
+        "bob's welcome lists alice of the other node"
+    );
+    let joined = next_json(&mut alice).await;
+    assert_eq!(joined["type"], "peer-joined");
+    assert_eq!(joined["peer"]["id"], bob_id.as_str());
+
+    // Signaling crosses nodes in order, with `from` set; latency measured.
+    let mut delays = Vec::new();
+    for i in 0..20 {
+        let sent = Instant::now();
+        send(
+            &mut alice,
+            serde_json::json!({"type": "offer", "to": bob_id, "sdp": format!("v=0 {i}")}),
+        )
+        .await;
+        let got = next_json(&mut bob).await;
+        delays.push(sent.elapsed());
+        assert_eq!(got["type"], "offer");
+        assert_eq!(got["from"], alice_id.as_str());
+        assert_eq!(got["sdp"], format!("v=0 {i}"));
+    }
+    delays.sort();
+    println!(
+        "cross-node signaling: median {:?}, max {:?}",
+        delays[10], delays[19]
+    );
+    send(
+        &mut alice,
+        serde_json::json!({"type": "answer", "to": "nobody1234", "sdp": "x"}),
+    )
+    .await;
+    let refused = next_json(&mut alice).await;
+    assert_eq!(refused["code"], "unknown-peer");
+    // /api/rooms on either node shows both.
+    for node in [&a, &b] {
+        let (_, rooms) = get(&node.base, "/api/rooms").await;
+        let peers = rooms["rooms"][0]["peers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(peers.len(), 2, "{}: {rooms}", node.id);
+    }
+    send(&mut bob, serde_json::json!({"type": "leave"})).await;
+    let left = next_json(&mut alice).await;
+    assert_eq!(left["type"], "peer-left");
+    assert_eq!(left["id"], bob_id.as_str());
+    drop(alice);
+
+    // Media: a publisher on node A, the recording on node B (asked of B alone).
+    let _heavy = heavy().await;
+    let socket = url.trim_start_matches("unix://").to_owned();
+    let idle = redis_rate(&socket, Duration::from_secs(4)).await;
+    let publisher = recbot::client::start(
+        &a.base,
+        "media",
+        "carol",
+        clip(),
+        factory(),
+        Default::default(),
+    )
+    .await
+    .expect("carol joins node A");
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/recordings", b.base))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "media"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let rec: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(rec["node"], "node-b");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    let busy = redis_rate(&socket, Duration::from_secs(4)).await;
+    if let (Some(idle), Some(busy)) = (idle, busy) {
+        println!(
+            "Redis commands per minute: 2 idle nodes {idle:.0}; recording 1 participant {busy:.0} \
+             (+{:.0} per recorded participant-minute)",
+            busy - idle
+        );
+    }
+    let (_, doc) = post(
+        &a.base,
+        &format!("/api/recordings/{id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    publisher.leave().await;
+    let frames: u64 = doc["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["frames"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(doc["tracks"].as_array().unwrap().len() >= 2, "{doc}");
+    assert!(frames > 50, "carol on node A recorded on node B: {doc}");
+    assert!(b.dir.path().join(&id).is_dir());
+    drop(a.proc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_answers_503_and_recovers_by_itself() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let (status, rec) = post(
+        &a.base,
+        "/api/recordings",
+        serde_json::json!({"room": "d1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{rec}");
+    drop(redis);
+    let _ = std::fs::remove_file(tmp.path().join("redis.sock"));
+    let (status, body) = post(
+        &a.base,
+        "/api/recordings",
+        serde_json::json!({"room": "d2"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "cluster-unavailable");
+    let (status, _) = get(&a.base, "/healthz").await;
+    assert_eq!(status, 200);
+    // The recording in progress goes on; Redis returns (empty) and the node works again.
+    let (_redis, _) = start_redis(tmp.path());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = post(
+            &a.base,
+            "/api/recordings",
+            serde_json::json!({"room": "d2"}),
+        )
+        .await;
+        if status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let id = rec["id"].as_str().unwrap();
+    let doc = std::fs::read_to_string(a.dir.path().join(id).join("manifest.json")).unwrap();
+    assert!(doc.contains("\"recording\""), "{doc}");
+    // The new Redis is empty: the holder writes its recording into the index again, and the
+    // room's claim with it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, list) = get(&a.base, "/api/recordings").await;
+    assert!(list.to_string().contains(id), "{list}");
+    let (status, _) = post(
+        &a.base,
+        "/api/recordings",
+        serde_json::json!({"room": "d1"}),
+    )
+    .await;
+    assert_eq!(status, 409);
+}
+
+fn track_of<'a>(doc: &'a serde_json::Value, file_part: &str) -> Option<&'a serde_json::Value> {
+    doc["tracks"]
+        .as_array()?
+        .iter()
+        .find(|t| t["file"].as_str().is_some_and(|f| f.contains(file_part)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let _heavy = heavy().await;
+    let publisher = recbot::client::start(
+        &b.base,
+        "tk",
+        "carol",
+        clip(),
+        factory(),
+        Default::default(),
+    )
+    .await
+    .expect("carol joins node B");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "tk"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, before) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(before["node"], "node-a", "{before}");
+    assert!(
+        track_of(&before, "video-1").is_some_and(|t| t["frames"].as_u64() > Some(10)),
+        "{before}"
+    );
+
+    drop(a_proc); // SIGKILL
+    let killed = Instant::now();
+    let mut taken = None;
+    let mut resumed = None;
+    let mut doc = serde_json::Value::Null;
+    while killed.elapsed() < Duration::from_secs(40) {
+        let (status, d) = get(&b.base, &format!("/api/recordings/{id}")).await;
+        if status == 200 {
+            doc = d;
+            if taken.is_none() && doc["node"] == "node-b" {
+                taken = Some(killed.elapsed());
+            }
+            if track_of(&doc, "video-2").is_some_and(|t| t["frames"].as_u64() > Some(0)) {
+                resumed = Some(killed.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let taken = taken.unwrap_or_else(|| panic!("no takeover: {doc}"));
+    let resumed = resumed.unwrap_or_else(|| panic!("no media after the takeover: {doc}"));
+    println!("takeover after SIGKILL: lease moved in {taken:?}, media again in {resumed:?}");
+    assert_eq!(doc["state"], "recording");
+    assert_eq!(doc["takeovers"], 1);
+    assert!(
+        track_of(&doc, "video-1").is_some(),
+        "the earlier files stay listed: {doc}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The killed node comes back: it repairs its files, never writes the shared state.
+    let (_a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, seen) = get(&a_base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(seen["node"], "node-b", "{seen}");
+    assert_eq!(seen["state"], "recording", "{seen}");
+    let (_, stopped) = post(
+        &a_base,
+        &format!("/api/recordings/{id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(stopped["state"], "stopped", "{stopped}");
+    publisher.leave().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, after) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(
+        after["state"], "stopped",
+        "the returned node did not overwrite it: {after}"
+    );
+    assert_eq!(after["node"], "node-b");
+    // The file the dead node wrote is downloadable from any node (from node A, repaired).
+    let first = track_of(&after, "video-1").unwrap()["file"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = reqwest::get(format!("{}/api/recordings/{id}/files/{first}", b.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.len() > 1000);
+    let local = std::fs::read_to_string(a_dir.path().join(&id).join("manifest.json")).unwrap();
+    assert!(
+        local.contains("interrupted"),
+        "node A marks its own copy: {local}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (mut a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let _heavy = heavy().await;
+    let publisher =
+        recbot::client::start(&b.base, "dr", "dave", clip(), factory(), Default::default())
+            .await
+            .expect("dave joins node B");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "dr"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let pid = a_proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (status, health) = get(&a_base, "/healthz").await;
+    assert_eq!(status, 503, "draining at once: {health}");
+    let (status, _) = post(
+        &a_base,
+        "/api/recordings",
+        serde_json::json!({"room": "other"}),
+    )
+    .await;
+    assert_eq!(status, 503, "no new work on a draining node");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = a_proc.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the drained node did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "exit 0: {exit:?}");
+
+    let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    assert_eq!(doc["node"], "node-b", "{doc}");
+    assert_eq!(doc["state"], "recording");
+    assert_eq!(doc["takeovers"], 1);
+    let second = track_of(&doc, "video-2")
+        .cloned()
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert!(second["frames"].as_u64() > Some(0), "{doc}");
+    // The old node's final figures of its file, on its own disk.
+    let local: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(a_dir.path().join(&id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let first = track_of(&local, "video-1")
+        .cloned()
+        .unwrap_or_else(|| panic!("{local}"));
+    let end_first =
+        first["start_offset_ms"].as_i64().unwrap() + first["duration_ms"].as_i64().unwrap();
+    let start_second = second["start_offset_ms"].as_i64().unwrap();
+    let hole = start_second - end_first;
+    println!("drain handover: hole {hole} ms (negative: overlap)");
+    assert!(
+        hole <= 100,
+        "the new recorder records before the old one leaves: {hole} ms"
+    );
+    publisher.leave().await;
+    let (_, stopped) = post(
+        &b.base,
+        &format!("/api/recordings/{id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(stopped["state"], "stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let _heavy = heavy().await;
+    let publisher =
+        recbot::client::start(&b.base, "fz", "erin", clip(), factory(), Default::default())
+            .await
+            .expect("erin joins node B");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "fz"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = a_proc.0.id().to_string();
+    // Frozen, not dead: its sockets stay open, it will wake up believing it still records.
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
+        if doc["node"] == "node-b" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no takeover: {doc}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Its next heartbeat tries to write its (old) document: refused by the fence; its
+    // recorder stops there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let local = reqwest::Client::new()
+            .get(format!("{a_base}/api/recordings/{id}"))
+            .header("x-recbot-node-local", "1")
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap();
+        if local["state"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A still records: {local}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for base in [&a_base, &b.base] {
+        let (_, doc) = get(base, &format!("/api/recordings/{id}")).await;
+        assert_eq!(doc["node"], "node-b", "{doc}");
+        assert_eq!(doc["state"], "recording", "{doc}");
+        assert_eq!(doc["takeovers"], 1, "{doc}");
+    }
+    publisher.leave().await;
+}
