@@ -720,6 +720,13 @@ async fn sigkill_mid_queue_resumes_and_no_secret_is_logged() {
     let addr = s3.stop().await;
     let id = record(&first.base, "store-k", 2).await;
     wait_for(&first.base, &id, 30, |d| d["upload"] == "retrying").await;
+    // The state is visible a moment before the failure is logged: the log must hold it
+    // (with its error) before the kill, for the secret check below to mean something.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.log.lock().unwrap().contains("upload failed") {
+        assert!(Instant::now() < deadline, "the first run logged no failed upload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut first = first;
     first.child.kill().expect("SIGKILL");
     first.child.wait().unwrap();
