@@ -12,6 +12,7 @@ pub mod outlet;
 pub mod room;
 pub mod whip;
 
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -204,6 +205,38 @@ impl CandidatePolicy {
     }
 }
 
+/// Whether this host can open webrtc-rs's mDNS socket (bound to 5353, joined to the IPv4
+/// mDNS group). Asked for every connection, so that it follows interfaces coming and going.
+fn multicast_dns_available() -> bool {
+    rtc::mdns::MulticastSocket::new().into_std().is_ok()
+}
+
+/// Whether one of our own candidates (`candidate:...`, with or without `a=`) may be sent to a
+/// remote: not when it names an address nobody can reach (see [`CandidateRefusal::Address`]).
+/// webrtc-rs binds a wildcard socket as it is when the host has no interface to expand it to
+/// (only `lo`), and then offers `0.0.0.0` as a host candidate. A line that does not parse is
+/// left to the remote to judge.
+pub fn advertisable(candidate: &str) -> bool {
+    match parse_candidate(candidate) {
+        Ok(c) => c
+            .address
+            .parse::<IpAddr>()
+            .map_or(true, |ip| !unreachable_address(ip.to_canonical())),
+        Err(_) => true,
+    }
+}
+
+/// Our own `sdp` without the `a=candidate` lines that are not [`advertisable`]; every other
+/// line is kept as it is.
+pub fn advertisable_sdp(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|line| {
+            let content = line.trim_end_matches(['\r', '\n']);
+            !content.starts_with("a=candidate:") || advertisable(content)
+        })
+        .collect()
+}
+
 /// Whether no remote peer can be reached at `ip` (see [`CandidateRefusal::Address`]).
 fn unreachable_address(ip: IpAddr) -> bool {
     match ip {
@@ -391,6 +424,15 @@ impl PeerFactory {
             SettingEngineBuilder::new().with_prflx_acceptance_min_wait(Some(PRFLX_ACCEPTANCE_WAIT));
         if self.config.udp_bind.iter().any(IpAddr::is_loopback) {
             settings = settings.with_include_loopback_candidate(true);
+        }
+        // webrtc-rs opens an mDNS socket (joined to 224.0.0.251) for every connection by
+        // default, and fails the whole build when it cannot: on a host whose only interface is
+        // a loopback without multicast, every connection would fail with "No such device".
+        // Without it, remote `.local` candidates are not resolved; the remote's checks still
+        // reach us and become peer-reflexive pairs.
+        if !multicast_dns_available() {
+            tracing::debug!("no multicast-capable interface: mDNS off");
+            settings = settings.with_multicast_dns_mode(MulticastDnsMode::Disabled);
         }
         if !self.config.public_ips.is_empty() {
             settings = settings.with_nat_1to1_ips(
@@ -1105,6 +1147,32 @@ mod tests {
             policy.filter_sdp(&format!("v=0\na={}\n", host("192.0.2.5", 5005)));
         assert_eq!((filtered.as_str(), removed), ("v=0\n", 1));
         assert_eq!(policy.admitted(), 3);
+    }
+
+    #[test]
+    fn unspecified_local_candidates_are_not_advertised() {
+        assert!(!advertisable(&host("0.0.0.0", 50000)));
+        assert!(!advertisable("a=candidate:1 1 udp 1 :: 50000 typ host"));
+        assert!(!advertisable(
+            "candidate:1 1 tcp 1 0.0.0.0 9000 typ host tcptype passive"
+        ));
+        assert!(advertisable(&host("127.0.0.1", 50000)));
+        assert!(advertisable(&host("192.0.2.7", 50000)));
+        assert!(advertisable(
+            "candidate:1 1 udp 1 198.51.100.3 3478 typ relay raddr 0.0.0.0 rport 0"
+        ));
+        let sdp = format!(
+            "v=0\r\na={}\r\na={}\r\na=end-of-candidates\r\n",
+            host("0.0.0.0", 5000),
+            host("127.0.0.1", 5001)
+        );
+        assert_eq!(
+            advertisable_sdp(&sdp),
+            format!(
+                "v=0\r\na={}\r\na=end-of-candidates\r\n",
+                host("127.0.0.1", 5001)
+            )
+        );
     }
 
     #[test]

@@ -97,6 +97,9 @@ impl PeerConnectionEventHandler for Handler {
             return;
         };
         match event.candidate.to_json() {
+            Ok(init) if !super::advertisable(&init.candidate) => {
+                tracing::debug!(remote = %self.remote, candidate = %init.candidate, "local candidate not advertised");
+            }
             Ok(init) => sink.send(ClientMessage::Candidate {
                 to: self.remote.clone(),
                 candidate: Candidate {
@@ -323,11 +326,12 @@ impl State {
         Ok(())
     }
 
+    /// Our local description as we send it: without candidates nobody can reach.
     async fn local_sdp(&self) -> String {
         self.pc
             .local_description()
             .await
-            .map(|d| d.sdp)
+            .map(|d| super::advertisable_sdp(&d.sdp))
             .unwrap_or_default()
     }
 

@@ -318,7 +318,7 @@ impl WhipSessions {
         Ok(Opened {
             session,
             secret,
-            answer: local.sdp,
+            answer: super::advertisable_sdp(&local.sdp),
         })
     }
 

@@ -216,3 +216,212 @@ pub fn rms(samples: &[f32]) -> f64 {
         / samples.len() as f64)
         .sqrt()
 }
+
+/// Whether `unshare -n` (a network namespace of our own, as root) works here; under CI=true
+/// it must.
+pub fn netns_available() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("`unshare -n` (root, util-linux) is required under CI=true");
+        }
+        eprintln!("skipping: `unshare -n` does not work here (not root?)");
+    }
+    ok
+}
+
+/// Runs the ignored test `name` of this test binary inside a fresh network namespace that has
+/// only `lo` (`unshare -n`), with its output passed through, and asserts that it passed. The
+/// inner test starts with [`netns_setup`]. Returns false (skip) where `unshare -n` is not
+/// available outside CI.
+pub fn run_in_netns(name: &str) -> bool {
+    if !netns_available() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RECBOT_IN_NETNS", "1")
+        .env(
+            "RECBOT_TEST_LOG",
+            std::env::var("RECBOT_TEST_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .status()
+        .expect("unshare runs");
+    assert!(status.success(), "{name} failed inside the namespace");
+    true
+}
+
+/// First step of a test run by [`run_in_netns`]: checks that it runs in such a namespace (only
+/// `lo`) and brings `lo` up.
+pub fn netns_setup() {
+    assert_eq!(
+        std::env::var("RECBOT_IN_NETNS").as_deref(),
+        Ok("1"),
+        "run through run_in_netns, inside `unshare -n`"
+    );
+    // /proc/net is the calling process's namespace (/sys/class/net is the mount's).
+    let dev = std::fs::read_to_string("/proc/net/dev").expect("/proc/net/dev");
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim()))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "a namespace with only lo");
+    run_ok("ip", &["link", "set", "lo", "up"]);
+}
+
+/// Runs `program args` and asserts that it succeeded.
+pub fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare WebSocket member of a room that only listens: what other peers send it (offers,
+/// answers, candidates) is collected for inspection.
+pub struct Spy {
+    pub id: String,
+    pub welcome: serde_json::Value,
+    pub messages: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Spy {
+    /// Joins over the WebSocket at `url` and collects every message after the `welcome`.
+    pub async fn join(url: &str) -> Self {
+        use futures::StreamExt;
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("spy connects");
+        let (_tx, mut rx) = ws.split();
+        let welcome = loop {
+            let frame = rx.next().await.expect("welcome").expect("frame");
+            if let Ok(text) = frame.into_text() {
+                let v: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+                if v["type"] == "welcome" {
+                    break v;
+                }
+            }
+        };
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        let task = tokio::spawn(async move {
+            let _keep = _tx;
+            while let Some(Ok(frame)) = rx.next().await {
+                if let Ok(text) = frame.into_text() {
+                    if let Ok(v) = serde_json::from_str(text.as_str()) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        Self {
+            id: welcome["id"].as_str().expect("id").to_owned(),
+            welcome,
+            messages,
+            task,
+        }
+    }
+
+    /// Every candidate line `from` sent: in its offers' and answers' SDP and trickled.
+    pub fn candidates_from(&self, from: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.messages.lock().unwrap().iter() {
+            if m["from"] != from {
+                continue;
+            }
+            if let Some(sdp) = m["sdp"].as_str() {
+                out.extend(
+                    sdp.lines()
+                        .filter_map(|l| l.strip_prefix("a="))
+                        .filter(|l| l.starts_with("candidate:"))
+                        .map(str::to_owned),
+                );
+            }
+            if let Some(c) = m["candidate"]["candidate"].as_str() {
+                if !c.is_empty() {
+                    out.push(c.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `from` sent an offer.
+    pub fn got_offer_from(&self, from: &str) -> bool {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m["type"] == "offer" && m["from"] == from)
+    }
+}
+
+impl Drop for Spy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The address field of a candidate line (`candidate:F C T P ADDRESS PORT typ ...`).
+pub fn candidate_address(line: &str) -> String {
+    line.trim_start_matches("a=")
+        .split_whitespace()
+        .nth(4)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls the recording `id` until `done` holds for its document, or panics after `limit`.
+pub async fn wait_recording(
+    srv: &TestServer,
+    id: &str,
+    limit: std::time::Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let (_, doc) = srv.get_json(&format!("/api/recordings/{id}")).await;
+        if done(&doc) {
+            return doc;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}: {doc}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Sum of a recording document's `frames` over its tracks of `kind`.
+pub fn frames_of(doc: &serde_json::Value, kind: &str) -> u64 {
+    doc["tracks"]
+        .as_array()
+        .map(|tracks| {
+            tracks
+                .iter()
+                .filter(|t| t["kind"] == kind)
+                .filter_map(|t| t["frames"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
