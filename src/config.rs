@@ -3,7 +3,7 @@
 //! `recbot` with no arguments is `recbot serve` on the embedded defaults. [`ServeArgs::validate`]
 //! turns the raw options into a [`ServerConfig`] or a clear error before anything is bound.
 
-use crate::signal::protocol::IceServer;
+use crate::signal::protocol::{IceServer, TurnRest};
 use clap::{Args, Parser, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -70,6 +70,24 @@ pub struct ServeArgs {
     /// Credential for the TURN servers in --ice-servers (never logged).
     #[arg(long, env = "RECBOT_TURN_CREDENTIAL", hide_env_values = true)]
     pub turn_credential: Option<String>,
+    /// TURN REST API secret (coturn's `use-auth-secret`/`static-auth-secret`): every `welcome`
+    /// then carries fresh per-peer credentials for the `turn:`/`turns:` URLs of --ice-servers,
+    /// and the service's own peers use such credentials too (never logged).
+    #[arg(
+        long,
+        env = "RECBOT_TURN_SECRET",
+        hide_env_values = true,
+        conflicts_with_all = ["turn_username", "turn_credential"]
+    )]
+    pub turn_secret: Option<String>,
+    /// Seconds the credentials made from --turn-secret are valid.
+    #[arg(long, env = "RECBOT_TURN_TTL", default_value_t = 86_400)]
+    pub turn_ttl: u64,
+    /// TCP port for passive ICE-TCP host candidates (participants whose UDP is blocked), or a
+    /// range `MIN-MAX`. webrtc-rs 0.21 binds one listener per connection, so each connection
+    /// takes a free port of the range: one port serves one connection at a time.
+    #[arg(long, env = "RECBOT_ICE_TCP_PORT")]
+    pub ice_tcp_port: Option<String>,
     /// Most recordings active at once (more get 503).
     #[arg(long, env = "RECBOT_MAX_RECORDINGS", default_value_t = 16)]
     pub max_recordings: usize,
@@ -154,6 +172,9 @@ impl Default for ServeArgs {
                 ice_servers: vec![],
                 turn_username: None,
                 turn_credential: None,
+                turn_secret: None,
+                turn_ttl: 86_400,
+                ice_tcp_port: None,
                 max_recordings: 16,
                 max_peers_per_room: 64,
                 max_rooms: 1000,
@@ -186,6 +207,9 @@ pub enum ConfigError {
     /// Bad `--udp-ports`.
     #[error("--udp-ports must be MIN-MAX with 1 <= MIN <= MAX <= 65535, got `{0}`")]
     PortRange(String),
+    /// Bad `--ice-tcp-port`.
+    #[error("--ice-tcp-port must be PORT or MIN-MAX with 1 <= MIN <= MAX <= 65535, got `{0}`")]
+    TcpPort(String),
     /// Bad `--ice-servers` entry.
     #[error("--ice-servers entry `{0}` is not a stun:, turn: or turns: URL")]
     IceServer(String),
@@ -214,6 +238,10 @@ pub struct ServerConfig {
     pub udp_ports: Option<(u16, u16)>,
     /// ICE servers for our peers and for `welcome`.
     pub ice_servers: Vec<IceServer>,
+    /// Per-peer TURN credentials from `--turn-secret` / `--turn-ttl`.
+    pub turn_rest: Option<TurnRest>,
+    /// Parsed `--ice-tcp-port` (one port is `(p, p)`).
+    pub ice_tcp_ports: Option<(u16, u16)>,
 }
 
 impl ServeArgs {
@@ -260,6 +288,26 @@ impl ServeArgs {
             None => None,
             Some(text) => Some(parse_port_range(text)?),
         };
+        let ice_tcp_ports = match self.ice_tcp_port.as_deref().map(str::trim) {
+            None => None,
+            Some(text) if !text.contains('-') => match text.parse::<u16>() {
+                Ok(port) if port > 0 => Some((port, port)),
+                _ => return Err(ConfigError::TcpPort(text.to_owned())),
+            },
+            Some(text) => {
+                Some(parse_port_range(text).map_err(|_| ConfigError::TcpPort(text.to_owned()))?)
+            }
+        };
+        if self.turn_secret.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken("--turn-secret"));
+        }
+        if self.turn_ttl == 0 {
+            return Err(ConfigError::ZeroLimit("--turn-ttl"));
+        }
+        let turn_rest = self
+            .turn_secret
+            .as_ref()
+            .map(|secret| TurnRest::new(secret, std::time::Duration::from_secs(self.turn_ttl)));
         let mut ice_servers = Vec::new();
         for url in &self.ice_servers {
             let scheme = url.split(':').next().unwrap_or_default();
@@ -290,6 +338,8 @@ impl ServeArgs {
             args: self,
             udp_ports,
             ice_servers,
+            turn_rest,
+            ice_tcp_ports,
         })
     }
 }
@@ -393,6 +443,55 @@ mod tests {
         assert_eq!(cfg.ice_servers[0].username, None);
         assert_eq!(cfg.ice_servers[1].credential.as_deref(), Some("p"));
         assert!(args(&["--ice-servers", "http://x"]).validate().is_err());
+        let cfg = args(&[
+            "--ice-servers",
+            "turn:turn.example:3478",
+            "--turn-secret",
+            "s",
+            "--ice-tcp-port",
+            "8443",
+            "--recordings-dir",
+            dir.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(cfg.turn_rest.map(|r| r.ttl().as_secs()), Some(86_400));
+        assert_eq!(cfg.ice_tcp_ports, Some((8443, 8443)));
+        let cfg = args(&[
+            "--turn-secret",
+            "s",
+            "--turn-ttl",
+            "60",
+            "--ice-tcp-port",
+            "9000-9009",
+            "--recordings-dir",
+            dir.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(cfg.turn_rest.map(|r| r.ttl().as_secs()), Some(60));
+        assert_eq!(cfg.ice_tcp_ports, Some((9000, 9009)));
+        for bad in ["0", "x", "9-1", "70000"] {
+            assert!(
+                matches!(
+                    args(&["--ice-tcp-port", bad]).validate(),
+                    Err(ConfigError::TcpPort(_))
+                ),
+                "{bad}"
+            );
+        }
+        let both = [
+            "recbot",
+            "serve",
+            "--turn-secret",
+            "s",
+            "--turn-username",
+            "u",
+        ];
+        assert!(
+            Cli::try_parse_from(both).is_err(),
+            "static or REST, not both"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -46,7 +46,10 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         args.trusted_proxies.clone(),
     ));
     let hub = Hub::with_limits(
-        config.ice_servers.clone(),
+        crate::signal::protocol::IceConfig {
+            servers: config.ice_servers.clone(),
+            turn_rest: config.turn_rest.clone(),
+        },
         args.max_peers_per_room,
         args.max_rooms,
         args.reserved_rooms,
@@ -59,6 +62,8 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         ice_servers: config.ice_servers.clone(),
         outbound_loss: None,
         loopback_candidates_only: args.loopback_candidates_only,
+        turn_rest: config.turn_rest.clone(),
+        tcp_ports: config.ice_tcp_ports,
     });
     let services = Arc::new(Services {
         hub,

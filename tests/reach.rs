@@ -92,3 +92,163 @@ async fn netns_loopback_only_host() {
     publisher.leave().await;
     srv.shutdown().await;
 }
+
+/// Longest a browser script may run.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(150);
+
+/// A server for a browser in the same namespace: loopback media, loopback candidates only.
+async fn browser_server(tweak: impl FnOnce(&mut recbot::config::ServeArgs)) -> TestServer {
+    TestServer::start_with(|args| {
+        args.loopback_candidates_only = true;
+        tweak(args);
+    })
+    .await
+}
+
+/// Stops recording `id` and returns its document.
+async fn stop(srv: &TestServer, id: &str) -> serde_json::Value {
+    let (status, done) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["state"], "stopped", "{done}");
+    done
+}
+
+/// The recording's files of `kind`, inspected.
+fn inspect_files(
+    srv: &TestServer,
+    doc: &serde_json::Value,
+    kind: &str,
+) -> Vec<recbot::record::inspect::FileReport> {
+    let id = doc["id"].as_str().expect("id");
+    doc["tracks"]
+        .as_array()
+        .expect("tracks")
+        .iter()
+        .filter(|t| t["kind"] == kind)
+        .map(|t| {
+            let path = srv
+                .dir
+                .path()
+                .join(id)
+                .join(t["file"].as_str().expect("file"));
+            recbot::record::inspect::inspect(&path).expect("inspect")
+        })
+        .collect()
+}
+
+#[test]
+fn chromium_without_udp_is_recorded_over_ice_tcp() {
+    if browser_available() {
+        run_in_netns("netns_ice_tcp");
+    }
+}
+
+/// Inside a namespace with only `lo` and every UDP packet dropped: a Chromium participant is
+/// recorded through the recorder's passive ICE-TCP candidate (`--ice-tcp-port`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "runs inside `unshare -n` through chromium_without_udp_is_recorded_over_ice_tcp"]
+async fn netns_ice_tcp() {
+    netns_setup();
+    drop_udp_in_namespace();
+    let tcp_port = free_tcp_port();
+    let srv = browser_server(|args| args.ice_tcp_port = Some(tcp_port.to_string())).await;
+    let (ok, summary) =
+        run_browser_script("reach.mjs", &[&srv.base, "tcp-only", "tcp"], SCRIPT_LIMIT).await;
+    eprintln!("{summary:#}");
+    assert!(ok, "the browser script failed: {summary}");
+    let pair = &summary["selected_pair"];
+    assert_eq!(pair["local"]["protocol"], "tcp", "{pair}");
+    assert_eq!(pair["remote"]["protocol"], "tcp", "{pair}");
+    assert_eq!(
+        pair["remote"]["port"], tcp_port,
+        "our --ice-tcp-port: {pair}"
+    );
+    let id = summary["recording_id"].as_str().expect("id");
+    let done = stop(&srv, id).await;
+    let video = inspect_files(&srv, &done, "video");
+    assert_eq!(video.len(), 1, "{done}");
+    let frames = video[0].tracks[0].frames;
+    assert!(frames > 40, "only {frames} video frames recorded over TCP");
+    srv.shutdown().await;
+}
+
+#[test]
+fn chromium_relay_only_is_recorded_through_coturn_with_rest_credentials() {
+    if browser_available() {
+        run_in_netns("netns_turn_relay");
+    }
+}
+
+/// A coturn with `use-auth-secret` on loopback, recbot with `--turn-secret`: the welcome
+/// carries per-peer REST credentials, a Chromium with iceTransportPolicy "relay" is recorded
+/// through coturn with them, and the recorder gathers relay candidates of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "runs inside `unshare -n` through chromium_relay_only_is_recorded_through_coturn_with_rest_credentials"]
+async fn netns_turn_relay() {
+    netns_setup();
+    let Some(turn) = Coturn::start("reach-secret") else {
+        return;
+    };
+    let url = format!("turn:127.0.0.1:{}?transport=udp", turn.port);
+    let srv = browser_server(|args| {
+        args.ice_servers = vec![url.clone()];
+        args.turn_secret = Some(turn.secret.clone());
+        args.turn_ttl = 600;
+    })
+    .await;
+    let (ok, summary) =
+        run_browser_script("reach.mjs", &[&srv.base, "relayed", "relay"], SCRIPT_LIMIT).await;
+    eprintln!("{summary:#}");
+    assert!(
+        ok,
+        "the browser script failed: {summary}\n{}",
+        turn.log_text()
+    );
+    // The welcome's credentials: {expiry}:{peer id}, HMAC-SHA1 of it with the secret.
+    let servers = summary["welcome_ice_servers"].as_array().expect("servers");
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let username = servers[0]["username"].as_str().expect("username");
+    let (expiry, peer) = username.split_once(':').expect("expiry:peer");
+    assert_eq!(peer, summary["peer_id"].as_str().expect("peer id"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let expiry: u64 = expiry.parse().expect("expiry");
+    assert!(
+        expiry > now && expiry <= now + 600,
+        "expiry {expiry}, now {now}"
+    );
+    assert_eq!(
+        servers[0]["credential"].as_str(),
+        Some(
+            recbot::signal::protocol::TurnRest::new("reach-secret", Duration::from_secs(600))
+                .credential(username)
+                .as_str()
+        )
+    );
+    let pair = &summary["selected_pair"];
+    assert_eq!(pair["local"]["type"], "relay", "{pair}");
+    let recorder = summary["recorder_candidates"].as_array().expect("types");
+    assert!(
+        recorder.iter().any(|t| t == "udp relay"),
+        "the recorder gathered no relay candidate: {recorder:?}"
+    );
+    let log = turn.log_text();
+    assert!(
+        log.contains(peer) && log.contains("success"),
+        "coturn saw no allocation of the participant: {log}"
+    );
+    let id = summary["recording_id"].as_str().expect("id");
+    let done = stop(&srv, id).await;
+    let video = inspect_files(&srv, &done, "video");
+    assert_eq!(video.len(), 1, "{done}");
+    let frames = video[0].tracks[0].frames;
+    assert!(
+        frames > 40,
+        "only {frames} video frames recorded through TURN"
+    );
+    srv.shutdown().await;
+}

@@ -12,6 +12,7 @@ pub mod outlet;
 pub mod room;
 pub mod whip;
 
+use crate::signal::protocol::TurnRest;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
@@ -211,30 +212,72 @@ fn multicast_dns_available() -> bool {
     rtc::mdns::MulticastSocket::new().into_std().is_ok()
 }
 
-/// Whether one of our own candidates (`candidate:...`, with or without `a=`) may be sent to a
-/// remote: not when it names an address nobody can reach (see [`CandidateRefusal::Address`]).
-/// webrtc-rs binds a wildcard socket as it is when the host has no interface to expand it to
-/// (only `lo`), and then offers `0.0.0.0` as a host candidate. A line that does not parse is
-/// left to the remote to judge.
-pub fn advertisable(candidate: &str) -> bool {
-    match parse_candidate(candidate) {
-        Ok(c) => c
-            .address
-            .parse::<IpAddr>()
-            .map_or(true, |ip| !unreachable_address(ip.to_canonical())),
-        Err(_) => true,
+/// One of our own candidates (`candidate:...`, with or without `a=`) as it may be sent to a
+/// remote, or `None` when it must not be.
+///
+/// - A candidate at an address nobody can reach (see [`CandidateRefusal::Address`]) is not
+///   sent: webrtc-rs binds a wildcard socket as it is when the host has no interface to expand
+///   it to (only `lo`), and then offers `0.0.0.0` as a host candidate.
+/// - With `public_ips` (NAT 1:1), a host candidate (UDP or TCP) at a local address that is not
+///   loopback is sent with the first public IP of its family instead. webrtc-rs 0.21.1 keeps
+///   `SettingEngine::with_nat_1to1_ips` but never reads it, and its TCP candidates would not
+///   get it anyway. Loopback candidates stay (programs on this host).
+///
+/// A line that does not parse is passed as it is, for the remote to judge.
+pub fn advertised(candidate: &str, public_ips: &[IpAddr]) -> Option<String> {
+    let Ok(c) = parse_candidate(candidate) else {
+        return Some(candidate.to_owned());
+    };
+    let Ok(ip) = c.address.parse::<IpAddr>() else {
+        return Some(candidate.to_owned());
+    };
+    let ip = ip.to_canonical();
+    if unreachable_address(ip) {
+        return None;
     }
+    let public = public_ips
+        .iter()
+        .find(|p| p.is_ipv4() == ip.is_ipv4())
+        .filter(|_| c.kind == "host" && !ip.is_loopback());
+    let Some(public) = public else {
+        return Some(candidate.to_owned());
+    };
+    // The address is the fifth field; everything else is kept as it was written.
+    let mut out = String::with_capacity(candidate.len() + 8);
+    for (i, field) in candidate.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if i == 4 {
+            out.push_str(&public.to_string());
+        } else {
+            out.push_str(field);
+        }
+    }
+    Some(out)
 }
 
-/// Our own `sdp` without the `a=candidate` lines that are not [`advertisable`]; every other
-/// line is kept as it is.
-pub fn advertisable_sdp(sdp: &str) -> String {
-    sdp.split_inclusive('\n')
-        .filter(|line| {
-            let content = line.trim_end_matches(['\r', '\n']);
-            !content.starts_with("a=candidate:") || advertisable(content)
-        })
-        .collect()
+/// Our own `sdp` as it may be sent: every `a=candidate` line through [`advertised`] (dropped
+/// or rewritten); every other line is kept as it is.
+pub fn advertised_sdp(sdp: &str, public_ips: &[IpAddr]) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\r', '\n']);
+        let Some(candidate) = content.strip_prefix("a=") else {
+            out.push_str(line);
+            continue;
+        };
+        if !candidate.starts_with("candidate:") {
+            out.push_str(line);
+            continue;
+        }
+        if let Some(candidate) = advertised(candidate, public_ips) {
+            out.push_str("a=");
+            out.push_str(&candidate);
+            out.push_str(&line[content.len()..]);
+        }
+    }
+    out
 }
 
 /// Whether no remote peer can be reached at `ip` (see [`CandidateRefusal::Address`]).
@@ -299,6 +342,12 @@ pub struct PeerConfig {
     /// Ignore remote ICE candidates that are not loopback addresses (tests with a browser on
     /// the same machine: connectivity checks stay on 127.0.0.1).
     pub loopback_candidates_only: bool,
+    /// Fresh TURN credentials for our own connections (user `recbot`), replacing the static
+    /// ones of the TURN entries of `ice_servers`.
+    pub turn_rest: Option<TurnRest>,
+    /// Inclusive TCP port range for passive ICE-TCP host candidates on the `udp_bind` IPs;
+    /// none without it. Each connection listens on a port of its own (webrtc-rs 0.21).
+    pub tcp_ports: Option<(u16, u16)>,
 }
 
 /// Simulated loss and reordering of outgoing RTP, applied where packets leave (after the NACK
@@ -334,6 +383,8 @@ impl PeerConfig {
             ice_servers: vec![],
             outbound_loss: None,
             loopback_candidates_only: false,
+            turn_rest: None,
+            tcp_ports: None,
         }
     }
 }
@@ -342,6 +393,7 @@ impl PeerConfig {
 pub struct PeerFactory {
     config: PeerConfig,
     next_port: AtomicU32,
+    next_tcp_port: AtomicU32,
     /// [`DtlsKick`]s consumed by the connections built here.
     dtls_kicks: Arc<AtomicU64>,
 }
@@ -355,6 +407,7 @@ impl PeerFactory {
         Arc::new(Self {
             config,
             next_port: AtomicU32::new(0),
+            next_tcp_port: AtomicU32::new(0),
             dtls_kicks: Arc::default(),
         })
     }
@@ -375,8 +428,9 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Pc, PeerError> {
+        let tcp_port = self.free_tcp_port();
         let Some((min, max)) = self.config.udp_ports else {
-            return self.build_on(Arc::clone(&handler), 0).await;
+            return self.build_on(Arc::clone(&handler), 0, tcp_port).await;
         };
         let span = u32::from(max - min) + 1;
         let mut last = None;
@@ -385,7 +439,7 @@ impl PeerFactory {
         for _ in 0..span.min(64) {
             let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
             let port = min + offset as u16;
-            match self.build_on(Arc::clone(&handler), port).await {
+            match self.build_on(Arc::clone(&handler), port, tcp_port).await {
                 Ok(pc) => return Ok(pc),
                 Err(e) => last = Some(e),
             }
@@ -394,10 +448,51 @@ impl PeerFactory {
         Err(PeerError::NoPort(min, max))
     }
 
+    /// A port of `tcp_ports` that every `udp_bind` IP can listen on now (the next ones in
+    /// turn, so that concurrent builds spread out), or `None` (no ICE-TCP for this
+    /// connection: logged). webrtc-rs binds it a moment later; should another process take it
+    /// meanwhile, webrtc-rs logs that and the connection goes on without TCP.
+    fn free_tcp_port(&self) -> Option<u16> {
+        let (min, max) = self.config.tcp_ports?;
+        let span = u32::from(max - min) + 1;
+        for _ in 0..span.min(64) {
+            let offset = self.next_tcp_port.fetch_add(1, Ordering::Relaxed) % span;
+            let port = min + offset as u16;
+            let free = self
+                .config
+                .udp_bind
+                .iter()
+                .all(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, port)).is_ok());
+            if free {
+                return Some(port);
+            }
+        }
+        tracing::warn!(
+            min,
+            max,
+            "no ICE-TCP port free: this connection has no TCP candidate"
+        );
+        None
+    }
+
+    /// The ICE servers our connections use: the configured ones, with fresh TURN REST
+    /// credentials when configured.
+    fn ice_servers(&self) -> Vec<crate::signal::protocol::IceServer> {
+        match &self.config.turn_rest {
+            Some(rest) => rest.apply(
+                &self.config.ice_servers,
+                "recbot",
+                std::time::SystemTime::now(),
+            ),
+            None => self.config.ice_servers.clone(),
+        }
+    }
+
     async fn build_on(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
         port: u16,
+        tcp_port: Option<u16>,
     ) -> Result<Pc, PeerError> {
         let mut media_engine = media_engine()?;
         let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?
@@ -406,13 +501,12 @@ impl PeerFactory {
             registry = registry.with(Slot::from(500), LossInjector::new(loss));
         }
         let ice_servers = self
-            .config
-            .ice_servers
-            .iter()
+            .ice_servers()
+            .into_iter()
             .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
             })
             .collect();
         let configuration = RTCConfigurationBuilder::new()
@@ -434,6 +528,8 @@ impl PeerFactory {
             tracing::debug!("no multicast-capable interface: mDNS off");
             settings = settings.with_multicast_dns_mode(MulticastDnsMode::Disabled);
         }
+        // webrtc-rs 0.21.1 does not read this setting (kept for when it does): what we
+        // advertise gets the public IPs from [`advertised`].
         if !self.config.public_ips.is_empty() {
             settings = settings.with_nat_1to1_ips(
                 self.config
@@ -450,6 +546,15 @@ impl PeerFactory {
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
+        let tcp_addrs: Vec<SocketAddr> = tcp_port
+            .map(|port| {
+                self.config
+                    .udp_bind
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .collect()
+            })
+            .unwrap_or_default();
         // See [`DtlsKick`]: without it, the DTLS client's first flight waits for the next
         // ICE tick (up to 200 ms) after the pair is selected.
         let kick = Arc::new(DtlsKick::counted_in(Arc::clone(&self.dtls_kicks)));
@@ -470,6 +575,7 @@ impl PeerFactory {
             .with_handler(handler)
             .with_runtime(Arc::new(runtime))
             .with_udp_addrs(addrs)
+            .with_tcp_addrs(tcp_addrs)
             .build()
             .await?;
         Ok(Arc::new(pc))
@@ -1151,27 +1257,70 @@ mod tests {
 
     #[test]
     fn unspecified_local_candidates_are_not_advertised() {
-        assert!(!advertisable(&host("0.0.0.0", 50000)));
-        assert!(!advertisable("a=candidate:1 1 udp 1 :: 50000 typ host"));
-        assert!(!advertisable(
-            "candidate:1 1 tcp 1 0.0.0.0 9000 typ host tcptype passive"
-        ));
-        assert!(advertisable(&host("127.0.0.1", 50000)));
-        assert!(advertisable(&host("192.0.2.7", 50000)));
-        assert!(advertisable(
-            "candidate:1 1 udp 1 198.51.100.3 3478 typ relay raddr 0.0.0.0 rport 0"
-        ));
+        let sent = |line: &str| advertised(line, &[]);
+        assert_eq!(sent(&host("0.0.0.0", 50000)), None);
+        assert_eq!(sent("candidate:1 1 udp 1 :: 50000 typ host"), None);
+        assert_eq!(
+            sent("candidate:1 1 tcp 1 0.0.0.0 9000 typ host tcptype passive"),
+            None
+        );
+        for kept in [
+            host("127.0.0.1", 50000),
+            host("192.0.2.7", 50000),
+            "candidate:1 1 udp 1 198.51.100.3 3478 typ relay raddr 0.0.0.0 rport 0".into(),
+            "garbage".into(),
+        ] {
+            assert_eq!(sent(&kept), Some(kept.clone()));
+        }
         let sdp = format!(
             "v=0\r\na={}\r\na={}\r\na=end-of-candidates\r\n",
             host("0.0.0.0", 5000),
             host("127.0.0.1", 5001)
         );
         assert_eq!(
-            advertisable_sdp(&sdp),
+            advertised_sdp(&sdp, &[]),
             format!(
                 "v=0\r\na={}\r\na=end-of-candidates\r\n",
                 host("127.0.0.1", 5001)
             )
+        );
+    }
+
+    #[test]
+    fn public_ips_replace_local_host_addresses_udp_and_tcp() {
+        let public = [
+            IpAddr::from([203, 0, 113, 9]),
+            "2001:db8::9".parse().unwrap(),
+        ];
+        let sent = |line: &str| advertised(line, &public);
+        assert_eq!(
+            sent(&host("10.0.0.5", 50000)).as_deref(),
+            Some(host("203.0.113.9", 50000).as_str())
+        );
+        assert_eq!(
+            sent("candidate:2 1 tcp 1518280447 10.0.0.5 8443 typ host tcptype passive").as_deref(),
+            Some("candidate:2 1 tcp 1518280447 203.0.113.9 8443 typ host tcptype passive")
+        );
+        assert_eq!(
+            sent("candidate:3 1 udp 1 fd00::5 5000 typ host").as_deref(),
+            Some("candidate:3 1 udp 1 2001:db8::9 5000 typ host")
+        );
+        // Loopback, relays and reflexive candidates are what they say.
+        for kept in [
+            host("127.0.0.1", 50000),
+            "candidate:4 1 udp 1 198.51.100.3 3478 typ relay raddr 10.0.0.5 rport 5000".into(),
+            "candidate:5 1 udp 1 198.51.100.4 5000 typ srflx raddr 10.0.0.5 rport 5000".into(),
+        ] {
+            assert_eq!(sent(&kept), Some(kept.clone()));
+        }
+        // Only an address of the same family replaces one.
+        assert_eq!(
+            advertised("candidate:3 1 udp 1 fd00::5 5000 typ host", &public[..1]).as_deref(),
+            Some("candidate:3 1 udp 1 fd00::5 5000 typ host")
+        );
+        assert_eq!(
+            advertised_sdp(&format!("v=0\na={}\n", host("10.0.0.5", 1234)), &public),
+            format!("v=0\na={}\n", host("203.0.113.9", 1234))
         );
     }
 

@@ -318,7 +318,7 @@ impl WhipSessions {
         Ok(Opened {
             session,
             secret,
-            answer: super::advertisable_sdp(&local.sdp),
+            answer: super::advertised_sdp(&local.sdp, &factory.config().public_ips),
         })
     }
 

@@ -425,3 +425,218 @@ pub fn frames_of(doc: &serde_json::Value, kind: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Chromium for the browser tests (`RECBOT_CHROMIUM` or Debian's).
+pub fn chromium_path() -> PathBuf {
+    std::env::var_os("RECBOT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Whether the browser scripts (node, `npm ci --prefix tests/browser`, Chromium) can run here;
+/// under CI=true they must.
+pub fn browser_available() -> bool {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let why = if !Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        Some("node is not installed".to_owned())
+    } else if !dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        Some("run `npm ci --prefix tests/browser`".to_owned())
+    } else if !chromium_path().is_file() {
+        Some(format!("{} is missing", chromium_path().display()))
+    } else {
+        None
+    };
+    let Some(why) = why else {
+        return true;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the browser test is required under CI=true: {why}");
+    }
+    eprintln!("skipping the browser test: {why}");
+    false
+}
+
+/// Runs `node tests/browser/<script> <args>` (killed after `limit`) and returns whether it
+/// exited 0 and the JSON summary it printed last on stdout; its stderr is echoed.
+pub async fn run_browser_script(
+    script: &str,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> (bool, serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .env("RECBOT_CHROMIUM", chromium_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish in {limit:?}"))
+        .expect("node runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary from {script}: {stdout}"));
+    (out.status.success(), summary)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: a later bind may race, rarely).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A coturn (`turnserver`) on 127.0.0.1 with TURN REST credentials (`use-auth-secret`),
+/// stopped by PID when dropped.
+pub struct Coturn {
+    pub port: u16,
+    pub secret: String,
+    child: std::process::Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    /// Starts one; `None` (skip) when `turnserver` is missing outside CI.
+    pub fn start(secret: &str) -> Option<Self> {
+        let ok = Command::new("turnserver").arg("-h").output().is_ok();
+        if !ok {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("turnserver (coturn) is required under CI=true");
+            }
+            eprintln!("skipping: turnserver (coturn) is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_udp_port();
+        let log = dir.path().join("turn.log");
+        let child = Command::new("turnserver")
+            .args([
+                "-n",
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+            ])
+            .args(["--listening-port", &port.to_string()])
+            .args(["--use-auth-secret", "--static-auth-secret", secret])
+            .args([
+                "--realm",
+                "recbot.test",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+            ])
+            .args(["--allow-loopback-peers", "--fingerprint", "--no-tcp-relay"])
+            .args(["--min-port", "40000", "--max-port", "40999"])
+            .arg("--pidfile")
+            .arg(dir.path().join("turn.pid"))
+            .arg("--userdb")
+            .arg(dir.path().join("turn.db"))
+            .arg("--log-file")
+            .arg(&log)
+            .args(["--simple-log", "--no-stdout-log", "--verbose"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("turnserver starts");
+        // Ready once it answers on its port: a STUN binding request gets a response.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("timeout");
+        let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        request.extend_from_slice(&[7; 12]);
+        let mut buf = [0u8; 512];
+        let ready = (0..50).any(|_| {
+            let _ = socket.send_to(&request, ("127.0.0.1", port));
+            socket
+                .recv(&mut buf)
+                .is_ok_and(|n| n >= 20 && buf[0] == 0x01)
+        });
+        let turn = Self {
+            port,
+            secret: secret.to_owned(),
+            child,
+            log,
+            _dir: dir,
+        };
+        assert!(ready, "turnserver did not answer on 127.0.0.1:{port}");
+        Some(turn)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drops every UDP packet leaving this network namespace (nft), and checks that it works: a
+/// datagram to a bound loopback socket does not arrive. Only for tests in their own namespace.
+pub fn drop_udp_in_namespace() {
+    assert_eq!(std::env::var("RECBOT_IN_NETNS").as_deref(), Ok("1"));
+    run_ok("nft", &["add", "table", "inet", "reach_tcp_only"]);
+    run_ok(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "reach_tcp_only",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ],
+    );
+    run_ok(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "reach_tcp_only",
+            "out",
+            "meta",
+            "l4proto",
+            "udp",
+            "drop",
+        ],
+    );
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .expect("timeout");
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let _ = tx.send_to(b"x", rx.local_addr().expect("addr"));
+    let mut buf = [0u8; 8];
+    assert!(rx.recv(&mut buf).is_err(), "UDP still passes");
+}
