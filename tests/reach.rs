@@ -252,3 +252,102 @@ async fn netns_turn_relay() {
     );
     srv.shutdown().await;
 }
+
+#[test]
+fn ice_restarts_keep_recording_into_the_same_files() {
+    if browser_available() {
+        run_in_netns("netns_ice_restart");
+    }
+}
+
+/// A Chromium participant restarts ICE (`pc.restartIce()`), then loses UDP for a while: the
+/// recorder, seeing its connection down, restarts ICE itself. The recording goes on in the
+/// same two files (no new file index), with frames after both restarts, and the video's only
+/// long gap is the outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "runs inside `unshare -n` through ice_restarts_keep_recording_into_the_same_files"]
+async fn netns_ice_restart() {
+    netns_setup();
+    let srv = browser_server(|_| {}).await;
+    let (ok, summary) = run_browser_script(
+        "reach.mjs",
+        &[&srv.base, "restarts", "restart"],
+        SCRIPT_LIMIT,
+    )
+    .await;
+    eprintln!("{summary:#}");
+    assert!(ok, "the browser script failed: {summary}");
+    let own = &summary["own_restart"];
+    assert_ne!(
+        own["remote_ufrag_before"], own["remote_ufrag_after"],
+        "the recorder answered our restart with new credentials: {own}"
+    );
+    let outage = &summary["outage"];
+    let offers = outage["recorder_offers"].as_array().expect("offers");
+    assert!(
+        offers
+            .iter()
+            .all(|o| o["ufrag"] != outage["first_ufrag"] && o["ufrag"] != own["remote_ufrag_after"]),
+        "the recorder's restart offer carries new credentials: {outage}"
+    );
+    eprintln!(
+        "restartIce() → video again: {} ms; outage {} ms (recorder's restart offer {} ms after \
+         the drop), video again {} ms after UDP came back",
+        own["media_ms"],
+        outage["outage_ms"],
+        outage["restart_offer_ms_after_drop"],
+        outage["media_ms_after_udp_back"]
+    );
+    let id = summary["recording_id"].as_str().expect("id");
+    let done = stop(&srv, id).await;
+    let files: Vec<&str> = done["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f.as_str().or_else(|| f["name"].as_str()))
+        .collect();
+    assert_eq!(done["tracks"].as_array().map(Vec::len), Some(2), "{done}");
+    assert_eq!(
+        files.len(),
+        2,
+        "one file per track, no new index: {files:?}"
+    );
+    assert!(
+        files.iter().all(|f| f.contains("-1.")),
+        "every file keeps index 1: {files:?}"
+    );
+    let video = &inspect_files(&srv, &done, "video")[0];
+    let audio = &inspect_files(&srv, &done, "audio")[0];
+    let outage_ms = outage["outage_ms"].as_i64().expect("outage_ms");
+    let long: Vec<_> = video.tracks[0]
+        .gaps
+        .iter()
+        .filter(|g| g.length_ms > 1000)
+        .collect();
+    eprintln!(
+        "video: {} frames, {} → {} ms, gaps > 1 s: {long:?}; audio gaps: {:?}",
+        video.tracks[0].frames,
+        video.tracks[0].first_ts_ms,
+        video.tracks[0].last_ts_ms,
+        audio.tracks[0].gaps
+    );
+    assert!(long.len() <= 1, "one outage, one gap at most: {long:?}");
+    for gap in &long {
+        assert!(
+            gap.length_ms <= outage_ms + 5000,
+            "the gap {gap:?} is about the outage ({outage_ms} ms), not more"
+        );
+    }
+    // Frames after the outage: the file runs on to the end, past the gap.
+    let gap_end = long.first().map_or(0, |g| g.at_ms + g.length_ms);
+    assert!(
+        video.tracks[0].last_ts_ms > gap_end + 1000,
+        "video after the outage: last {} ms, gap ends {gap_end} ms",
+        video.tracks[0].last_ts_ms
+    );
+    // The audio timeline is whole: the same length as the video's, the outage filled.
+    let (v, a) = (video.duration_ms, audio.duration_ms);
+    let (v, a) = (v.expect("video duration"), a.expect("audio duration"));
+    assert!((v - a).abs() < 1500.0, "video {v} ms, audio {a} ms");
+    srv.shutdown().await;
+}

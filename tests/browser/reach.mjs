@@ -249,6 +249,8 @@ async function inPage({ room, mode }) {
     await window.dropUdp(false);
     const up = Date.now();
     const movedAgain = await videoMoves(10, 'video after the outage', 40_000);
+    // And a while more, so that the files run on past the outage.
+    await videoMoves(30, 'more video after the outage', 40_000);
     result.outage = {
       offers_before: offersBefore,
       recorder_offers: offers.slice(offersBefore),
