@@ -83,11 +83,10 @@ pub struct ServeArgs {
     /// Seconds the credentials made from --turn-secret are valid.
     #[arg(long, env = "RECBOT_TURN_TTL", default_value_t = 86_400)]
     pub turn_ttl: u64,
-    /// TCP port for passive ICE-TCP host candidates (participants whose UDP is blocked), or a
-    /// range `MIN-MAX`. webrtc-rs 0.21 binds one listener per connection, so each connection
-    /// takes a free port of the range: one port serves one connection at a time.
-    #[arg(long, env = "RECBOT_ICE_TCP_PORT")]
-    pub ice_tcp_port: Option<String>,
+    /// TCP port for passive ICE-TCP host candidates (participants whose UDP is blocked), on
+    /// the --udp-bind IPs; every connection shares it.
+    #[arg(long, env = "RECBOT_ICE_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ice_tcp_port: Option<u16>,
     /// Most recordings active at once (more get 503).
     #[arg(long, env = "RECBOT_MAX_RECORDINGS", default_value_t = 16)]
     pub max_recordings: usize,
@@ -207,9 +206,6 @@ pub enum ConfigError {
     /// Bad `--udp-ports`.
     #[error("--udp-ports must be MIN-MAX with 1 <= MIN <= MAX <= 65535, got `{0}`")]
     PortRange(String),
-    /// Bad `--ice-tcp-port`.
-    #[error("--ice-tcp-port must be PORT or MIN-MAX with 1 <= MIN <= MAX <= 65535, got `{0}`")]
-    TcpPort(String),
     /// Bad `--ice-servers` entry.
     #[error("--ice-servers entry `{0}` is not a stun:, turn: or turns: URL")]
     IceServer(String),
@@ -240,8 +236,6 @@ pub struct ServerConfig {
     pub ice_servers: Vec<IceServer>,
     /// Per-peer TURN credentials from `--turn-secret` / `--turn-ttl`.
     pub turn_rest: Option<TurnRest>,
-    /// Parsed `--ice-tcp-port` (one port is `(p, p)`).
-    pub ice_tcp_ports: Option<(u16, u16)>,
 }
 
 impl ServeArgs {
@@ -288,16 +282,6 @@ impl ServeArgs {
             None => None,
             Some(text) => Some(parse_port_range(text)?),
         };
-        let ice_tcp_ports = match self.ice_tcp_port.as_deref().map(str::trim) {
-            None => None,
-            Some(text) if !text.contains('-') => match text.parse::<u16>() {
-                Ok(port) if port > 0 => Some((port, port)),
-                _ => return Err(ConfigError::TcpPort(text.to_owned())),
-            },
-            Some(text) => {
-                Some(parse_port_range(text).map_err(|_| ConfigError::TcpPort(text.to_owned()))?)
-            }
-        };
         if self.turn_secret.as_deref() == Some("") {
             return Err(ConfigError::EmptyToken("--turn-secret"));
         }
@@ -339,7 +323,6 @@ impl ServeArgs {
             udp_ports,
             ice_servers,
             turn_rest,
-            ice_tcp_ports,
         })
     }
 }
@@ -456,29 +439,21 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(cfg.turn_rest.map(|r| r.ttl().as_secs()), Some(86_400));
-        assert_eq!(cfg.ice_tcp_ports, Some((8443, 8443)));
+        assert_eq!(cfg.args.ice_tcp_port, Some(8443));
         let cfg = args(&[
             "--turn-secret",
             "s",
             "--turn-ttl",
             "60",
-            "--ice-tcp-port",
-            "9000-9009",
             "--recordings-dir",
             dir.to_str().unwrap(),
         ])
         .validate()
         .unwrap();
         assert_eq!(cfg.turn_rest.map(|r| r.ttl().as_secs()), Some(60));
-        assert_eq!(cfg.ice_tcp_ports, Some((9000, 9009)));
-        for bad in ["0", "x", "9-1", "70000"] {
-            assert!(
-                matches!(
-                    args(&["--ice-tcp-port", bad]).validate(),
-                    Err(ConfigError::TcpPort(_))
-                ),
-                "{bad}"
-            );
+        for bad in ["0", "x", "9000-9009", "70000"] {
+            let argv = ["recbot", "serve", "--ice-tcp-port", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
         }
         let both = [
             "recbot",

@@ -63,7 +63,7 @@ fn build_app(config: ServerConfig) -> Result<Arc<App>, ServeError> {
         outbound_loss: None,
         loopback_candidates_only: args.loopback_candidates_only,
         turn_rest: config.turn_rest.clone(),
-        tcp_ports: config.ice_tcp_ports,
+        tcp_port: config.args.ice_tcp_port,
     });
     let services = Arc::new(Services {
         hub,

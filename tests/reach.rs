@@ -145,32 +145,35 @@ fn chromium_without_udp_is_recorded_over_ice_tcp() {
     }
 }
 
-/// Inside a namespace with only `lo` and every UDP packet dropped: a Chromium participant is
-/// recorded through the recorder's passive ICE-TCP candidate (`--ice-tcp-port`).
+/// Inside a namespace with only `lo` and every UDP packet dropped: two Chromium participants,
+/// in two rooms recorded at once, are recorded through passive ICE-TCP candidates on the one
+/// `--ice-tcp-port` that every connection shares.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "runs inside `unshare -n` through chromium_without_udp_is_recorded_over_ice_tcp"]
 async fn netns_ice_tcp() {
     netns_setup();
     drop_udp_in_namespace();
     let tcp_port = free_tcp_port();
-    let srv = browser_server(|args| args.ice_tcp_port = Some(tcp_port.to_string())).await;
-    let (ok, summary) =
-        run_browser_script("reach.mjs", &[&srv.base, "tcp-only", "tcp"], SCRIPT_LIMIT).await;
-    eprintln!("{summary:#}");
-    assert!(ok, "the browser script failed: {summary}");
-    let pair = &summary["selected_pair"];
-    assert_eq!(pair["local"]["protocol"], "tcp", "{pair}");
-    assert_eq!(pair["remote"]["protocol"], "tcp", "{pair}");
-    assert_eq!(
-        pair["remote"]["port"], tcp_port,
-        "our --ice-tcp-port: {pair}"
+    let srv = browser_server(|args| args.ice_tcp_port = Some(tcp_port)).await;
+    let (args_a, args_b) = ([&srv.base, "tcp-a", "tcp"], [&srv.base, "tcp-b", "tcp"]);
+    let ((ok_a, a), (ok_b, b)) = tokio::join!(
+        run_browser_script("reach.mjs", &args_a, SCRIPT_LIMIT),
+        run_browser_script("reach.mjs", &args_b, SCRIPT_LIMIT),
     );
-    let id = summary["recording_id"].as_str().expect("id");
-    let done = stop(&srv, id).await;
-    let video = inspect_files(&srv, &done, "video");
-    assert_eq!(video.len(), 1, "{done}");
-    let frames = video[0].tracks[0].frames;
-    assert!(frames > 40, "only {frames} video frames recorded over TCP");
+    for (ok, summary) in [(ok_a, &a), (ok_b, &b)] {
+        eprintln!("{summary:#}");
+        assert!(ok, "the browser script failed: {summary}");
+        let pair = &summary["selected_pair"];
+        assert_eq!(pair["local"]["protocol"], "tcp", "{pair}");
+        assert_eq!(pair["remote"]["protocol"], "tcp", "{pair}");
+        assert_eq!(pair["remote"]["port"], tcp_port, "the shared port: {pair}");
+        let id = summary["recording_id"].as_str().expect("id");
+        let done = stop(&srv, id).await;
+        let video = inspect_files(&srv, &done, "video");
+        assert_eq!(video.len(), 1, "{done}");
+        let frames = video[0].tracks[0].frames;
+        assert!(frames > 40, "only {frames} video frames recorded over TCP");
+    }
     srv.shutdown().await;
 }
 

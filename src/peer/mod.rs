@@ -10,6 +10,7 @@
 pub mod negotiation;
 pub mod outlet;
 pub mod room;
+pub mod tcpmux;
 pub mod whip;
 
 use crate::signal::protocol::TurnRest;
@@ -222,9 +223,11 @@ fn multicast_dns_available() -> bool {
 ///   loopback is sent with the first public IP of its family instead. webrtc-rs 0.21.1 keeps
 ///   `SettingEngine::with_nat_1to1_ips` but never reads it, and its TCP candidates would not
 ///   get it anyway. Loopback candidates stay (programs on this host).
+/// - With `tcp_port` (the [`tcpmux::TcpMux`] port), a passive TCP candidate is sent with that
+///   port: the connection's own listener port is never dialled.
 ///
 /// A line that does not parse is passed as it is, for the remote to judge.
-pub fn advertised(candidate: &str, public_ips: &[IpAddr]) -> Option<String> {
+pub fn advertised(candidate: &str, public_ips: &[IpAddr], tcp_port: Option<u16>) -> Option<String> {
     let Ok(c) = parse_candidate(candidate) else {
         return Some(candidate.to_owned());
     };
@@ -239,19 +242,20 @@ pub fn advertised(candidate: &str, public_ips: &[IpAddr]) -> Option<String> {
         .iter()
         .find(|p| p.is_ipv4() == ip.is_ipv4())
         .filter(|_| c.kind == "host" && !ip.is_loopback());
-    let Some(public) = public else {
+    let port = tcp_port.filter(|_| c.transport == "tcp" && c.tcp_type == "passive");
+    if public.is_none() && port.is_none() {
         return Some(candidate.to_owned());
-    };
-    // The address is the fifth field; everything else is kept as it was written.
+    }
+    // The address and port are the fifth and sixth fields; the rest is kept as written.
     let mut out = String::with_capacity(candidate.len() + 8);
     for (i, field) in candidate.split(' ').enumerate() {
         if i > 0 {
             out.push(' ');
         }
-        if i == 4 {
-            out.push_str(&public.to_string());
-        } else {
-            out.push_str(field);
+        match (i, public, port) {
+            (4, Some(public), _) => out.push_str(&public.to_string()),
+            (5, _, Some(port)) => out.push_str(&port.to_string()),
+            _ => out.push_str(field),
         }
     }
     Some(out)
@@ -259,7 +263,7 @@ pub fn advertised(candidate: &str, public_ips: &[IpAddr]) -> Option<String> {
 
 /// Our own `sdp` as it may be sent: every `a=candidate` line through [`advertised`] (dropped
 /// or rewritten); every other line is kept as it is.
-pub fn advertised_sdp(sdp: &str, public_ips: &[IpAddr]) -> String {
+pub fn advertised_sdp(sdp: &str, public_ips: &[IpAddr], tcp_port: Option<u16>) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let content = line.trim_end_matches(['\r', '\n']);
@@ -271,7 +275,7 @@ pub fn advertised_sdp(sdp: &str, public_ips: &[IpAddr]) -> String {
             out.push_str(line);
             continue;
         }
-        if let Some(candidate) = advertised(candidate, public_ips) {
+        if let Some(candidate) = advertised(candidate, public_ips, tcp_port) {
             out.push_str("a=");
             out.push_str(&candidate);
             out.push_str(&line[content.len()..]);
@@ -345,9 +349,9 @@ pub struct PeerConfig {
     /// Fresh TURN credentials for our own connections (user `recbot`), replacing the static
     /// ones of the TURN entries of `ice_servers`.
     pub turn_rest: Option<TurnRest>,
-    /// Inclusive TCP port range for passive ICE-TCP host candidates on the `udp_bind` IPs;
-    /// none without it. Each connection listens on a port of its own (webrtc-rs 0.21).
-    pub tcp_ports: Option<(u16, u16)>,
+    /// The port of passive ICE-TCP host candidates on the `udp_bind` IPs, shared by every
+    /// connection through a [`tcpmux::TcpMux`]; no TCP candidates without it.
+    pub tcp_port: Option<u16>,
 }
 
 /// Simulated loss and reordering of outgoing RTP, applied where packets leave (after the NACK
@@ -384,7 +388,7 @@ impl PeerConfig {
             outbound_loss: None,
             loopback_candidates_only: false,
             turn_rest: None,
-            tcp_ports: None,
+            tcp_port: None,
         }
     }
 }
@@ -393,7 +397,11 @@ impl PeerConfig {
 pub struct PeerFactory {
     config: PeerConfig,
     next_port: AtomicU32,
-    next_tcp_port: AtomicU32,
+    /// The shared ICE-TCP port, bound at the first build (`None` inside: binding failed).
+    tcp_mux: tokio::sync::OnceCell<Option<Arc<tcpmux::TcpMux>>>,
+    /// Connections built here → their key in the mux (see [`PeerFactory::route_tcp`]).
+    tcp_keys: std::sync::Mutex<std::collections::HashMap<usize, u64>>,
+    next_tcp_key: AtomicU64,
     /// [`DtlsKick`]s consumed by the connections built here.
     dtls_kicks: Arc<AtomicU64>,
 }
@@ -401,13 +409,20 @@ pub struct PeerFactory {
 /// A built connection, shareable between tasks.
 pub type Pc = Arc<dyn PeerConnection>;
 
+/// A connection's identity while it lives (its address).
+fn pc_id(pc: &Pc) -> usize {
+    Arc::as_ptr(pc).cast::<()>() as usize
+}
+
 impl PeerFactory {
     /// A factory for `config`.
     pub fn new(config: PeerConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
             next_port: AtomicU32::new(0),
-            next_tcp_port: AtomicU32::new(0),
+            tcp_mux: tokio::sync::OnceCell::new(),
+            tcp_keys: Default::default(),
+            next_tcp_key: AtomicU64::new(0),
             dtls_kicks: Arc::default(),
         })
     }
@@ -428,9 +443,74 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Pc, PeerError> {
-        let tcp_port = self.free_tcp_port();
+        let tcp = self
+            .mux()
+            .await
+            .map(|mux| (mux, self.next_tcp_key.fetch_add(1, Ordering::Relaxed)));
+        let pc = self.build_ports(handler, tcp.clone()).await?;
+        if let Some((_, key)) = tcp {
+            self.keys().insert(pc_id(&pc), key);
+        }
+        Ok(pc)
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, u64>> {
+        self.tcp_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared ICE-TCP port's mux, bound on first use; `None` without `tcp_port` or when
+    /// it cannot be bound (logged once: connections then have no TCP candidates).
+    async fn mux(&self) -> Option<Arc<tcpmux::TcpMux>> {
+        let port = self.config.tcp_port?;
+        self.tcp_mux
+            .get_or_init(|| async {
+                match tcpmux::TcpMux::bind(&self.config.udp_bind, port) {
+                    Ok(mux) => Some(mux),
+                    Err(e) => {
+                        tracing::error!(port, error = %e, "ICE-TCP port not bound: no TCP candidates");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// Tells the ICE-TCP mux that `pc`'s local ICE username fragment is now the one of
+    /// `local_sdp` (call after each `set_local_description`: restarts change it). Nothing
+    /// without ICE-TCP.
+    pub fn route_tcp(&self, pc: &Pc, local_sdp: &str) {
+        let Some(Some(mux)) = self.tcp_mux.get() else {
+            return;
+        };
+        let Some(key) = self.keys().get(&pc_id(pc)).copied() else {
+            return;
+        };
+        let ufrag = local_sdp
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"));
+        if let Some(ufrag) = ufrag {
+            mux.route(key, ufrag.trim());
+        }
+    }
+
+    /// Forgets `pc` for the ICE-TCP routes (call when it is closed).
+    pub fn forget_tcp(&self, pc: &Pc) {
+        self.keys().remove(&pc_id(pc));
+    }
+
+    /// The port advertised in passive TCP candidates, when ICE-TCP is on.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_mux.get()?.as_ref().map(|m| m.port())
+    }
+
+    async fn build_ports(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
+    ) -> Result<Pc, PeerError> {
         let Some((min, max)) = self.config.udp_ports else {
-            return self.build_on(Arc::clone(&handler), 0, tcp_port).await;
+            return self.build_on(Arc::clone(&handler), 0, tcp).await;
         };
         let span = u32::from(max - min) + 1;
         let mut last = None;
@@ -439,40 +519,13 @@ impl PeerFactory {
         for _ in 0..span.min(64) {
             let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
             let port = min + offset as u16;
-            match self.build_on(Arc::clone(&handler), port, tcp_port).await {
+            match self.build_on(Arc::clone(&handler), port, tcp.clone()).await {
                 Ok(pc) => return Ok(pc),
                 Err(e) => last = Some(e),
             }
         }
         tracing::warn!(?last, "no UDP port free in range");
         Err(PeerError::NoPort(min, max))
-    }
-
-    /// A port of `tcp_ports` that every `udp_bind` IP can listen on now (the next ones in
-    /// turn, so that concurrent builds spread out), or `None` (no ICE-TCP for this
-    /// connection: logged). webrtc-rs binds it a moment later; should another process take it
-    /// meanwhile, webrtc-rs logs that and the connection goes on without TCP.
-    fn free_tcp_port(&self) -> Option<u16> {
-        let (min, max) = self.config.tcp_ports?;
-        let span = u32::from(max - min) + 1;
-        for _ in 0..span.min(64) {
-            let offset = self.next_tcp_port.fetch_add(1, Ordering::Relaxed) % span;
-            let port = min + offset as u16;
-            let free = self
-                .config
-                .udp_bind
-                .iter()
-                .all(|ip| std::net::TcpListener::bind(SocketAddr::new(*ip, port)).is_ok());
-            if free {
-                return Some(port);
-            }
-        }
-        tracing::warn!(
-            min,
-            max,
-            "no ICE-TCP port free: this connection has no TCP candidate"
-        );
-        None
     }
 
     /// The ICE servers our connections use: the configured ones, with fresh TURN REST
@@ -492,7 +545,7 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
         port: u16,
-        tcp_port: Option<u16>,
+        tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
     ) -> Result<Pc, PeerError> {
         let mut media_engine = media_engine()?;
         let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?
@@ -546,19 +599,20 @@ impl PeerFactory {
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
-        let tcp_addrs: Vec<SocketAddr> = tcp_port
-            .map(|port| {
-                self.config
-                    .udp_bind
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, port))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The driver's own listeners, on ephemeral ports: what they accept comes from the mux.
+        let tcp_addrs: Vec<SocketAddr> = match tcp {
+            Some(_) => self
+                .config
+                .udp_bind
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect(),
+            None => Vec::new(),
+        };
         // See [`DtlsKick`]: without it, the DTLS client's first flight waits for the next
         // ICE tick (up to 200 ms) after the pair is selected.
         let kick = Arc::new(DtlsKick::counted_in(Arc::clone(&self.dtls_kicks)));
-        let runtime = KickRuntime::new(Arc::clone(&kick)).ok_or_else(|| {
+        let runtime = KickRuntime::new(Arc::clone(&kick), tcp).ok_or_else(|| {
             PeerError::WebRtc(webrtc::error::Error::Other(
                 "no async runtime for webrtc-rs".to_owned(),
             ))
@@ -689,15 +743,27 @@ impl PeerConnectionEventHandler for KickHandler {
 pub struct KickRuntime {
     inner: Arc<dyn Runtime>,
     kick: Arc<DtlsKick>,
+    /// The shared ICE-TCP port and this connection's key in it: TCP listeners are fed by it.
+    tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
 }
 
 impl KickRuntime {
-    /// Wraps webrtc-rs's default runtime; `None` when it has none (no runtime feature).
-    pub fn new(kick: Arc<DtlsKick>) -> Option<Self> {
+    /// Wraps webrtc-rs's default runtime; `None` when it has none (no runtime feature). With
+    /// `tcp`, the connection's TCP listeners accept what the mux routes to `key`.
+    pub fn new(kick: Arc<DtlsKick>, tcp: Option<(Arc<tcpmux::TcpMux>, u64)>) -> Option<Self> {
         Some(Self {
             inner: webrtc::runtime::default_runtime()?,
             kick,
+            tcp,
         })
+    }
+}
+
+impl Drop for KickRuntime {
+    fn drop(&mut self) {
+        if let Some((mux, key)) = &self.tcp {
+            mux.forget(*key);
+        }
     }
 }
 
@@ -725,7 +791,11 @@ impl Runtime for KickRuntime {
         &self,
         listener: std::net::TcpListener,
     ) -> std::io::Result<Arc<dyn AsyncTcpListener>> {
-        self.inner.wrap_tcp_listener(listener)
+        match &self.tcp {
+            // The driver's own listener only names the address; the mux feeds it.
+            Some((mux, key)) => Ok(Arc::new(mux.listener(*key, listener.local_addr()?))),
+            None => self.inner.wrap_tcp_listener(listener),
+        }
     }
 
     fn connect_tcp<'a>(
@@ -998,7 +1068,7 @@ mod tests {
     #[tokio::test]
     async fn a_kick_makes_the_next_timer_due_at_once_and_only_that_one() {
         let kick = Arc::new(DtlsKick::default());
-        let runtime = KickRuntime::new(kick.clone()).expect("tokio runtime");
+        let runtime = KickRuntime::new(kick.clone(), None).expect("tokio runtime");
         const HOUR: Duration = Duration::from_secs(3600);
         // Bounds far from an hour tell "due now" from "due in an hour"; they time nothing.
         let fires_within =
@@ -1257,7 +1327,7 @@ mod tests {
 
     #[test]
     fn unspecified_local_candidates_are_not_advertised() {
-        let sent = |line: &str| advertised(line, &[]);
+        let sent = |line: &str| advertised(line, &[], None);
         assert_eq!(sent(&host("0.0.0.0", 50000)), None);
         assert_eq!(sent("candidate:1 1 udp 1 :: 50000 typ host"), None);
         assert_eq!(
@@ -1278,7 +1348,7 @@ mod tests {
             host("127.0.0.1", 5001)
         );
         assert_eq!(
-            advertised_sdp(&sdp, &[]),
+            advertised_sdp(&sdp, &[], None),
             format!(
                 "v=0\r\na={}\r\na=end-of-candidates\r\n",
                 host("127.0.0.1", 5001)
@@ -1292,7 +1362,7 @@ mod tests {
             IpAddr::from([203, 0, 113, 9]),
             "2001:db8::9".parse().unwrap(),
         ];
-        let sent = |line: &str| advertised(line, &public);
+        let sent = |line: &str| advertised(line, &public, None);
         assert_eq!(
             sent(&host("10.0.0.5", 50000)).as_deref(),
             Some(host("203.0.113.9", 50000).as_str())
@@ -1315,13 +1385,41 @@ mod tests {
         }
         // Only an address of the same family replaces one.
         assert_eq!(
-            advertised("candidate:3 1 udp 1 fd00::5 5000 typ host", &public[..1]).as_deref(),
+            advertised(
+                "candidate:3 1 udp 1 fd00::5 5000 typ host",
+                &public[..1],
+                None
+            )
+            .as_deref(),
             Some("candidate:3 1 udp 1 fd00::5 5000 typ host")
         );
         assert_eq!(
-            advertised_sdp(&format!("v=0\na={}\n", host("10.0.0.5", 1234)), &public),
+            advertised_sdp(
+                &format!("v=0\na={}\n", host("10.0.0.5", 1234)),
+                &public,
+                None
+            ),
             format!("v=0\na={}\n", host("203.0.113.9", 1234))
         );
+    }
+
+    #[test]
+    fn passive_tcp_candidates_get_the_shared_port() {
+        let passive = "candidate:2 1 tcp 1518280447 10.0.0.5 40123 typ host tcptype passive";
+        assert_eq!(
+            advertised(passive, &[], Some(8443)).as_deref(),
+            Some("candidate:2 1 tcp 1518280447 10.0.0.5 8443 typ host tcptype passive")
+        );
+        assert_eq!(
+            advertised(passive, &[IpAddr::from([203, 0, 113, 9])], Some(8443)).as_deref(),
+            Some("candidate:2 1 tcp 1518280447 203.0.113.9 8443 typ host tcptype passive")
+        );
+        for kept in [
+            "candidate:3 1 tcp 1 10.0.0.5 9 typ host tcptype active".to_owned(),
+            host("10.0.0.5", 40123),
+        ] {
+            assert_eq!(advertised(&kept, &[], Some(8443)), Some(kept.clone()));
+        }
     }
 
     #[test]

@@ -100,6 +100,8 @@ struct Handler {
     inputs: mpsc::WeakUnboundedSender<Input>,
     /// NAT 1:1 addresses for what we advertise (see [`super::advertised`]).
     public_ips: Vec<std::net::IpAddr>,
+    /// The shared ICE-TCP port put into our passive TCP candidates.
+    tcp_port: Option<u16>,
     sink: std::sync::Weak<dyn SignalSink>,
     media: std::sync::Weak<dyn LinkMedia>,
 }
@@ -112,7 +114,9 @@ impl PeerConnectionEventHandler for Handler {
         };
         match event.candidate.to_json() {
             Ok(init) => {
-                let Some(line) = super::advertised(&init.candidate, &self.public_ips) else {
+                let Some(line) =
+                    super::advertised(&init.candidate, &self.public_ips, self.tcp_port)
+                else {
                     tracing::debug!(remote = %self.remote, candidate = %init.candidate, "local candidate not advertised");
                     return;
                 };
@@ -265,6 +269,7 @@ impl Builder {
             inputs: self.inputs.clone(),
             remote: self.remote.clone(),
             public_ips: self.factory.config().public_ips.clone(),
+            tcp_port: self.factory.config().tcp_port,
             sink: Arc::downgrade(&self.sink),
             media: Arc::downgrade(&self.media),
         });
@@ -291,6 +296,7 @@ impl Builder {
             polite: self.polite,
             candidates: CandidatePolicy::for_config(self.factory.config()),
             public_ips: self.factory.config().public_ips.clone(),
+            factory: Arc::clone(&self.factory),
             have_local_offer: false,
             have_remote_description: false,
             dtls_setup: None,
@@ -305,6 +311,7 @@ impl Builder {
         if let Err(e) = pc.close().await {
             tracing::debug!(remote = %self.remote, error = %e, "close");
         }
+        self.factory.forget_tcp(&pc);
     }
 }
 
@@ -317,6 +324,8 @@ struct State {
     candidates: CandidatePolicy,
     /// NAT 1:1 addresses for what we advertise (see [`super::advertised`]).
     public_ips: Vec<std::net::IpAddr>,
+    /// The factory that built the connection (its ICE-TCP routes).
+    factory: Arc<PeerFactory>,
     have_local_offer: bool,
     have_remote_description: bool,
     /// Our DTLS role in the association, once the first offer/answer completed.
@@ -419,7 +428,11 @@ impl State {
         self.pc
             .local_description()
             .await
-            .map(|d| super::advertised_sdp(&d.sdp, &self.public_ips))
+            .map(|d| {
+                // Each new local description may carry new ICE credentials (a restart).
+                self.factory.route_tcp(&self.pc, &d.sdp);
+                super::advertised_sdp(&d.sdp, &self.public_ips, self.factory.config().tcp_port)
+            })
             .unwrap_or_default()
     }
 

@@ -308,9 +308,11 @@ main()
   .then((ok) => process.exit(ok ? 0 : 1))
   .catch((e) => {
     log(`FAILED: ${e.stack || e}`);
-    try {
-      dropUdp(false);
-    } catch {}
+    if (mode === 'restart') {
+      try {
+        dropUdp(false);
+      } catch {}
+    }
     process.stdout.write(JSON.stringify({ ok: false, error: String(e.message || e) }) + '\n');
     process.exit(1);
   });
