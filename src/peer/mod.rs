@@ -399,8 +399,9 @@ pub struct PeerFactory {
     next_port: AtomicU32,
     /// The shared ICE-TCP port, bound at the first build (`None` inside: binding failed).
     tcp_mux: tokio::sync::OnceCell<Option<Arc<tcpmux::TcpMux>>>,
-    /// Connections built here → their key in the mux (see [`PeerFactory::route_tcp`]).
-    tcp_keys: std::sync::Mutex<std::collections::HashMap<usize, u64>>,
+    /// Connections built here → their key in the mux (see [`PeerFactory::route_tcp`]);
+    /// entries of connections gone are pruned at each build.
+    tcp_keys: std::sync::Mutex<TcpKeys>,
     next_tcp_key: AtomicU64,
     /// [`DtlsKick`]s consumed by the connections built here.
     dtls_kicks: Arc<AtomicU64>,
@@ -408,6 +409,9 @@ pub struct PeerFactory {
 
 /// A built connection, shareable between tasks.
 pub type Pc = Arc<dyn PeerConnection>;
+
+/// Connections (by [`pc_id`]) and their key in the ICE-TCP mux.
+type TcpKeys = std::collections::HashMap<usize, (std::sync::Weak<dyn PeerConnection>, u64)>;
 
 /// A connection's identity while it lives (its address).
 fn pc_id(pc: &Pc) -> usize {
@@ -449,12 +453,14 @@ impl PeerFactory {
             .map(|mux| (mux, self.next_tcp_key.fetch_add(1, Ordering::Relaxed)));
         let pc = self.build_ports(handler, tcp.clone()).await?;
         if let Some((_, key)) = tcp {
-            self.keys().insert(pc_id(&pc), key);
+            let mut keys = self.keys();
+            keys.retain(|_, (pc, _)| pc.strong_count() > 0);
+            keys.insert(pc_id(&pc), (Arc::downgrade(&pc), key));
         }
         Ok(pc)
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<usize, u64>> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, TcpKeys> {
         self.tcp_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -483,7 +489,7 @@ impl PeerFactory {
         let Some(Some(mux)) = self.tcp_mux.get() else {
             return;
         };
-        let Some(key) = self.keys().get(&pc_id(pc)).copied() else {
+        let Some(key) = self.keys().get(&pc_id(pc)).map(|(_, key)| *key) else {
             return;
         };
         let ufrag = local_sdp
@@ -492,11 +498,6 @@ impl PeerFactory {
         if let Some(ufrag) = ufrag {
             mux.route(key, ufrag.trim());
         }
-    }
-
-    /// Forgets `pc` for the ICE-TCP routes (call when it is closed).
-    pub fn forget_tcp(&self, pc: &Pc) {
-        self.keys().remove(&pc_id(pc));
     }
 
     /// The port advertised in passive TCP candidates, when ICE-TCP is on.

@@ -311,7 +311,6 @@ impl Builder {
         if let Err(e) = pc.close().await {
             tracing::debug!(remote = %self.remote, error = %e, "close");
         }
-        self.factory.forget_tcp(&pc);
     }
 }
 
