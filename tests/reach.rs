@@ -354,3 +354,59 @@ async fn netns_ice_restart() {
     assert!((v - a).abs() < 1500.0, "video {v} ms, audio {a} ms");
     srv.shutdown().await;
 }
+
+#[test]
+fn public_ips_are_what_the_recorder_advertises_udp_and_tcp() {
+    run_in_netns("netns_public_ips");
+}
+
+/// In a namespace with only `lo`, which also gets a private address (10.9.9.9, as an interface
+/// would; this kernel has no dummy/veth devices), and the default media binds: with
+/// `--public-ips 203.0.113.9` and `--ice-tcp-port`, the recorder's offer and candidates name
+/// the public address (UDP and TCP host candidates, the TCP one on the shared port), never the
+/// private one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "runs inside `unshare -n` through public_ips_are_what_the_recorder_advertises_udp_and_tcp"]
+async fn netns_public_ips() {
+    netns_setup();
+    run_ok("ip", &["addr", "add", "10.9.9.9/32", "dev", "lo"]);
+    let tcp_port = free_tcp_port();
+    let srv = TestServer::start_with(|args| {
+        args.udp_bind = vec![IpAddr::from([0, 0, 0, 0]), IpAddr::from([127, 0, 0, 1])];
+        args.public_ips = vec![IpAddr::from([203, 0, 113, 9])];
+        args.ice_tcp_port = Some(tcp_port);
+    })
+    .await;
+    let spy = Spy::join(&srv.ws_url("/rooms/nat/ws?name=spy")).await;
+    let (status, rec) = srv
+        .post_json("/api/recordings", serde_json::json!({"room": "nat"}))
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    let recorder = rec["bot_peer"].as_str().expect("bot_peer").to_owned();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let wanted = |c: &Vec<String>| {
+        c.iter()
+            .any(|l| l.contains(" udp ") && l.contains(" 203.0.113.9 "))
+            && c.iter().any(|l| {
+                l.to_ascii_lowercase().contains(" tcp ")
+                    && l.contains(&format!(" 203.0.113.9 {tcp_port} typ host tcptype passive"))
+            })
+    };
+    let candidates = loop {
+        let candidates = spy.candidates_from(&recorder);
+        if wanted(&candidates) || std::time::Instant::now() > end {
+            break candidates;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("the recorder advertised: {candidates:#?}");
+    assert!(
+        wanted(&candidates),
+        "public UDP and TCP host candidates: {candidates:?}"
+    );
+    assert!(
+        candidates.iter().all(|c| !c.contains("10.9.9.9 ")),
+        "the private address leaked: {candidates:?}"
+    );
+    srv.shutdown().await;
+}

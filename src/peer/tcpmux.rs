@@ -54,14 +54,26 @@ struct Routes {
 }
 
 impl TcpMux {
-    /// Listens on `port` of every IP of `ips` and starts accepting. Must run inside a tokio
-    /// runtime.
+    /// Listens on `port` of every IP of `ips` and starts accepting. An unspecified address
+    /// (`0.0.0.0`, `::`) covers the other addresses of its family, which are then not bound
+    /// (a second listener on the port would fail). Must run inside a tokio runtime.
     pub fn bind(ips: &[IpAddr], port: u16) -> io::Result<Arc<Self>> {
         let mux = Arc::new(Self {
             port,
             routes: Mutex::new(Routes::default()),
         });
-        for ip in ips {
+        let covered = |ip: &IpAddr| {
+            !ip.is_unspecified()
+                && ips
+                    .iter()
+                    .any(|w| w.is_unspecified() && w.is_ipv4() == ip.is_ipv4())
+        };
+        let mut bound: Vec<IpAddr> = Vec::new();
+        for ip in ips.iter().filter(|ip| !covered(ip)) {
+            if bound.contains(ip) {
+                continue;
+            }
+            bound.push(*ip);
             let listener = std::net::TcpListener::bind(SocketAddr::new(*ip, port))?;
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
