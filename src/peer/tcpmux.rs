@@ -33,6 +33,9 @@ pub const MAX_FIRST_FRAME: usize = 2048;
 pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// Streams waiting for one connection's driver to accept them.
 const ACCEPT_QUEUE: usize = 16;
+/// Most new streams waiting for their first frame at once; more are closed at once (each
+/// holds a descriptor for up to [`FIRST_FRAME_TIMEOUT`]: a flood must not exhaust them).
+pub const MAX_PENDING: usize = 128;
 
 /// A stream handed to a connection (its first frame to replay, its halves), and the remote
 /// address.
@@ -43,6 +46,8 @@ type Accepted = (Replay, OwnedWriteHalf, SocketAddr);
 pub struct TcpMux {
     port: u16,
     routes: Mutex<Routes>,
+    /// New streams waiting for their first frame.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +66,7 @@ impl TcpMux {
         let mux = Arc::new(Self {
             port,
             routes: Mutex::new(Routes::default()),
+            pending: std::sync::atomic::AtomicUsize::new(0),
         });
         let covered = |ip: &IpAddr| {
             !ip.is_unspecified()
@@ -142,7 +148,16 @@ async fn accept_loop(mux: Weak<TcpMux>, listener: tokio::net::TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(dispatch(mux, stream, peer));
+                use std::sync::atomic::Ordering;
+                if mux.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+                    mux.pending.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!(%peer, "ICE-TCP: too many streams pending, closed");
+                    continue;
+                }
+                tokio::spawn(async move {
+                    dispatch(&mux, stream, peer).await;
+                    mux.pending.fetch_sub(1, Ordering::AcqRel);
+                });
             }
             Err(e) => {
                 tracing::debug!(error = %e, "ICE-TCP accept failed");
@@ -153,7 +168,7 @@ async fn accept_loop(mux: Weak<TcpMux>, listener: tokio::net::TcpListener) {
 }
 
 /// Reads the first frame of `stream` and hands it, replayed, to its connection.
-async fn dispatch(mux: Arc<TcpMux>, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
+async fn dispatch(mux: &TcpMux, mut stream: tokio::net::TcpStream, peer: SocketAddr) {
     let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_first_frame(&mut stream)).await;
     let frame = match first {
         Ok(Ok(frame)) => frame,
@@ -340,6 +355,117 @@ mod tests {
         m.extend_from_slice(&[9; 12]);
         m.extend_from_slice(&attrs);
         m
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    }
+
+    #[tokio::test]
+    async fn a_stream_goes_to_the_connection_its_request_names_with_the_frame_replayed() {
+        let port = free_port();
+        let mux = TcpMux::bind(&[IpAddr::from([127, 0, 0, 1])], port).expect("bind");
+        let a_local: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let b_local: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+        let a = mux.listener(1, a_local);
+        let b = mux.listener(2, b_local);
+        mux.route(1, "ufraga");
+        mux.route(2, "ufragb");
+        let mut frame = request("ufragb:remote");
+        let length = (frame.len() as u16).to_be_bytes();
+        frame.splice(0..0, length);
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        client.write_all(&frame).await.expect("write");
+        client.write_all(b"after").await.expect("write");
+        let (stream, peer) = tokio::time::timeout(Duration::from_secs(10), b.accept())
+            .await
+            .expect("routed to b")
+            .expect("accepted");
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert_eq!(
+            stream.local_addr().unwrap(),
+            b_local,
+            "the connection's own address"
+        );
+        let mut got = vec![0u8; frame.len() + 5];
+        let mut at = 0;
+        while at < got.len() {
+            let n = stream.read(&mut got[at..]).await.expect("read");
+            assert!(n > 0, "stream ended early");
+            at += n;
+        }
+        assert_eq!(&got[..frame.len()], &frame[..], "first frame replayed");
+        assert_eq!(&got[frame.len()..], b"after");
+        stream.write_all(b"back").await.expect("write back");
+        let mut back = [0u8; 4];
+        client.read_exact(&mut back).await.expect("read back");
+        assert_eq!(&back, b"back");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), a.accept())
+                .await
+                .is_err(),
+            "nothing for a"
+        );
+        // Unknown fragments and garbage are closed.
+        for bytes in [request("nobody:x"), vec![0, 1, 2]] {
+            let mut bad = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let mut framed = (bytes.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&bytes);
+            bad.write_all(&framed).await.expect("write");
+            let mut buf = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(10), bad.read(&mut buf))
+                .await
+                .expect("closed")
+                .unwrap_or(0);
+            assert_eq!(n, 0);
+        }
+        mux.forget(2);
+        assert!(mux.target("ufragb", IpAddr::from([127, 0, 0, 1])).is_none());
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_pending_cap_are_closed_at_once() {
+        let port = free_port();
+        let mux = TcpMux::bind(&[IpAddr::from([127, 0, 0, 1])], port).expect("bind");
+        let mut held = Vec::new();
+        for _ in 0..MAX_PENDING {
+            held.push(
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect"),
+            );
+        }
+        let pending = || mux.pending.load(std::sync::atomic::Ordering::Acquire);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pending() < MAX_PENDING {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("all pending");
+        let mut extra = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut buf = [0u8; 1];
+        // Well before FIRST_FRAME_TIMEOUT: closed at once, not after a wait.
+        let n = tokio::time::timeout(FIRST_FRAME_TIMEOUT / 2, extra.read(&mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), held[0].read(&mut buf))
+                .await
+                .is_err(),
+            "the pending ones wait for their frame"
+        );
     }
 
     #[test]
