@@ -3,7 +3,7 @@
 //! `recbot` with no arguments is `recbot serve` on the embedded defaults. [`ServeArgs::validate`]
 //! turns the raw options into a [`ServerConfig`] or a clear error before anything is bound.
 
-use crate::signal::protocol::IceServer;
+use crate::signal::protocol::{IceServer, TurnRest};
 use clap::{Args, Parser, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -74,6 +74,23 @@ pub struct ServeArgs {
     /// Credential for the TURN servers in --ice-servers (never logged).
     #[arg(long, env = "RECBOT_TURN_CREDENTIAL", hide_env_values = true)]
     pub turn_credential: Option<String>,
+    /// TURN REST API secret (coturn's `use-auth-secret`/`static-auth-secret`): every `welcome`
+    /// then carries fresh per-peer credentials for the `turn:`/`turns:` URLs of --ice-servers,
+    /// and the service's own peers use such credentials too (never logged).
+    #[arg(
+        long,
+        env = "RECBOT_TURN_SECRET",
+        hide_env_values = true,
+        conflicts_with_all = ["turn_username", "turn_credential"]
+    )]
+    pub turn_secret: Option<String>,
+    /// Seconds the credentials made from --turn-secret are valid.
+    #[arg(long, env = "RECBOT_TURN_TTL", default_value_t = 86_400)]
+    pub turn_ttl: u64,
+    /// TCP port for passive ICE-TCP host candidates (participants whose UDP is blocked), on
+    /// the --udp-bind IPs; every connection shares it.
+    #[arg(long, env = "RECBOT_ICE_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ice_tcp_port: Option<u16>,
     /// Most recordings active at once (more get 503).
     #[arg(long, env = "RECBOT_MAX_RECORDINGS", default_value_t = 16)]
     pub max_recordings: usize,
@@ -204,6 +221,9 @@ impl Default for ServeArgs {
                 ice_servers: vec![],
                 turn_username: None,
                 turn_credential: None,
+                turn_secret: None,
+                turn_ttl: 86_400,
+                ice_tcp_port: None,
                 max_recordings: 16,
                 max_peers_per_room: 64,
                 max_rooms: 1000,
@@ -359,6 +379,8 @@ pub struct ServerConfig {
     pub webhooks: Option<crate::events::WebhookConfig>,
     /// Object storage, when `--s3-bucket` is set.
     pub storage: Option<S3Settings>,
+    /// Per-peer TURN credentials from `--turn-secret` / `--turn-ttl`.
+    pub turn_rest: Option<TurnRest>,
 }
 
 impl ServeArgs {
@@ -433,6 +455,16 @@ impl ServeArgs {
             None => None,
             Some(text) => Some(parse_port_range(text)?),
         };
+        if self.turn_secret.as_deref() == Some("") {
+            return Err(ConfigError::EmptyToken("--turn-secret"));
+        }
+        if self.turn_ttl == 0 {
+            return Err(ConfigError::ZeroLimit("--turn-ttl"));
+        }
+        let turn_rest = self
+            .turn_secret
+            .as_ref()
+            .map(|secret| TurnRest::new(secret, std::time::Duration::from_secs(self.turn_ttl)));
         let mut ice_servers = Vec::new();
         for url in &self.ice_servers {
             let scheme = url.split(':').next().unwrap_or_default();
@@ -467,6 +499,7 @@ impl ServeArgs {
             ice_servers,
             storage,
             webhooks,
+            turn_rest,
         })
     }
 
@@ -739,6 +772,47 @@ mod tests {
         assert_eq!(cfg.ice_servers[0].username, None);
         assert_eq!(cfg.ice_servers[1].credential.as_deref(), Some("p"));
         assert!(args(&["--ice-servers", "http://x"]).validate().is_err());
+        let cfg = args(&[
+            "--ice-servers",
+            "turn:turn.example:3478",
+            "--turn-secret",
+            "s",
+            "--ice-tcp-port",
+            "8443",
+            "--recordings-dir",
+            dir.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(cfg.turn_rest.map(|r| r.ttl().as_secs()), Some(86_400));
+        assert_eq!(cfg.args.ice_tcp_port, Some(8443));
+        let cfg = args(&[
+            "--turn-secret",
+            "s",
+            "--turn-ttl",
+            "60",
+            "--recordings-dir",
+            dir.to_str().unwrap(),
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(cfg.turn_rest.map(|r| r.ttl().as_secs()), Some(60));
+        for bad in ["0", "x", "9000-9009", "70000"] {
+            let argv = ["recbot", "serve", "--ice-tcp-port", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+        }
+        let both = [
+            "recbot",
+            "serve",
+            "--turn-secret",
+            "s",
+            "--turn-username",
+            "u",
+        ];
+        assert!(
+            Cli::try_parse_from(both).is_err(),
+            "static or REST, not both"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -116,7 +116,10 @@ async fn build_app(
         args.trusted_proxies.clone(),
     ));
     let hub = Hub::with_limits(
-        config.ice_servers.clone(),
+        crate::signal::protocol::IceConfig {
+            servers: config.ice_servers.clone(),
+            turn_rest: config.turn_rest.clone(),
+        },
         args.max_peers_per_room,
         args.max_rooms,
         args.reserved_rooms,
@@ -129,6 +132,8 @@ async fn build_app(
         ice_servers: config.ice_servers.clone(),
         outbound_loss: None,
         loopback_candidates_only: args.loopback_candidates_only,
+        turn_rest: config.turn_rest.clone(),
+        tcp_port: config.args.ice_tcp_port,
     });
     let services = Arc::new(Services {
         hub,

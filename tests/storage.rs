@@ -724,7 +724,10 @@ async fn sigkill_mid_queue_resumes_and_no_secret_is_logged() {
     // (with its error) before the kill, for the secret check below to mean something.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !first.log.lock().unwrap().contains("upload failed") {
-        assert!(Instant::now() < deadline, "the first run logged no failed upload");
+        assert!(
+            Instant::now() < deadline,
+            "the first run logged no failed upload"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut first = first;

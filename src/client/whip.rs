@@ -78,7 +78,7 @@ pub async fn start_whip(
     let sdp = pc
         .local_description()
         .await
-        .map(|d| d.sdp)
+        .map(|d| crate::peer::advertised_sdp(&d.sdp, &[], None))
         .ok_or_else(|| PublishError::Signal("no local offer".into()))?;
     let http = reqwest::Client::new();
     let mut request = http

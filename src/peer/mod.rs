@@ -10,8 +10,11 @@
 pub mod negotiation;
 pub mod outlet;
 pub mod room;
+pub mod tcpmux;
 pub mod whip;
 
+use crate::signal::protocol::TurnRest;
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
@@ -204,6 +207,83 @@ impl CandidatePolicy {
     }
 }
 
+/// Whether this host can open webrtc-rs's mDNS socket (bound to 5353, joined to the IPv4
+/// mDNS group). Asked for every connection, so that it follows interfaces coming and going.
+fn multicast_dns_available() -> bool {
+    rtc::mdns::MulticastSocket::new().into_std().is_ok()
+}
+
+/// One of our own candidates (`candidate:...`, with or without `a=`) as it may be sent to a
+/// remote, or `None` when it must not be.
+///
+/// - A candidate at an address nobody can reach (see [`CandidateRefusal::Address`]) is not
+///   sent: webrtc-rs binds a wildcard socket as it is when the host has no interface to expand
+///   it to (only `lo`), and then offers `0.0.0.0` as a host candidate.
+/// - With `public_ips` (NAT 1:1), a host candidate (UDP or TCP) at a local address that is not
+///   loopback is sent with the first public IP of its family instead. webrtc-rs 0.21.1 keeps
+///   `SettingEngine::with_nat_1to1_ips` but never reads it, and its TCP candidates would not
+///   get it anyway. Loopback candidates stay (programs on this host).
+/// - With `tcp_port` (the [`tcpmux::TcpMux`] port), a passive TCP candidate is sent with that
+///   port: the connection's own listener port is never dialled.
+///
+/// A line that does not parse is passed as it is, for the remote to judge.
+pub fn advertised(candidate: &str, public_ips: &[IpAddr], tcp_port: Option<u16>) -> Option<String> {
+    let Ok(c) = parse_candidate(candidate) else {
+        return Some(candidate.to_owned());
+    };
+    let Ok(ip) = c.address.parse::<IpAddr>() else {
+        return Some(candidate.to_owned());
+    };
+    let ip = ip.to_canonical();
+    if unreachable_address(ip) {
+        return None;
+    }
+    let public = public_ips
+        .iter()
+        .find(|p| p.is_ipv4() == ip.is_ipv4())
+        .filter(|_| c.kind == "host" && !ip.is_loopback());
+    let port = tcp_port.filter(|_| c.transport == "tcp" && c.tcp_type == "passive");
+    if public.is_none() && port.is_none() {
+        return Some(candidate.to_owned());
+    }
+    // The address and port are the fifth and sixth fields; the rest is kept as written.
+    let mut out = String::with_capacity(candidate.len() + 8);
+    for (i, field) in candidate.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        match (i, public, port) {
+            (4, Some(public), _) => out.push_str(&public.to_string()),
+            (5, _, Some(port)) => out.push_str(&port.to_string()),
+            _ => out.push_str(field),
+        }
+    }
+    Some(out)
+}
+
+/// Our own `sdp` as it may be sent: every `a=candidate` line through [`advertised`] (dropped
+/// or rewritten); every other line is kept as it is.
+pub fn advertised_sdp(sdp: &str, public_ips: &[IpAddr], tcp_port: Option<u16>) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\r', '\n']);
+        let Some(candidate) = content.strip_prefix("a=") else {
+            out.push_str(line);
+            continue;
+        };
+        if !candidate.starts_with("candidate:") {
+            out.push_str(line);
+            continue;
+        }
+        if let Some(candidate) = advertised(candidate, public_ips, tcp_port) {
+            out.push_str("a=");
+            out.push_str(&candidate);
+            out.push_str(&line[content.len()..]);
+        }
+    }
+    out
+}
+
 /// Whether no remote peer can be reached at `ip` (see [`CandidateRefusal::Address`]).
 fn unreachable_address(ip: IpAddr) -> bool {
     match ip {
@@ -266,6 +346,12 @@ pub struct PeerConfig {
     /// Ignore remote ICE candidates that are not loopback addresses (tests with a browser on
     /// the same machine: connectivity checks stay on 127.0.0.1).
     pub loopback_candidates_only: bool,
+    /// Fresh TURN credentials for our own connections (user `recbot`), replacing the static
+    /// ones of the TURN entries of `ice_servers`.
+    pub turn_rest: Option<TurnRest>,
+    /// The port of passive ICE-TCP host candidates on the `udp_bind` IPs, shared by every
+    /// connection through a [`tcpmux::TcpMux`]; no TCP candidates without it.
+    pub tcp_port: Option<u16>,
 }
 
 /// Simulated loss and reordering of outgoing RTP, applied where packets leave (after the NACK
@@ -301,6 +387,8 @@ impl PeerConfig {
             ice_servers: vec![],
             outbound_loss: None,
             loopback_candidates_only: false,
+            turn_rest: None,
+            tcp_port: None,
         }
     }
 }
@@ -309,6 +397,12 @@ impl PeerConfig {
 pub struct PeerFactory {
     config: PeerConfig,
     next_port: AtomicU32,
+    /// The shared ICE-TCP port, bound at the first build (`None` inside: binding failed).
+    tcp_mux: tokio::sync::OnceCell<Option<Arc<tcpmux::TcpMux>>>,
+    /// Connections built here → their key in the mux (see [`PeerFactory::route_tcp`]);
+    /// entries of connections gone are pruned at each build.
+    tcp_keys: std::sync::Mutex<TcpKeys>,
+    next_tcp_key: AtomicU64,
     /// [`DtlsKick`]s consumed by the connections built here.
     dtls_kicks: Arc<AtomicU64>,
 }
@@ -316,12 +410,23 @@ pub struct PeerFactory {
 /// A built connection, shareable between tasks.
 pub type Pc = Arc<dyn PeerConnection>;
 
+/// Connections (by [`pc_id`]) and their key in the ICE-TCP mux.
+type TcpKeys = std::collections::HashMap<usize, (std::sync::Weak<dyn PeerConnection>, u64)>;
+
+/// A connection's identity while it lives (its address).
+fn pc_id(pc: &Pc) -> usize {
+    Arc::as_ptr(pc).cast::<()>() as usize
+}
+
 impl PeerFactory {
     /// A factory for `config`.
     pub fn new(config: PeerConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
             next_port: AtomicU32::new(0),
+            tcp_mux: tokio::sync::OnceCell::new(),
+            tcp_keys: Default::default(),
+            next_tcp_key: AtomicU64::new(0),
             dtls_kicks: Arc::default(),
         })
     }
@@ -342,8 +447,71 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Pc, PeerError> {
+        let tcp = self
+            .mux()
+            .await
+            .map(|mux| (mux, self.next_tcp_key.fetch_add(1, Ordering::Relaxed)));
+        let pc = self.build_ports(handler, tcp.clone()).await?;
+        if let Some((_, key)) = tcp {
+            let mut keys = self.keys();
+            keys.retain(|_, (pc, _)| pc.strong_count() > 0);
+            keys.insert(pc_id(&pc), (Arc::downgrade(&pc), key));
+        }
+        Ok(pc)
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, TcpKeys> {
+        self.tcp_keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The shared ICE-TCP port's mux, bound on first use; `None` without `tcp_port` or when
+    /// it cannot be bound (logged once: connections then have no TCP candidates).
+    async fn mux(&self) -> Option<Arc<tcpmux::TcpMux>> {
+        let port = self.config.tcp_port?;
+        self.tcp_mux
+            .get_or_init(|| async {
+                match tcpmux::TcpMux::bind(&self.config.udp_bind, port) {
+                    Ok(mux) => Some(mux),
+                    Err(e) => {
+                        tracing::error!(port, error = %e, "ICE-TCP port not bound: no TCP candidates");
+                        None
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+
+    /// Tells the ICE-TCP mux that `pc`'s local ICE username fragment is now the one of
+    /// `local_sdp` (call after each `set_local_description`: restarts change it). Nothing
+    /// without ICE-TCP.
+    pub fn route_tcp(&self, pc: &Pc, local_sdp: &str) {
+        let Some(Some(mux)) = self.tcp_mux.get() else {
+            return;
+        };
+        let Some(key) = self.keys().get(&pc_id(pc)).map(|(_, key)| *key) else {
+            return;
+        };
+        let ufrag = local_sdp
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"));
+        if let Some(ufrag) = ufrag {
+            mux.route(key, ufrag.trim());
+        }
+    }
+
+    /// The port advertised in passive TCP candidates, when ICE-TCP is on.
+    pub fn tcp_port(&self) -> Option<u16> {
+        self.tcp_mux.get()?.as_ref().map(|m| m.port())
+    }
+
+    async fn build_ports(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
+    ) -> Result<Pc, PeerError> {
         let Some((min, max)) = self.config.udp_ports else {
-            return self.build_on(Arc::clone(&handler), 0).await;
+            return self.build_on(Arc::clone(&handler), 0, tcp).await;
         };
         let span = u32::from(max - min) + 1;
         let mut last = None;
@@ -352,7 +520,7 @@ impl PeerFactory {
         for _ in 0..span.min(64) {
             let offset = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
             let port = min + offset as u16;
-            match self.build_on(Arc::clone(&handler), port).await {
+            match self.build_on(Arc::clone(&handler), port, tcp.clone()).await {
                 Ok(pc) => return Ok(pc),
                 Err(e) => last = Some(e),
             }
@@ -361,10 +529,24 @@ impl PeerFactory {
         Err(PeerError::NoPort(min, max))
     }
 
+    /// The ICE servers our connections use: the configured ones, with fresh TURN REST
+    /// credentials when configured.
+    fn ice_servers(&self) -> Vec<crate::signal::protocol::IceServer> {
+        match &self.config.turn_rest {
+            Some(rest) => rest.apply(
+                &self.config.ice_servers,
+                "recbot",
+                std::time::SystemTime::now(),
+            ),
+            None => self.config.ice_servers.clone(),
+        }
+    }
+
     async fn build_on(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
         port: u16,
+        tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
     ) -> Result<Pc, PeerError> {
         let mut media_engine = media_engine()?;
         let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)?
@@ -373,13 +555,12 @@ impl PeerFactory {
             registry = registry.with(Slot::from(500), LossInjector::new(loss));
         }
         let ice_servers = self
-            .config
-            .ice_servers
-            .iter()
+            .ice_servers()
+            .into_iter()
             .map(|s| RTCIceServer {
-                urls: s.urls.clone(),
-                username: s.username.clone().unwrap_or_default(),
-                credential: s.credential.clone().unwrap_or_default(),
+                urls: s.urls,
+                username: s.username.unwrap_or_default(),
+                credential: s.credential.unwrap_or_default(),
             })
             .collect();
         let configuration = RTCConfigurationBuilder::new()
@@ -392,6 +573,17 @@ impl PeerFactory {
         if self.config.udp_bind.iter().any(IpAddr::is_loopback) {
             settings = settings.with_include_loopback_candidate(true);
         }
+        // webrtc-rs opens an mDNS socket (joined to 224.0.0.251) for every connection by
+        // default, and fails the whole build when it cannot: on a host whose only interface is
+        // a loopback without multicast, every connection would fail with "No such device".
+        // Without it, remote `.local` candidates are not resolved; the remote's checks still
+        // reach us and become peer-reflexive pairs.
+        if !multicast_dns_available() {
+            tracing::debug!("no multicast-capable interface: mDNS off");
+            settings = settings.with_multicast_dns_mode(MulticastDnsMode::Disabled);
+        }
+        // webrtc-rs 0.21.1 does not read this setting (kept for when it does): what we
+        // advertise gets the public IPs from [`advertised`].
         if !self.config.public_ips.is_empty() {
             settings = settings.with_nat_1to1_ips(
                 self.config
@@ -408,10 +600,20 @@ impl PeerFactory {
             .iter()
             .map(|ip| SocketAddr::new(*ip, port))
             .collect();
+        // The driver's own listeners, on ephemeral ports: what they accept comes from the mux.
+        let tcp_addrs: Vec<SocketAddr> = match tcp {
+            Some(_) => self
+                .config
+                .udp_bind
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, 0))
+                .collect(),
+            None => Vec::new(),
+        };
         // See [`DtlsKick`]: without it, the DTLS client's first flight waits for the next
         // ICE tick (up to 200 ms) after the pair is selected.
         let kick = Arc::new(DtlsKick::counted_in(Arc::clone(&self.dtls_kicks)));
-        let runtime = KickRuntime::new(Arc::clone(&kick)).ok_or_else(|| {
+        let runtime = KickRuntime::new(Arc::clone(&kick), tcp).ok_or_else(|| {
             PeerError::WebRtc(webrtc::error::Error::Other(
                 "no async runtime for webrtc-rs".to_owned(),
             ))
@@ -428,6 +630,7 @@ impl PeerFactory {
             .with_handler(handler)
             .with_runtime(Arc::new(runtime))
             .with_udp_addrs(addrs)
+            .with_tcp_addrs(tcp_addrs)
             .build()
             .await?;
         Ok(Arc::new(pc))
@@ -541,15 +744,27 @@ impl PeerConnectionEventHandler for KickHandler {
 pub struct KickRuntime {
     inner: Arc<dyn Runtime>,
     kick: Arc<DtlsKick>,
+    /// The shared ICE-TCP port and this connection's key in it: TCP listeners are fed by it.
+    tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
 }
 
 impl KickRuntime {
-    /// Wraps webrtc-rs's default runtime; `None` when it has none (no runtime feature).
-    pub fn new(kick: Arc<DtlsKick>) -> Option<Self> {
+    /// Wraps webrtc-rs's default runtime; `None` when it has none (no runtime feature). With
+    /// `tcp`, the connection's TCP listeners accept what the mux routes to `key`.
+    pub fn new(kick: Arc<DtlsKick>, tcp: Option<(Arc<tcpmux::TcpMux>, u64)>) -> Option<Self> {
         Some(Self {
             inner: webrtc::runtime::default_runtime()?,
             kick,
+            tcp,
         })
+    }
+}
+
+impl Drop for KickRuntime {
+    fn drop(&mut self) {
+        if let Some((mux, key)) = &self.tcp {
+            mux.forget(*key);
+        }
     }
 }
 
@@ -577,7 +792,11 @@ impl Runtime for KickRuntime {
         &self,
         listener: std::net::TcpListener,
     ) -> std::io::Result<Arc<dyn AsyncTcpListener>> {
-        self.inner.wrap_tcp_listener(listener)
+        match &self.tcp {
+            // The driver's own listener only names the address; the mux feeds it.
+            Some((mux, key)) => Ok(Arc::new(mux.listener(*key, listener.local_addr()?))),
+            None => self.inner.wrap_tcp_listener(listener),
+        }
     }
 
     fn connect_tcp<'a>(
@@ -850,7 +1069,7 @@ mod tests {
     #[tokio::test]
     async fn a_kick_makes_the_next_timer_due_at_once_and_only_that_one() {
         let kick = Arc::new(DtlsKick::default());
-        let runtime = KickRuntime::new(kick.clone()).expect("tokio runtime");
+        let runtime = KickRuntime::new(kick.clone(), None).expect("tokio runtime");
         const HOUR: Duration = Duration::from_secs(3600);
         // Bounds far from an hour tell "due now" from "due in an hour"; they time nothing.
         let fires_within =
@@ -1105,6 +1324,103 @@ mod tests {
             policy.filter_sdp(&format!("v=0\na={}\n", host("192.0.2.5", 5005)));
         assert_eq!((filtered.as_str(), removed), ("v=0\n", 1));
         assert_eq!(policy.admitted(), 3);
+    }
+
+    #[test]
+    fn unspecified_local_candidates_are_not_advertised() {
+        let sent = |line: &str| advertised(line, &[], None);
+        assert_eq!(sent(&host("0.0.0.0", 50000)), None);
+        assert_eq!(sent("candidate:1 1 udp 1 :: 50000 typ host"), None);
+        assert_eq!(
+            sent("candidate:1 1 tcp 1 0.0.0.0 9000 typ host tcptype passive"),
+            None
+        );
+        for kept in [
+            host("127.0.0.1", 50000),
+            host("192.0.2.7", 50000),
+            "candidate:1 1 udp 1 198.51.100.3 3478 typ relay raddr 0.0.0.0 rport 0".into(),
+            "garbage".into(),
+        ] {
+            assert_eq!(sent(&kept), Some(kept.clone()));
+        }
+        let sdp = format!(
+            "v=0\r\na={}\r\na={}\r\na=end-of-candidates\r\n",
+            host("0.0.0.0", 5000),
+            host("127.0.0.1", 5001)
+        );
+        assert_eq!(
+            advertised_sdp(&sdp, &[], None),
+            format!(
+                "v=0\r\na={}\r\na=end-of-candidates\r\n",
+                host("127.0.0.1", 5001)
+            )
+        );
+    }
+
+    #[test]
+    fn public_ips_replace_local_host_addresses_udp_and_tcp() {
+        let public = [
+            IpAddr::from([203, 0, 113, 9]),
+            "2001:db8::9".parse().unwrap(),
+        ];
+        let sent = |line: &str| advertised(line, &public, None);
+        assert_eq!(
+            sent(&host("10.0.0.5", 50000)).as_deref(),
+            Some(host("203.0.113.9", 50000).as_str())
+        );
+        assert_eq!(
+            sent("candidate:2 1 tcp 1518280447 10.0.0.5 8443 typ host tcptype passive").as_deref(),
+            Some("candidate:2 1 tcp 1518280447 203.0.113.9 8443 typ host tcptype passive")
+        );
+        assert_eq!(
+            sent("candidate:3 1 udp 1 fd00::5 5000 typ host").as_deref(),
+            Some("candidate:3 1 udp 1 2001:db8::9 5000 typ host")
+        );
+        // Loopback, relays and reflexive candidates are what they say.
+        for kept in [
+            host("127.0.0.1", 50000),
+            "candidate:4 1 udp 1 198.51.100.3 3478 typ relay raddr 10.0.0.5 rport 5000".into(),
+            "candidate:5 1 udp 1 198.51.100.4 5000 typ srflx raddr 10.0.0.5 rport 5000".into(),
+        ] {
+            assert_eq!(sent(&kept), Some(kept.clone()));
+        }
+        // Only an address of the same family replaces one.
+        assert_eq!(
+            advertised(
+                "candidate:3 1 udp 1 fd00::5 5000 typ host",
+                &public[..1],
+                None
+            )
+            .as_deref(),
+            Some("candidate:3 1 udp 1 fd00::5 5000 typ host")
+        );
+        assert_eq!(
+            advertised_sdp(
+                &format!("v=0\na={}\n", host("10.0.0.5", 1234)),
+                &public,
+                None
+            ),
+            format!("v=0\na={}\n", host("203.0.113.9", 1234))
+        );
+    }
+
+    #[test]
+    fn passive_tcp_candidates_get_the_shared_port() {
+        let passive = "candidate:2 1 tcp 1518280447 10.0.0.5 40123 typ host tcptype passive";
+        assert_eq!(
+            advertised(passive, &[], Some(8443)).as_deref(),
+            Some("candidate:2 1 tcp 1518280447 10.0.0.5 8443 typ host tcptype passive")
+        );
+        assert_eq!(
+            advertised(passive, &[IpAddr::from([203, 0, 113, 9])], Some(8443)).as_deref(),
+            Some("candidate:2 1 tcp 1518280447 203.0.113.9 8443 typ host tcptype passive")
+        );
+        for kept in [
+            "candidate:3 1 tcp 1 10.0.0.5 9 typ host tcptype active".to_owned(),
+            host("10.0.0.5", 40123),
+        ] {
+            assert_eq!(advertised(&kept, &[], Some(8443)), Some(kept.clone()));
+        }
     }
 
     #[test]

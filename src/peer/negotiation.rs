@@ -65,7 +65,16 @@ enum Input {
     Answer(String),
     Candidate(Option<Candidate>),
     Negotiate,
+    /// The connection's state changed (from its event handler).
+    State(RTCPeerConnectionState),
 }
+
+/// How long a connection may stay `disconnected` or `failed` before the link restarts ICE
+/// itself (new credentials, a new offer): the remote's network changed and it may not notice.
+pub const ICE_RESTART_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How long after an ICE restart that did not bring the connection back the link tries again.
+pub const ICE_RESTART_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A live connection toward one remote peer. Dropping it closes the connection.
 ///
@@ -89,6 +98,13 @@ pub struct Link {
 /// recording with its tracks. With weak ones, only this small struct leaks.
 struct Handler {
     remote: String,
+    /// The link's own inputs (connection states); weak, so that a connection webrtc-rs never
+    /// frees does not keep the link's queue open.
+    inputs: mpsc::WeakUnboundedSender<Input>,
+    /// NAT 1:1 addresses for what we advertise (see [`super::advertised`]).
+    public_ips: Vec<std::net::IpAddr>,
+    /// The shared ICE-TCP port put into our passive TCP candidates.
+    tcp_port: Option<u16>,
     sink: std::sync::Weak<dyn SignalSink>,
     media: std::sync::Weak<dyn LinkMedia>,
 }
@@ -100,18 +116,26 @@ impl PeerConnectionEventHandler for Handler {
             return;
         };
         match event.candidate.to_json() {
-            Ok(init) => sink.send(ClientMessage::Candidate {
-                to: self.remote.clone(),
-                candidate: Candidate {
-                    candidate: init.candidate,
-                    // webrtc-rs reports mid ""; with BUNDLE the first m-line carries the
-                    // transport, which every browser accepts by index alone.
-                    sdp_mid: None,
-                    sdp_mline_index: Some(0),
-                    username_fragment: init.username_fragment,
-                }
-                .into(),
-            }),
+            Ok(init) => {
+                let Some(line) =
+                    super::advertised(&init.candidate, &self.public_ips, self.tcp_port)
+                else {
+                    tracing::debug!(remote = %self.remote, candidate = %init.candidate, "local candidate not advertised");
+                    return;
+                };
+                sink.send(ClientMessage::Candidate {
+                    to: self.remote.clone(),
+                    candidate: Candidate {
+                        candidate: line,
+                        // webrtc-rs reports mid ""; with BUNDLE the first m-line carries the
+                        // transport, which every browser accepts by index alone.
+                        sdp_mid: None,
+                        sdp_mline_index: Some(0),
+                        username_fragment: init.username_fragment,
+                    }
+                    .into(),
+                })
+            }
             Err(e) => tracing::debug!(remote = %self.remote, error = %e, "candidate not sent"),
         }
     }
@@ -130,6 +154,9 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(remote = %self.remote, %state, "connection state");
+        if let Some(inputs) = self.inputs.upgrade() {
+            let _ = inputs.send(Input::State(state));
+        }
         let Some(media) = self.media.upgrade() else {
             return;
         };
@@ -172,6 +199,7 @@ impl Link {
             let _ = tx.send(Input::Negotiate);
         }
         let builder = Builder {
+            inputs: tx.downgrade(),
             factory: Arc::clone(factory),
             remote: remote.to_owned(),
             polite,
@@ -230,6 +258,7 @@ impl Drop for Link {
 
 /// What a link's task needs to build its connection.
 struct Builder {
+    inputs: mpsc::WeakUnboundedSender<Input>,
     factory: Arc<PeerFactory>,
     remote: String,
     polite: bool,
@@ -248,7 +277,10 @@ impl Builder {
         mut close: tokio::sync::oneshot::Receiver<()>,
     ) {
         let handler = Arc::new(Handler {
+            inputs: self.inputs.clone(),
             remote: self.remote.clone(),
+            public_ips: self.factory.config().public_ips.clone(),
+            tcp_port: self.factory.config().tcp_port,
             sink: Arc::downgrade(&self.sink),
             media: Arc::downgrade(&self.media),
         });
@@ -274,10 +306,14 @@ impl Builder {
             sink: Arc::clone(&self.sink),
             polite: self.polite,
             candidates: CandidatePolicy::for_config(self.factory.config()),
+            public_ips: self.factory.config().public_ips.clone(),
+            factory: Arc::clone(&self.factory),
             have_local_offer: false,
             have_remote_description: false,
             dtls_setup: None,
             pending_candidates: Vec::new(),
+            connected: false,
+            restart_at: None,
         };
         tokio::select! {
             _ = state.run(rx) => {}
@@ -296,26 +332,89 @@ struct State {
     polite: bool,
     /// Which remote candidates webrtc-rs gets (SDP and trickle share its cap).
     candidates: CandidatePolicy,
+    /// NAT 1:1 addresses for what we advertise (see [`super::advertised`]).
+    public_ips: Vec<std::net::IpAddr>,
+    /// The factory that built the connection (its ICE-TCP routes).
+    factory: Arc<PeerFactory>,
     have_local_offer: bool,
     have_remote_description: bool,
     /// Our DTLS role in the association, once the first offer/answer completed.
     dtls_setup: Option<DtlsSetup>,
     pending_candidates: Vec<Candidate>,
+    /// Whether the connection is `connected` now.
+    connected: bool,
+    /// When to restart ICE, while the connection is down after having been up.
+    restart_at: Option<tokio::time::Instant>,
 }
 
 impl State {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
-        while let Some(input) = rx.recv().await {
+        loop {
+            let restart_at = self.restart_at;
+            let due = async move {
+                match restart_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let input = tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => Some(input),
+                    None => break,
+                },
+                _ = due => None,
+            };
             let step = match input {
-                Input::Offer(sdp) => self.on_offer(sdp).await,
-                Input::Answer(sdp) => self.on_answer(sdp).await,
-                Input::Candidate(c) => self.on_candidate(c).await,
-                Input::Negotiate => self.make_offer().await,
+                Some(Input::Offer(sdp)) => self.on_offer(sdp).await,
+                Some(Input::Answer(sdp)) => self.on_answer(sdp).await,
+                Some(Input::Candidate(c)) => self.on_candidate(c).await,
+                Some(Input::Negotiate) => self.make_offer().await,
+                Some(Input::State(state)) => {
+                    self.on_state(state);
+                    Ok(())
+                }
+                None => self.restart_ice().await,
             };
             if let Err(e) = step {
                 tracing::warn!(remote = %self.remote, error = %e, "negotiation step failed");
             }
         }
+    }
+
+    /// Arms the ICE restart when a connection that was up goes `disconnected` or `failed`,
+    /// and disarms it when it is `connected` again.
+    fn on_state(&mut self, state: RTCPeerConnectionState) {
+        match state {
+            RTCPeerConnectionState::Connected => {
+                self.connected = true;
+                self.restart_at = None;
+            }
+            RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed => {
+                let was_up = std::mem::replace(&mut self.connected, false);
+                if was_up && self.restart_at.is_none() {
+                    self.restart_at = Some(tokio::time::Instant::now() + ICE_RESTART_AFTER);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Restarts ICE (new credentials, sockets bound again) and offers, when the connection is
+    /// still down; tries again after [`ICE_RESTART_RETRY`] until it is up. With an offer of
+    /// ours still unanswered, only the retry is armed. Media files are not touched: the
+    /// tracks stay the same, only their packets pause (SPEC §10).
+    async fn restart_ice(&mut self) -> Result<(), PeerError> {
+        self.restart_at = None;
+        if self.connected {
+            return Ok(());
+        }
+        self.restart_at = Some(tokio::time::Instant::now() + ICE_RESTART_RETRY);
+        if self.have_local_offer {
+            return Ok(());
+        }
+        tracing::info!(remote = %self.remote, "connection down: restarting ICE");
+        self.pc.restart_ice().await?;
+        self.make_offer().await
     }
 
     async fn make_offer(&mut self) -> Result<(), PeerError> {
@@ -334,11 +433,16 @@ impl State {
         Ok(())
     }
 
+    /// Our local description as we send it: without candidates nobody can reach.
     async fn local_sdp(&self) -> String {
         self.pc
             .local_description()
             .await
-            .map(|d| d.sdp)
+            .map(|d| {
+                // Each new local description may carry new ICE credentials (a restart).
+                self.factory.route_tcp(&self.pc, &d.sdp);
+                super::advertised_sdp(&d.sdp, &self.public_ips, self.factory.config().tcp_port)
+            })
             .unwrap_or_default()
     }
 

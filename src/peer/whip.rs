@@ -290,6 +290,7 @@ impl WhipSessions {
             let _ = pc.close().await;
             return Err(PeerError::BadSdp("no local description".into()).into());
         };
+        factory.route_tcp(&pc, &local.sdp);
         self.lock().insert(
             session.clone(),
             Session {
@@ -318,7 +319,11 @@ impl WhipSessions {
         Ok(Opened {
             session,
             secret,
-            answer: local.sdp,
+            answer: super::advertised_sdp(
+                &local.sdp,
+                &factory.config().public_ips,
+                factory.config().tcp_port,
+            ),
         })
     }
 

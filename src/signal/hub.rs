@@ -11,7 +11,7 @@
 //! `welcome` ([`Hub::claim`]) hands the seat to the new session.
 
 use super::protocol::{
-    ClientMessage, ErrorCode, IceServer, MessageRef, PeerInfo, Refusal, ServerMessage,
+    ClientMessage, ErrorCode, IceConfig, MessageRef, PeerInfo, Refusal, ServerMessage,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +90,7 @@ struct Room {
 /// The set of rooms. Cheap to share (`Arc<Hub>`).
 pub struct Hub {
     rooms: Mutex<HashMap<String, Room>>,
-    ice_servers: Vec<IceServer>,
+    ice_servers: IceConfig,
     max_peers_per_room: usize,
     max_rooms: usize,
     /// Rooms only bots may create (the last ones before `max_rooms`).
@@ -210,28 +210,29 @@ pub fn new_peer_id() -> String {
 }
 
 impl Hub {
-    /// A hub that hands `ice_servers` to every client in its `welcome`, with at most
+    /// A hub that hands `ice_servers` to every client in its `welcome` (with per-peer TURN
+    /// credentials when they carry a [`crate::signal::protocol::TurnRest`]), with at most
     /// `max_peers_per_room` peers per room and `max_rooms` rooms.
     pub fn new(
-        ice_servers: Vec<IceServer>,
+        ice_servers: impl Into<IceConfig>,
         max_peers_per_room: usize,
         max_rooms: usize,
     ) -> Arc<Self> {
-        Self::build(ice_servers, max_peers_per_room, max_rooms, 0, None)
+        Self::build(ice_servers.into(), max_peers_per_room, max_rooms, 0, None)
     }
 
     /// Like [`new`](Self::new), also keeping `reserved_rooms` rooms (at most half of
     /// `max_rooms`) for bots, and refusing joins while `fds` cannot cover one more peer
     /// connection.
     pub fn with_limits(
-        ice_servers: Vec<IceServer>,
+        ice_servers: impl Into<IceConfig>,
         max_peers_per_room: usize,
         max_rooms: usize,
         reserved_rooms: usize,
         fds: Arc<crate::limits::FdBudget>,
     ) -> Arc<Self> {
         Self::build(
-            ice_servers,
+            ice_servers.into(),
             max_peers_per_room,
             max_rooms,
             reserved_rooms,
@@ -240,7 +241,7 @@ impl Hub {
     }
 
     fn build(
-        ice_servers: Vec<IceServer>,
+        ice_servers: IceConfig,
         max_peers_per_room: usize,
         max_rooms: usize,
         reserved_rooms: usize,
@@ -416,7 +417,7 @@ impl Hub {
             id: info.id.clone(),
             room: room.to_owned(),
             peers,
-            ice_servers: self.ice_servers.clone(),
+            ice_servers: self.ice_servers.for_peer(&info.id),
             resume: token,
             resumed: false,
         };
@@ -476,7 +477,7 @@ impl Hub {
             id: id.to_owned(),
             room: room.to_owned(),
             peers,
-            ice_servers: self.ice_servers.clone(),
+            ice_servers: self.ice_servers.for_peer(id),
             resume: Some(token),
             resumed: true,
         })

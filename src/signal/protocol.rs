@@ -37,6 +37,116 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// Whether `url` names a TURN server (`turn:` / `turns:`), the URLs that take credentials.
+pub fn is_turn_url(url: &str) -> bool {
+    let scheme = url.split(':').next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case("turn") || scheme.eq_ignore_ascii_case("turns")
+}
+
+/// TURN REST API credentials (coturn's `use-auth-secret`, SPEC §10): a shared secret from
+/// which short-lived credentials are made for each user. The secret never leaves the process
+/// and is not printed by `Debug`.
+#[derive(Clone)]
+pub struct TurnRest {
+    secret: String,
+    ttl: std::time::Duration,
+}
+
+impl std::fmt::Debug for TurnRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnRest")
+            .field("secret", &"<redacted>")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl TurnRest {
+    /// Credentials from `secret`, valid `ttl` after they are made.
+    pub fn new(secret: impl Into<String>, ttl: std::time::Duration) -> Self {
+        Self {
+            secret: secret.into(),
+            ttl,
+        }
+    }
+
+    /// How long the credentials made are valid.
+    pub fn ttl(&self) -> std::time::Duration {
+        self.ttl
+    }
+
+    /// The username for `user` at `now`: `{expiry unix time}:{user}`.
+    pub fn username(&self, user: &str, now: std::time::SystemTime) -> String {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{}:{user}", (now + self.ttl).as_secs())
+    }
+
+    /// The credential of `username`: base64(HMAC-SHA1(secret, username)).
+    pub fn credential(&self, username: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        // ok: HMAC takes a key of any length, so `new_from_slice` cannot fail.
+        let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())
+            .expect("HMAC accepts any key length");
+        mac.update(username.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    }
+
+    /// `servers` with fresh credentials for `user` on every entry that lists a TURN URL;
+    /// STUN-only entries are kept as they are.
+    pub fn apply(
+        &self,
+        servers: &[IceServer],
+        user: &str,
+        now: std::time::SystemTime,
+    ) -> Vec<IceServer> {
+        let username = self.username(user, now);
+        let credential = self.credential(&username);
+        servers
+            .iter()
+            .map(|server| {
+                let mut server = server.clone();
+                if server.urls.iter().any(|u| is_turn_url(u)) {
+                    server.username = Some(username.clone());
+                    server.credential = Some(credential.clone());
+                }
+                server
+            })
+            .collect()
+    }
+}
+
+/// The ICE servers a service hands out: a fixed list, and with [`TurnRest`] fresh TURN
+/// credentials per peer.
+#[derive(Debug, Clone, Default)]
+pub struct IceConfig {
+    /// The servers (STUN and TURN), with static credentials where configured.
+    pub servers: Vec<IceServer>,
+    /// Per-peer TURN credentials, replacing the static ones of TURN entries.
+    pub turn_rest: Option<TurnRest>,
+}
+
+impl IceConfig {
+    /// The servers for peer `id` now (what its `welcome` carries).
+    pub fn for_peer(&self, id: &str) -> Vec<IceServer> {
+        match &self.turn_rest {
+            Some(rest) => rest.apply(&self.servers, id, std::time::SystemTime::now()),
+            None => self.servers.clone(),
+        }
+    }
+}
+
+impl From<Vec<IceServer>> for IceConfig {
+    fn from(servers: Vec<IceServer>) -> Self {
+        Self {
+            servers,
+            turn_rest: None,
+        }
+    }
+}
+
 /// An ICE candidate as `RTCIceCandidateInit` in the browser API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Candidate {
@@ -492,6 +602,54 @@ pub fn valid_room_name(room: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn turn_rest_credentials_match_a_known_vector() {
+        // printf '%s' "1700000000:peer123" | openssl dgst -sha1 -hmac "s3cret" -binary | base64
+        let rest = TurnRest::new("s3cret", std::time::Duration::from_secs(86_400));
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000 - 86_400);
+        assert_eq!(rest.username("peer123", at), "1700000000:peer123");
+        assert_eq!(
+            rest.credential("1700000000:peer123"),
+            "ZlzURXVoXDpZVHrz7o1tmx5BBDQ="
+        );
+        assert!(!format!("{rest:?}").contains("s3cret"));
+        let servers = vec![
+            IceServer {
+                urls: vec!["stun:stun.example:3478".into()],
+                username: None,
+                credential: None,
+            },
+            IceServer {
+                urls: vec!["turn:turn.example:3478?transport=udp".into()],
+                username: Some("static".into()),
+                credential: Some("old".into()),
+            },
+            IceServer {
+                urls: vec!["TURNS:turn.example:5349".into()],
+                username: None,
+                credential: None,
+            },
+        ];
+        let given = rest.apply(&servers, "peer123", at);
+        assert_eq!(given[0], servers[0], "STUN entries are kept");
+        for turn in &given[1..] {
+            assert_eq!(turn.username.as_deref(), Some("1700000000:peer123"));
+            assert_eq!(
+                turn.credential.as_deref(),
+                Some("ZlzURXVoXDpZVHrz7o1tmx5BBDQ=")
+            );
+        }
+        let config = IceConfig {
+            servers: servers.clone(),
+            turn_rest: Some(rest),
+        };
+        let a = config.for_peer("a");
+        let b = config.for_peer("b");
+        assert!(a[1].username.as_deref().is_some_and(|u| u.ends_with(":a")));
+        assert_ne!(a[1].credential, b[1].credential, "per peer");
+        assert_eq!(IceConfig::from(servers.clone()).for_peer("a"), servers);
+    }
+
     use super::*;
 
     #[test]

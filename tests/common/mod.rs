@@ -359,3 +359,427 @@ impl Drop for HookReceiver {
         self.task.abort();
     }
 }
+
+/// Whether `unshare -n` (a network namespace of our own, as root) works here; under CI=true
+/// it must.
+pub fn netns_available() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("`unshare -n` (root, util-linux) is required under CI=true");
+        }
+        eprintln!("skipping: `unshare -n` does not work here (not root?)");
+    }
+    ok
+}
+
+/// Runs the ignored test `name` of this test binary inside a fresh network namespace that has
+/// only `lo` (`unshare -n`), with its output passed through, and asserts that it passed. The
+/// inner test starts with [`netns_setup`]. Returns false (skip) where `unshare -n` is not
+/// available outside CI.
+pub fn run_in_netns(name: &str) -> bool {
+    if !netns_available() {
+        return false;
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let status = Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RECBOT_IN_NETNS", "1")
+        .env(
+            "RECBOT_TEST_LOG",
+            std::env::var("RECBOT_TEST_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .status()
+        .expect("unshare runs");
+    assert!(status.success(), "{name} failed inside the namespace");
+    true
+}
+
+/// First step of a test run by [`run_in_netns`]: checks that it runs in such a namespace (only
+/// `lo`) and brings `lo` up.
+pub fn netns_setup() {
+    assert_eq!(
+        std::env::var("RECBOT_IN_NETNS").as_deref(),
+        Ok("1"),
+        "run through run_in_netns, inside `unshare -n`"
+    );
+    // /proc/net is the calling process's namespace (/sys/class/net is the mount's).
+    let dev = std::fs::read_to_string("/proc/net/dev").expect("/proc/net/dev");
+    let interfaces: Vec<&str> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim()))
+        .collect();
+    assert_eq!(interfaces, ["lo"], "a namespace with only lo");
+    run_ok("ip", &["link", "set", "lo", "up"]);
+}
+
+/// Runs `program args` and asserts that it succeeded.
+pub fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare WebSocket member of a room that only listens: what other peers send it (offers,
+/// answers, candidates) is collected for inspection.
+pub struct Spy {
+    pub id: String,
+    pub welcome: serde_json::Value,
+    pub messages: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Spy {
+    /// Joins over the WebSocket at `url` and collects every message after the `welcome`.
+    pub async fn join(url: &str) -> Self {
+        use futures::StreamExt;
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("spy connects");
+        let (_tx, mut rx) = ws.split();
+        let welcome = loop {
+            let frame = rx.next().await.expect("welcome").expect("frame");
+            if let Ok(text) = frame.into_text() {
+                let v: serde_json::Value = serde_json::from_str(text.as_str()).expect("JSON");
+                if v["type"] == "welcome" {
+                    break v;
+                }
+            }
+        };
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = Arc::clone(&messages);
+        let task = tokio::spawn(async move {
+            let _keep = _tx;
+            while let Some(Ok(frame)) = rx.next().await {
+                if let Ok(text) = frame.into_text() {
+                    if let Ok(v) = serde_json::from_str(text.as_str()) {
+                        sink.lock().unwrap().push(v);
+                    }
+                }
+            }
+        });
+        Self {
+            id: welcome["id"].as_str().expect("id").to_owned(),
+            welcome,
+            messages,
+            task,
+        }
+    }
+
+    /// Every candidate line `from` sent: in its offers' and answers' SDP and trickled.
+    pub fn candidates_from(&self, from: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for m in self.messages.lock().unwrap().iter() {
+            if m["from"] != from {
+                continue;
+            }
+            if let Some(sdp) = m["sdp"].as_str() {
+                out.extend(
+                    sdp.lines()
+                        .filter_map(|l| l.strip_prefix("a="))
+                        .filter(|l| l.starts_with("candidate:"))
+                        .map(str::to_owned),
+                );
+            }
+            if let Some(c) = m["candidate"]["candidate"].as_str() {
+                if !c.is_empty() {
+                    out.push(c.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `from` sent an offer.
+    pub fn got_offer_from(&self, from: &str) -> bool {
+        self.messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m["type"] == "offer" && m["from"] == from)
+    }
+}
+
+impl Drop for Spy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The address field of a candidate line (`candidate:F C T P ADDRESS PORT typ ...`).
+pub fn candidate_address(line: &str) -> String {
+    line.trim_start_matches("a=")
+        .split_whitespace()
+        .nth(4)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Polls the recording `id` until `done` holds for its document, or panics after `limit`.
+pub async fn wait_recording(
+    srv: &TestServer,
+    id: &str,
+    limit: std::time::Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        let (_, doc) = srv.get_json(&format!("/api/recordings/{id}")).await;
+        if done(&doc) {
+            return doc;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}: {doc}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Sum of a recording document's `frames` over its tracks of `kind`.
+pub fn frames_of(doc: &serde_json::Value, kind: &str) -> u64 {
+    doc["tracks"]
+        .as_array()
+        .map(|tracks| {
+            tracks
+                .iter()
+                .filter(|t| t["kind"] == kind)
+                .filter_map(|t| t["frames"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Chromium for the browser tests (`RECBOT_CHROMIUM` or Debian's).
+pub fn chromium_path() -> PathBuf {
+    std::env::var_os("RECBOT_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Whether the browser scripts (node, `npm ci --prefix tests/browser`, Chromium) can run here;
+/// under CI=true they must.
+pub fn browser_available() -> bool {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let why = if !Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        Some("node is not installed".to_owned())
+    } else if !dir
+        .join("node_modules/playwright-core/package.json")
+        .is_file()
+    {
+        Some("run `npm ci --prefix tests/browser`".to_owned())
+    } else if !chromium_path().is_file() {
+        Some(format!("{} is missing", chromium_path().display()))
+    } else {
+        None
+    };
+    let Some(why) = why else {
+        return true;
+    };
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("the browser test is required under CI=true: {why}");
+    }
+    eprintln!("skipping the browser test: {why}");
+    false
+}
+
+/// Runs `node tests/browser/<script> <args>` (killed after `limit`) and returns whether it
+/// exited 0 and the JSON summary it printed last on stdout; its stderr is echoed.
+pub async fn run_browser_script(
+    script: &str,
+    args: &[&str],
+    limit: std::time::Duration,
+) -> (bool, serde_json::Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let child = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .env("RECBOT_CHROMIUM", chromium_path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts");
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish in {limit:?}"))
+        .expect("node runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary from {script}: {stdout}"));
+    (out.status.success(), summary)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: a later bind may race, rarely).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A free UDP port on 127.0.0.1 (bound and released).
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A coturn (`turnserver`) on 127.0.0.1 with TURN REST credentials (`use-auth-secret`),
+/// stopped by PID when dropped.
+pub struct Coturn {
+    pub port: u16,
+    pub secret: String,
+    child: std::process::Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Coturn {
+    /// Starts one; `None` (skip) when `turnserver` is missing outside CI.
+    pub fn start(secret: &str) -> Option<Self> {
+        let ok = Command::new("turnserver").arg("-h").output().is_ok();
+        if !ok {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("turnserver (coturn) is required under CI=true");
+            }
+            eprintln!("skipping: turnserver (coturn) is not installed");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_udp_port();
+        let log = dir.path().join("turn.log");
+        let child = Command::new("turnserver")
+            .args([
+                "-n",
+                "--listening-ip",
+                "127.0.0.1",
+                "--relay-ip",
+                "127.0.0.1",
+            ])
+            .args(["--listening-port", &port.to_string()])
+            .args(["--use-auth-secret", "--static-auth-secret", secret])
+            .args([
+                "--realm",
+                "recbot.test",
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+            ])
+            .args(["--allow-loopback-peers", "--fingerprint", "--no-tcp-relay"])
+            .args(["--min-port", "40000", "--max-port", "40999"])
+            .arg("--pidfile")
+            .arg(dir.path().join("turn.pid"))
+            .arg("--userdb")
+            .arg(dir.path().join("turn.db"))
+            .arg("--log-file")
+            .arg(&log)
+            .args(["--simple-log", "--no-stdout-log", "--verbose"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("turnserver starts");
+        // Ready once it answers on its port: a STUN binding request gets a response.
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+            .expect("timeout");
+        let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+        request.extend_from_slice(&[7; 12]);
+        let mut buf = [0u8; 512];
+        let ready = (0..50).any(|_| {
+            let _ = socket.send_to(&request, ("127.0.0.1", port));
+            socket
+                .recv(&mut buf)
+                .is_ok_and(|n| n >= 20 && buf[0] == 0x01)
+        });
+        let turn = Self {
+            port,
+            secret: secret.to_owned(),
+            child,
+            log,
+            _dir: dir,
+        };
+        assert!(ready, "turnserver did not answer on 127.0.0.1:{port}");
+        Some(turn)
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drops every UDP packet leaving this network namespace (nft), and checks that it works: a
+/// datagram to a bound loopback socket does not arrive. Only for tests in their own namespace.
+pub fn drop_udp_in_namespace() {
+    assert_eq!(std::env::var("RECBOT_IN_NETNS").as_deref(), Ok("1"));
+    run_ok("nft", &["add", "table", "inet", "reach_tcp_only"]);
+    run_ok(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "inet",
+            "reach_tcp_only",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ],
+    );
+    run_ok(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "inet",
+            "reach_tcp_only",
+            "out",
+            "meta",
+            "l4proto",
+            "udp",
+            "drop",
+        ],
+    );
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+        .expect("timeout");
+    let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let _ = tx.send_to(b"x", rx.local_addr().expect("addr"));
+    let mut buf = [0u8; 8];
+    assert!(rx.recv(&mut buf).is_err(), "UDP still passes");
+}
