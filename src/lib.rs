@@ -18,6 +18,7 @@ pub mod api;
 pub mod bot;
 pub mod cli;
 pub mod client;
+pub mod compose;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

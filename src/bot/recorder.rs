@@ -150,6 +150,9 @@ pub enum StartError {
     /// The recorder could not join the room.
     #[error("the recorder could not join: {0}")]
     Join(#[from] crate::signal::hub::JoinError),
+    /// The mixed audio could not start.
+    #[error(transparent)]
+    Mix(#[from] crate::compose::live::MixStartError),
     /// Free disk space is below the threshold.
     #[error("not enough free disk space for a new recording ({0} bytes free)")]
     DiskFull(u64),
@@ -171,6 +174,13 @@ pub fn start(
         .hub
         .can_join(room, crate::signal::hub::MemberKind::Bot)?;
     let recording = services.store.create(room, options)?;
+    if recording.options().mix {
+        // Before the recorder joins, so that every track feeds the mix.
+        if let Err(e) = crate::compose::LiveMix::start(&recording) {
+            recording.fail(format!("the mix could not start: {e}"));
+            return Err(StartError::Mix(e));
+        }
+    }
     let behaviour = Arc::new(Recorder {
         recording: Arc::clone(&recording),
     });

@@ -5,7 +5,8 @@
 //! left) and waits for them. State changes go through a plain mutex never held across an await.
 
 use super::manifest::{
-    format_time, write_manifest, FileDoc, Kind, RecordingDoc, State, StopReason, TrackDoc,
+    format_time, write_manifest, CompositeDoc, FileDoc, Kind, RecordingDoc, State, StopReason,
+    TrackDoc,
 };
 use super::mux::{Lane, MuxFile};
 pub use super::stats::{TrackEntry, TrackStats};
@@ -13,7 +14,7 @@ use crate::media::clock::{RecordingClock, SharedSenderClock};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -32,6 +33,37 @@ pub struct RecordOptions {
     pub max_duration: Option<Duration>,
     /// Mux each participant's first VP8 and Opus track into one WebM (`"audio": "webm"`).
     pub muxed: bool,
+    /// Write `room-mix.ogg`, every participant's audio mixed live (`"mix": true`).
+    pub mix: bool,
+    /// Render `room.webm` after the stop at this size (`"composite": true`; implies `mix`).
+    pub composite: Option<(u32, u32)>,
+}
+
+/// Receives every audio packet of a recording as placed on the recording's clock (after the
+/// placement its own file gets, so the mix keeps the files' times: joins, gaps, pauses).
+/// Defined here, implemented above (`compose`): calls must not block (the track task makes
+/// them between packets).
+pub trait AudioTap: Send + Sync {
+    /// One Opus packet of `track`; its first sample sits at `at` (48 kHz samples since the
+    /// recording's zero). Packets of one track come in placement order.
+    fn packet(&self, track: &TrackEntry, at: i64, payload: &bytes::Bytes);
+    /// `track` ended (its participant left, or the stop): no more packets from it.
+    fn track_ended(&self, track: &TrackEntry);
+    /// The recording stopped at `end` (48 kHz samples) and every track ended: finish the
+    /// output (finalized and synced when the future resolves), or say why it failed.
+    fn finish(&self, end: i64) -> futures::future::BoxFuture<'static, Result<(), String>>;
+}
+
+/// A file of the recording written by something other than a track (the mix, the
+/// composite): listed in `files` once created, with its live size.
+#[derive(Debug)]
+pub struct OutputFile {
+    /// File name in the recording's folder.
+    pub name: String,
+    /// Size so far.
+    pub bytes: AtomicU64,
+    /// The file exists (listed from then on).
+    pub created: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -47,6 +79,12 @@ struct Inner {
     muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
+    /// Files written by outputs other than the tracks (listed after the tracks' files).
+    outputs: Vec<Arc<OutputFile>>,
+    /// Receives the placed audio packets (the live mix).
+    audio_tap: Option<Arc<dyn AudioTap>>,
+    /// The composite's progress, when one was requested.
+    composite: Option<CompositeDoc>,
 }
 
 /// A recording, live or finished.
@@ -84,6 +122,8 @@ pub struct TrackContext {
     pub sender: SharedSenderClock,
     /// Receives every audio payload as it arrives (a voicemail bot listens for silence).
     pub audio_tap: Option<tokio::sync::mpsc::Sender<(Instant, bytes::Bytes)>>,
+    /// Receives every audio packet as placed on the recording's clock (the live mix).
+    pub placed_audio: Option<Arc<dyn AudioTap>>,
 }
 
 /// The first free `{stem}-{kind}-{n}.{extension}` of a recording.
@@ -162,6 +202,9 @@ impl Recording {
                 senders: HashMap::new(),
                 muxes: HashMap::new(),
                 frozen: None,
+                outputs: Vec::new(),
+                audio_tap: None,
+                composite: None,
             }),
             stop_tx: watch::Sender::new(None),
             left_tx: broadcast::Sender::new(64),
@@ -239,6 +282,15 @@ impl Recording {
                 url: format!("/api/recordings/{}/files/{}", self.id, doc.file),
             });
         }
+        for out in &inner.outputs {
+            if out.created.load(Ordering::Relaxed) {
+                files.push(FileDoc {
+                    name: out.name.clone(),
+                    bytes: out.bytes.load(Ordering::Relaxed),
+                    url: format!("/api/recordings/{}/files/{}", self.id, out.name),
+                });
+            }
+        }
         RecordingDoc {
             id: self.id.clone(),
             room: self.room.clone(),
@@ -250,6 +302,7 @@ impl Recording {
             stop_reason: inner.stop_reason,
             tracks,
             files,
+            composite: inner.composite.clone(),
         }
     }
 
@@ -289,6 +342,8 @@ impl Recording {
             inner.stop_reason = Some(StopReason::Error);
             inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
         }
+        // The mix ends with its thread once no track holds the tap any more.
+        drop(lock(&self.inner).audio_tap.take());
         self.stop_tx.send_replace(Some(Instant::now()));
         self.leave.cancel();
         self.done_tx.send_replace(true);
@@ -375,6 +430,38 @@ impl Recording {
             left: self.left_tx.subscribe(),
             sender,
             audio_tap: None,
+            placed_audio: lock(&self.inner).audio_tap.clone(),
+        }
+    }
+
+    /// Sets the receiver of the placed audio packets (before the first track is added; tracks
+    /// added earlier do not feed it).
+    pub fn set_audio_tap(&self, tap: Arc<dyn AudioTap>) {
+        lock(&self.inner).audio_tap = Some(tap);
+    }
+
+    /// Reserves the file `name` for an output other than a track; `None` if the name is taken.
+    /// The file is listed once its `created` flag is set.
+    pub fn add_output(&self, name: &str) -> Option<Arc<OutputFile>> {
+        let mut inner = lock(&self.inner);
+        if !inner.names_used.insert(name.to_owned()) {
+            return None;
+        }
+        let out = Arc::new(OutputFile {
+            name: name.to_owned(),
+            bytes: AtomicU64::new(0),
+            created: std::sync::atomic::AtomicBool::new(false),
+        });
+        inner.outputs.push(Arc::clone(&out));
+        Some(out)
+    }
+
+    /// Sets the composite's state (shown in the document; the caller rewrites the manifest).
+    pub fn set_composite(&self, composite: CompositeDoc) {
+        let mut inner = lock(&self.inner);
+        match &mut inner.frozen {
+            Some(doc) => doc.composite = Some(composite),
+            None => inner.composite = Some(composite),
         }
     }
 
@@ -433,6 +520,18 @@ impl Recording {
                 }
             }
         }
+        let tap = lock(&self.inner).audio_tap.take();
+        if let Some(tap) = tap {
+            let end = self.stop_instant_samples();
+            if let Err(e) = tap.finish(end).await {
+                tracing::error!(recording = %self.id, error = %e, "mix not finalized");
+                metrics::counter!(crate::telemetry::WRITE_ERRORS).increment(1);
+                let mut inner = lock(&self.inner);
+                if inner.error.is_none() {
+                    inner.error = Some(e);
+                }
+            }
+        }
         {
             let mut inner = lock(&self.inner);
             // A recording cut short by the disk or an error ends `failed`, with what it has.
@@ -463,6 +562,17 @@ impl Recording {
             "stopped"
         );
         true
+    }
+
+    /// When the stop was requested (media after it is not recorded); `None` before.
+    pub fn stop_instant(&self) -> Option<Instant> {
+        lock(&self.inner).stop_instant
+    }
+
+    /// The stop instant on the recording's clock in 48 kHz samples (now while not stopping).
+    fn stop_instant_samples(&self) -> i64 {
+        let at = lock(&self.inner).stop_instant.unwrap_or_else(Instant::now);
+        (self.clock.seconds(at) * 48_000.0).round() as i64
     }
 
     /// Records a write error of one track (the others go on).
