@@ -239,3 +239,243 @@ async fn mix_holds_each_tone_where_its_sender_sent_it() {
     );
     srv.shutdown().await;
 }
+
+/// Colours of the composite test's senders (BT.601 video range Y, U, V).
+const RED: (u8, u8, u8) = (81, 90, 240);
+const GREEN: (u8, u8, u8) = (145, 54, 34);
+const BLUE: (u8, u8, u8) = (41, 240, 110);
+
+/// Writes a 2 s, 30 fps VP8 clip of one colour (`width × height`, a keyframe each second)
+/// as IVF, encoded with recbot's own libvpx wrapper.
+fn colour_clip(path: &Path, colour: (u8, u8, u8), width: u16, height: u16) {
+    use recbot::compose::vpx::{Encoder, EncoderConfig, I420};
+    let mut enc = Encoder::new(EncoderConfig {
+        width: width.into(),
+        height: height.into(),
+        fps: 30,
+        bitrate_kbps: 200,
+        threads: 1,
+    })
+    .unwrap();
+    let picture = I420::filled(width.into(), height.into(), colour);
+    let mut frames = Vec::new();
+    for i in 0..60 {
+        for p in enc.encode(&picture, i, i % 30 == 0).unwrap() {
+            frames.push((i as u64, p.data));
+        }
+    }
+    let mut ivf = Vec::new();
+    ivf.extend_from_slice(b"DKIF");
+    ivf.extend_from_slice(&0u16.to_le_bytes());
+    ivf.extend_from_slice(&32u16.to_le_bytes());
+    ivf.extend_from_slice(b"VP80");
+    ivf.extend_from_slice(&width.to_le_bytes());
+    ivf.extend_from_slice(&height.to_le_bytes());
+    ivf.extend_from_slice(&30u32.to_le_bytes());
+    ivf.extend_from_slice(&1u32.to_le_bytes());
+    ivf.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+    ivf.extend_from_slice(&0u32.to_le_bytes());
+    for (pts, data) in frames {
+        ivf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        ivf.extend_from_slice(&pts.to_le_bytes());
+        ivf.extend_from_slice(&data);
+    }
+    std::fs::write(path, ivf).unwrap();
+}
+
+/// Which of the test colours cover more than 2 % of a picture (by its chroma samples).
+fn colours_in(picture: &recbot::compose::vpx::I420) -> Vec<&'static str> {
+    let [_, (u, _), (v, _)] = picture.planes();
+    let mut found = Vec::new();
+    for (name, (_, cu, cv)) in [("red", RED), ("green", GREEN), ("blue", BLUE)] {
+        let near = u
+            .iter()
+            .zip(v)
+            .filter(|(&a, &b)| a.abs_diff(cu) < 20 && b.abs_diff(cv) < 20)
+            .count();
+        if near * 50 > u.len() {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// Three publishers (red, green and blue video with tones): alice (red) there throughout,
+/// carol (blue, 640x480) from the start and leaving about 4.5 s in, bob (green) joining
+/// about 3 s in. After the stop `room.webm` is rendered in the background: the composite goes
+/// pending → done with `progress` 1, is listed, lasts the recording's length within one frame,
+/// is 1280x720 with Cues, has the mix as its audio, and at times well inside each span shows
+/// exactly the tiles of those present (counted by colour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_shows_who_was_there_when() {
+    let _heavy = heavy().await;
+    let srv = TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let factory = factory();
+    let mut clips = Vec::new();
+    for (name, hz, colour, (w, h)) in [
+        ("alice", 440.0, RED, (320, 240)),
+        ("bob", 880.0, GREEN, (320, 240)),
+        ("carol", 1320.0, BLUE, (640, 480)),
+    ] {
+        let audio = work.path().join(format!("{name}.ogg"));
+        let video = work.path().join(format!("{name}.ivf"));
+        tone_clip(&audio, hz, 2.0);
+        colour_clip(&video, colour, w, h);
+        clips.push(recbot::client::Clip::load(Some(&video), Some(&audio)).expect("clip"));
+    }
+    let join = |name: &'static str, clip| {
+        recbot::client::start(
+            &srv.base,
+            "grid",
+            name,
+            clip,
+            factory.clone(),
+            Default::default(),
+        )
+    };
+    let alice = join("alice", clips[0].clone()).await.expect("alice joins");
+    let carol = join("carol", clips[2].clone()).await.expect("carol joins");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, rec) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "grid", "composite": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    assert_eq!(rec["composite"]["state"], "pending", "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let bob = join("bob", clips[1].clone()).await.expect("bob joins");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    carol.leave().await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (status, done) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(done["state"], "stopped", "{done}");
+    bob.leave().await;
+    alice.leave().await;
+
+    // The render runs in the background; wait for it.
+    let mut doc = done.clone();
+    for _ in 0..600 {
+        let (_, now) = srv.get_json(&format!("/api/recordings/{id}")).await;
+        doc = now;
+        if doc["composite"]["state"] == "done" || doc["composite"]["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(doc["composite"]["state"], "done", "{doc}");
+    assert_eq!(doc["composite"]["progress"], 1.0);
+    assert!(doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["name"] == "room.webm"));
+    let resp = srv
+        .http
+        .get(srv.url(&format!("/api/recordings/{id}/files/room.webm")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let bytes = resp.bytes().await.unwrap().to_vec();
+    let path = save(work.path(), "room.webm", &bytes);
+
+    let wall = |s: &serde_json::Value| {
+        time::OffsetDateTime::parse(
+            s.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let length = (wall(&doc["stopped_at"]) - wall(&doc["started_at"])).as_seconds_f64();
+    let info = recbot::record::webm_reader::read_webm(std::io::Cursor::new(&bytes)).unwrap();
+    assert!(!info.cues.is_empty(), "Cues");
+    let video = info
+        .tracks
+        .iter()
+        .find(|t| t.kind == recbot::record::webm_reader::WebmTrackKind::Video)
+        .unwrap();
+    assert_eq!((video.width, video.height), (Some(1280), Some(720)));
+    assert!(
+        info.tracks
+            .iter()
+            .any(|t| t.kind == recbot::record::webm_reader::WebmTrackKind::Audio),
+        "the mix is the audio"
+    );
+    let duration = info.duration_ms.unwrap() / 1000.0;
+    assert!(
+        (duration - length).abs() <= 1.0 / 30.0 + 0.002,
+        "composite {duration:.3} s, recording {length:.3} s"
+    );
+    if let Some(probed) = ffprobe_duration(&path) {
+        assert!(
+            (probed - length).abs() <= 1.0 / 30.0 + 0.002,
+            "ffprobe {probed:.3} s, recording {length:.3} s"
+        );
+        assert!(ffmpeg_decodes_cleanly(&path));
+    }
+
+    // Who is expected when: each video track's span on the recording's clock.
+    let spans: Vec<(&str, f64, f64)> = doc["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "video")
+        .map(|t| {
+            let colour = match t["participant_name"].as_str().unwrap() {
+                "alice" => "red",
+                "bob" => "green",
+                _ => "blue",
+            };
+            let start = t["start_offset_ms"].as_f64().unwrap() / 1000.0;
+            (
+                colour,
+                start,
+                start + t["duration_ms"].as_f64().unwrap() / 1000.0,
+            )
+        })
+        .collect();
+    assert_eq!(spans.len(), 3, "{doc}");
+    // Decode the composite and look at frames away from every span's edges.
+    let mut decoder = recbot::compose::vpx::Decoder::new().unwrap();
+    let (mut checked, mut counts) = (0, Vec::new());
+    for block in info.blocks.iter().filter(|b| b.track == video.number) {
+        let pictures = decoder.decode(&block.data).expect("the composite decodes");
+        let t = block.ts_ms as f64 / 1000.0;
+        if block.ts_ms % 500 > 33 {
+            continue;
+        }
+        let near_edge = spans
+            .iter()
+            .any(|(_, a, b)| (t - a).abs() < 0.4 || (t - b).abs() < 0.4);
+        if near_edge {
+            continue;
+        }
+        let mut expected: Vec<&str> = spans
+            .iter()
+            .filter(|(_, a, b)| *a <= t && t < *b)
+            .map(|(c, _, _)| *c)
+            .collect();
+        expected.sort();
+        let picture = pictures.last().expect("a picture per frame");
+        let mut got = colours_in(picture);
+        got.sort();
+        assert_eq!(got, expected, "at {t:.2} s");
+        checked += 1;
+        counts.push(expected.len());
+    }
+    assert!(checked >= 8, "{checked} frames checked");
+    for n in [2, 3] {
+        assert!(
+            counts.contains(&n),
+            "a time with {n} tiles was checked: {counts:?}"
+        );
+    }
+    srv.shutdown().await;
+}

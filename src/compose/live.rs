@@ -44,6 +44,9 @@ enum Msg {
 pub struct LiveMix {
     tx: SyncSender<Msg>,
     dropped: AtomicU64,
+    recording: std::sync::Weak<Recording>,
+    /// The composite to queue once the mix is final: its reserved file and size.
+    composite: Option<(Arc<OutputFile>, (u32, u32))>,
 }
 
 /// Errors of starting a mix.
@@ -160,6 +163,13 @@ impl LiveMix {
             MixWriter::create(&recording.dir().join(MIX_FILE)).map_err(MixStartError::Setup)?;
         out.created.store(true, Ordering::Relaxed);
         recording.write_manifest();
+        let composite = match recording.options().composite {
+            Some(size) => Some((
+                super::worker::reserve(recording).ok_or(MixStartError::NameTaken)?,
+                size,
+            )),
+            None => None,
+        };
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let weak = Arc::downgrade(recording);
         let id = recording.id().to_owned();
@@ -170,6 +180,8 @@ impl LiveMix {
         let mix = Arc::new(Self {
             tx,
             dropped: AtomicU64::new(0),
+            recording: Arc::downgrade(recording),
+            composite,
         });
         recording.set_audio_tap(Arc::clone(&mix) as Arc<dyn AudioTap>);
         Ok(mix)
@@ -202,6 +214,10 @@ impl AudioTap for LiveMix {
         let (reply, done) = tokio::sync::oneshot::channel();
         let sent = self.tx.try_send(Msg::Finish(end, reply));
         let tx = self.tx.clone();
+        let composite = self
+            .composite
+            .clone()
+            .and_then(|c| Some((self.recording.upgrade()?, c)));
         Box::pin(async move {
             if let Err(TrySendError::Full(msg)) = sent {
                 // The queue is full: wait for room off the runtime's threads.
@@ -210,8 +226,16 @@ impl AudioTap for LiveMix {
                     .map_err(|e| e.to_string())?
                     .map_err(|_| "the mix thread ended early".to_owned())?;
             }
-            done.await
-                .map_err(|_| "the mix thread ended early".to_owned())?
+            let mixed = done
+                .await
+                .map_err(|_| "the mix thread ended early".to_owned())
+                .and_then(|r| r);
+            // The tracks' files are final: the composite may start (with or without the mix).
+            if let Some((recording, (out, size))) = composite {
+                let duration_ms = (end.max(0) as u64 * 1000).div_ceil(RATE as u64);
+                super::worker::queue(recording, out, size, duration_ms);
+            }
+            mixed
         })
     }
 }

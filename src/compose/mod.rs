@@ -3,9 +3,15 @@
 //!
 //! Above `record` (it implements the recording's [`AudioTap`](crate::record::session::AudioTap)
 //! hook and reads its finished files), below `bot` (the recorder starts a mix and queues a
-//! composite). [`mix`] is the pure mixer, [`live`] runs it on a recording.
+//! composite). [`mix`] is the pure mixer, [`live`] runs it on a recording; [`render`] draws
+//! and encodes the composite, [`worker`] runs renders in the background; [`vpx`] is the
+//! only unsafe code of the crate (libvpx).
 
 pub mod live;
 pub mod mix;
+pub mod render;
+pub mod vpx;
+pub mod worker;
 
 pub use live::{LiveMix, MIX_FILE};
+pub use worker::{on_composited, COMPOSITE_FILE};

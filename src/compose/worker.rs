@@ -1,0 +1,169 @@
+//! The composite's background worker: one thread for the whole process (bounded concurrency:
+//! one render at a time, the others wait their turn), started on first use, running at a
+//! raised niceness so that recording never waits for it.
+//!
+//! A job's state goes `pending` (requested; waiting) → `rendering` (with `progress`) →
+//! `done` (`room.webm` listed in `files`) or `failed` (with the reason; a partial output is
+//! removed). The source files are only read.
+
+use super::render::{render, sources, Job};
+use super::MIX_FILE;
+use crate::record::manifest::{CompositeDoc, CompositeState};
+use crate::record::session::{OutputFile, Recording};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Name of the composite in a recording's folder.
+pub const COMPOSITE_FILE: &str = "room.webm";
+/// Niceness of the worker thread (lowest CPU priority short of idle scheduling).
+const NICENESS: i32 = 15;
+/// Progress reaches the manifest at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Called when a composite is done or failed (the `recording.composited` webhook hooks here).
+pub type Composited = Arc<dyn Fn(&Arc<Recording>) + Send + Sync>;
+
+struct Queued {
+    recording: Arc<Recording>,
+    out: Arc<OutputFile>,
+    size: (u32, u32),
+    duration_ms: u64,
+}
+
+fn worker() -> &'static Mutex<Sender<Queued>> {
+    static WORKER: OnceLock<Mutex<Sender<Queued>>> = OnceLock::new();
+    WORKER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Queued>();
+        let spawned = std::thread::Builder::new()
+            .name("recbot-composite".into())
+            .spawn(move || {
+                // On Linux the niceness of PRIO_PROCESS 0 is the calling thread's own.
+                if let Err(e) = rustix::process::setpriority_process(None, NICENESS) {
+                    tracing::warn!(error = %e, "composite worker keeps normal priority");
+                }
+                while let Ok(job) = rx.recv() {
+                    run(job);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "composite worker thread not started");
+        }
+        Mutex::new(tx)
+    })
+}
+
+fn hook() -> &'static Mutex<Option<Composited>> {
+    static HOOK: OnceLock<Mutex<Option<Composited>>> = OnceLock::new();
+    HOOK.get_or_init(|| Mutex::new(None))
+}
+
+/// Sets the callback run after each composite ends, done or failed (the webhook
+/// `recording.composited`; wired by the service).
+pub fn on_composited(callback: Composited) {
+    *hook().lock().unwrap_or_else(|e| e.into_inner()) = Some(callback);
+}
+
+/// Marks `recording`'s composite `pending` and reserves `room.webm`; `None` if the name is
+/// taken. Called when the recording starts, so the document shows the composite at once.
+pub fn reserve(recording: &Recording) -> Option<Arc<OutputFile>> {
+    let out = recording.add_output(COMPOSITE_FILE)?;
+    recording.set_composite(CompositeDoc {
+        state: CompositeState::Pending,
+        progress: 0.0,
+        error: None,
+    });
+    Some(out)
+}
+
+/// Queues the render of `recording`'s composite (its files are final; it lasted
+/// `duration_ms`). Returns at once.
+pub fn queue(recording: Arc<Recording>, out: Arc<OutputFile>, size: (u32, u32), duration_ms: u64) {
+    let job = Queued {
+        recording,
+        out,
+        size,
+        duration_ms,
+    };
+    let sent = worker().lock().unwrap_or_else(|e| e.into_inner()).send(job);
+    if let Err(std::sync::mpsc::SendError(job)) = sent {
+        finish(
+            &job.recording,
+            Err("the composite worker is not running".into()),
+        );
+    }
+}
+
+fn set(recording: &Recording, state: CompositeState, progress: f64, error: Option<String>) {
+    recording.set_composite(CompositeDoc {
+        state,
+        progress,
+        error,
+    });
+    recording.write_manifest();
+}
+
+fn run(job: Queued) {
+    let Queued {
+        recording,
+        out,
+        size,
+        duration_ms,
+    } = job;
+    let started = Instant::now();
+    set(&recording, CompositeState::Rendering, 0.0, None);
+    let dir = recording.dir().to_owned();
+    let path = dir.join(COMPOSITE_FILE);
+    let result = (|| {
+        let doc = recording.doc();
+        let sources = sources(&doc, &dir)?;
+        let mix = dir.join(MIX_FILE);
+        let mut last = Instant::now();
+        let rendered = render(
+            Job {
+                sources,
+                mix: mix.is_file().then_some(mix.as_path()),
+                size,
+                duration_ms,
+            },
+            &path,
+            |share| {
+                if last.elapsed() >= PROGRESS_EVERY {
+                    last = Instant::now();
+                    set(&recording, CompositeState::Rendering, share, None);
+                }
+                true
+            },
+        )?;
+        Ok::<_, String>(rendered)
+    })();
+    match result {
+        Ok(rendered) => {
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            out.bytes.store(bytes, Ordering::Relaxed);
+            out.created.store(true, Ordering::Relaxed);
+            let took = started.elapsed().as_secs_f64();
+            tracing::info!(recording = %recording.id(), frames = rendered.frames,
+                decode_errors = rendered.decode_errors, seconds = took,
+                speed = duration_ms as f64 / 1000.0 / took.max(1e-9), "composite done");
+            finish(&recording, Ok(()));
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            tracing::error!(recording = %recording.id(), error = %e, "composite failed");
+            finish(&recording, Err(e));
+        }
+    }
+}
+
+fn finish(recording: &Arc<Recording>, result: Result<(), String>) {
+    match result {
+        Ok(()) => set(recording, CompositeState::Done, 1.0, None),
+        Err(e) => set(recording, CompositeState::Failed, 0.0, Some(e)),
+    }
+    let callback = hook().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(callback) = callback {
+        callback(recording);
+    }
+}
