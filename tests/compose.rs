@@ -126,6 +126,32 @@ async fn mix_holds_each_tone_where_its_sender_sent_it() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     carol.leave().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // What a crash would leave now: the live file reads and decodes up to about a second
+    // ago, and repair finishes a copy of it.
+    let live = std::fs::read(srv.dir.path().join(&id).join("room-mix.ogg")).unwrap();
+    let (status, now) = srv.get_json(&format!("/api/recordings/{id}")).await;
+    assert_eq!(status, 200);
+    let elapsed = (time::OffsetDateTime::now_utc()
+        - time::OffsetDateTime::parse(
+            now["started_at"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap())
+    .as_seconds_f64();
+    let live_info = read_ogg_opus(std::io::Cursor::new(&live)).expect("the live mix reads");
+    assert!(!live_info.eos);
+    let live_s = decode(&live, true).len() as f64 / 48_000.0;
+    assert!(
+        live_s > elapsed - 2.0,
+        "live mix {live_s:.2} s after {elapsed:.2} s"
+    );
+    let copy = save(work.path(), "crashed-mix.ogg", &live);
+    recbot::record::repair::repair_ogg(&copy).expect("repaired");
+    assert!(
+        read_ogg_opus(std::fs::File::open(&copy).unwrap())
+            .unwrap()
+            .eos
+    );
     let (status, done) = srv
         .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
         .await;
@@ -172,8 +198,16 @@ async fn mix_holds_each_tone_where_its_sender_sent_it() {
         "mix {mix_length:.3} s, recording {length:.3} s"
     );
 
-    let peak = mix.iter().fold(0f32, |m, s| m.max(s.abs()));
-    assert!(peak < 1.0, "the mix clips: peak {peak}");
+    let (at, peak) =
+        mix.iter().enumerate().fold(
+            (0, 0f32),
+            |m, (i, s)| if s.abs() > m.1 { (i, s.abs()) } else { m },
+        );
+    assert!(
+        peak < 1.0,
+        "the mix clips: peak {peak} at {:.3} s",
+        at as f64 / 48_000.0
+    );
 
     // Each sender's own file, decoded with its pre-skip samples (its packets' positions count
     // them), placed at its start offset.
@@ -234,7 +268,8 @@ async fn mix_holds_each_tone_where_its_sender_sent_it() {
         .count();
     assert!(gaps >= 8, "bob's gaps in the mix: {gaps} windows");
     eprintln!(
-        "mix: {mix_length:.3} s (recording {length:.3} s), peak {peak:.3}, {checked} windows, {} disagree",
+        "mix: {mix_length:.3} s (recording {length:.3} s), peak {peak:.3} at {:.3} s, {checked} windows, {} disagree",
+        at as f64 / 48_000.0,
         wrong.len()
     );
     srv.shutdown().await;

@@ -300,8 +300,11 @@ struct CreateRecording {
 fn composite_size(text: &str) -> Option<(u32, u32)> {
     let (w, h) = text.split_once('x')?;
     let (w, h): (u32, u32) = (w.parse().ok()?, h.parse().ok()?);
-    ((64..=3840).contains(&w) && (64..=2160).contains(&h) && w.is_multiple_of(2) && h.is_multiple_of(2))
-        .then_some((w, h))
+    ((64..=3840).contains(&w)
+        && (64..=2160).contains(&h)
+        && w.is_multiple_of(2)
+        && h.is_multiple_of(2))
+    .then_some((w, h))
 }
 
 async fn create_recording(

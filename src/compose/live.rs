@@ -31,6 +31,8 @@ const HOLD: Duration = Duration::from_millis(60);
 const ALLOWANCE: Duration = Duration::from_millis(300);
 /// How often the file's bytes go to the OS.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Samples over which the mix fades out at its end (10 ms).
+const FADE: i64 = 480;
 /// Bitrate of the mix.
 const BITRATE: i32 = 48_000;
 
@@ -339,10 +341,25 @@ fn drain(mixer: &mut Mixer, writer: &mut MixWriter, end: i64) -> Result<(), Stri
             .into_iter()
             .find(|&n| n <= len)
             .unwrap_or(120);
+        let from = mixer.cursor();
         mixer.mix(&mut frame[..len]);
+        fade_out(&mut frame[..len], from, end);
         writer.write(&frame[..len])?;
     }
     Ok(())
+}
+
+/// The last [`FADE`] samples before `end` fade to zero and nothing sounds after it: a mix cut
+/// mid-sound would be a step that the encoder rings on (overshooting full scale).
+fn fade_out(samples: &mut [f32], from: i64, end: i64) {
+    for (i, s) in samples.iter_mut().enumerate() {
+        let left = end - (from + i as i64);
+        if left <= 0 {
+            *s = 0.0;
+        } else if left < FADE {
+            *s *= left as f32 / FADE as f32;
+        }
+    }
 }
 
 /// Samples at 48 kHz in `d`.

@@ -512,7 +512,11 @@ mod tests {
         assert_eq!(grid(2, 1280, 720)[0].y, grid(2, 1280, 720)[1].y);
         let three = grid(3, 1280, 720);
         assert!(three[2].y > three[0].y);
-        assert_eq!(three[2].x, ((1280 - three[2].w) / 2) & !1, "last row centred");
+        assert_eq!(
+            three[2].x,
+            ((1280 - three[2].w) / 2) & !1,
+            "last row centred"
+        );
     }
 
     /// A 4:3 picture in a 16:9 cell is pillarboxed, centred, its aspect kept.

@@ -167,3 +167,79 @@ fn finish(recording: &Arc<Recording>, result: Result<(), String>) {
         callback(recording);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::manifest::Kind;
+    use crate::record::session::RecordOptions;
+
+    /// A source that does not read as WebM: the composite ends `failed` with the file's name
+    /// in the reason, no `room.webm` is left or listed, and the source file is untouched. The
+    /// worker thread runs at the raised niceness.
+    #[test]
+    fn a_failed_render_is_reported_and_touches_no_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        rec.set_recording("bot");
+        let ctx = rec.add_track("p", "alice", Kind::Video, "webm").unwrap();
+        let garbage = b"not a webm file at all".repeat(10);
+        std::fs::write(&ctx.path, &garbage).unwrap();
+        ctx.entry.stats.file_created.store(true, Ordering::Relaxed);
+        ctx.entry.stats.start_offset_ms.store(0, Ordering::Relaxed);
+        let out = reserve(&rec).unwrap();
+        assert_eq!(
+            rec.doc().composite.map(|c| c.state),
+            Some(CompositeState::Pending)
+        );
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        on_composited(Arc::new(move |r: &Arc<Recording>| {
+            log.lock().unwrap().push(r.id().to_owned());
+        }));
+        queue(Arc::clone(&rec), out, (320, 240), 1000);
+        // The callback runs last (after the manifest write).
+        for _ in 0..1000 {
+            if seen.lock().unwrap().contains(&"r".to_owned()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let doc = rec.doc();
+        let composite = doc.composite.unwrap();
+        assert_eq!(composite.state, CompositeState::Failed);
+        let error = composite.error.unwrap_or_default();
+        assert!(error.contains("alice-video-1.webm"), "{error}");
+        assert!(!dir.path().join(COMPOSITE_FILE).exists());
+        assert!(doc.files.iter().all(|f| f.name != COMPOSITE_FILE));
+        assert_eq!(std::fs::read(&ctx.path).unwrap(), garbage);
+        assert_eq!(
+            crate::record::manifest::read_manifest(dir.path())
+                .unwrap()
+                .composite
+                .map(|c| c.state),
+            Some(CompositeState::Failed)
+        );
+        assert!(seen.lock().unwrap().contains(&"r".to_owned()));
+        assert_eq!(worker_niceness(), Some(NICENESS));
+    }
+
+    /// The niceness of the composite worker thread, from /proc.
+    fn worker_niceness() -> Option<i32> {
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "recbot-composit" {
+                let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+                // Fields after the ")" of the command: state is field 3; nice is field 19.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                return rest.split(' ').nth(16)?.parse().ok();
+            }
+        }
+        None
+    }
+}
