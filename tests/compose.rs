@@ -514,3 +514,43 @@ async fn composite_shows_who_was_there_when() {
     }
     srv.shutdown().await;
 }
+
+/// The new request fields are checked: a composite size must be `WIDTHxHEIGHT` with even
+/// sides in range, `mix` and `composite` are booleans; a refused request starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_options_are_validated() {
+    let srv = TestServer::start().await;
+    for body in [
+        serde_json::json!({"room": "v", "composite": true, "composite_size": "1281x720"}),
+        serde_json::json!({"room": "v", "composite": true, "composite_size": "1280"}),
+        serde_json::json!({"room": "v", "composite": true, "composite_size": "8000x720"}),
+        serde_json::json!({"room": "v", "mix": "yes"}),
+        serde_json::json!({"room": "v", "composite": 1}),
+    ] {
+        let (status, reply) = srv.post_json("/api/recordings", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {reply}");
+    }
+    let (_, list) = srv.get_json("/api/recordings").await;
+    assert_eq!(list["recordings"].as_array().unwrap().len(), 0);
+    let (status, rec) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "v", "composite": true, "composite_size": "640x360"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    assert_eq!(rec["composite"]["state"], "pending");
+    let names: Vec<&str> = rec["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["room-mix.ogg"], "composite implies the mix");
+    let id = rec["id"].as_str().unwrap();
+    let (status, _) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    srv.shutdown().await;
+}

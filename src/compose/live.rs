@@ -9,6 +9,7 @@
 
 use super::mix::{Mixer, FRAME, RATE};
 use crate::media::opus::OPUS_PRE_SKIP;
+use crate::record::manifest::StopReason;
 use crate::record::ogg::OggOpusWriter;
 use crate::record::session::{AudioTap, OutputFile, Recording, TrackEntry};
 use bytes::Bytes;
@@ -49,6 +50,23 @@ pub struct LiveMix {
     recording: std::sync::Weak<Recording>,
     /// The composite to queue once the mix is final: its reserved file and size.
     composite: Option<(Arc<OutputFile>, (u32, u32))>,
+    /// `finish` was called (the composite is queued or refused there).
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for LiveMix {
+    /// A recording that failed before its stop never finishes its mix: its composite will
+    /// not be rendered, and says so.
+    fn drop(&mut self) {
+        if self.composite.is_some() && !self.finished.load(Ordering::Relaxed) {
+            if let Some(recording) = self.recording.upgrade() {
+                super::worker::refuse(
+                    &recording,
+                    "not rendered: the recording did not stop normally",
+                );
+            }
+        }
+    }
 }
 
 /// Errors of starting a mix.
@@ -184,6 +202,7 @@ impl LiveMix {
             dropped: AtomicU64::new(0),
             recording: Arc::downgrade(recording),
             composite,
+            finished: std::sync::atomic::AtomicBool::new(false),
         });
         recording.set_audio_tap(Arc::clone(&mix) as Arc<dyn AudioTap>);
         Ok(mix)
@@ -213,6 +232,7 @@ impl AudioTap for LiveMix {
     }
 
     fn finish(&self, end: i64) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.finished.store(true, Ordering::Relaxed);
         let (reply, done) = tokio::sync::oneshot::channel();
         let sent = self.tx.try_send(Msg::Finish(end, reply));
         let tx = self.tx.clone();
@@ -234,8 +254,13 @@ impl AudioTap for LiveMix {
                 .and_then(|r| r);
             // The tracks' files are final: the composite may start (with or without the mix).
             if let Some((recording, (out, size))) = composite {
-                let duration_ms = (end.max(0) as u64 * 1000).div_ceil(RATE as u64);
-                super::worker::queue(recording, out, size, duration_ms);
+                if recording.doc().stop_reason == Some(StopReason::DiskFull) {
+                    // Not another file on a full disk.
+                    super::worker::refuse(&recording, "not rendered: the disk is full");
+                } else {
+                    let duration_ms = (end.max(0) as u64 * 1000).div_ceil(RATE as u64);
+                    super::worker::queue(recording, out, size, duration_ms);
+                }
             }
             mixed
         })
@@ -365,4 +390,49 @@ fn fade_out(samples: &mut [f32], from: i64, end: i64) {
 /// Samples at 48 kHz in `d`.
 fn samples(d: Duration) -> i64 {
     (d.as_secs_f64() * RATE as f64).round() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::manifest::CompositeState;
+    use crate::record::session::RecordOptions;
+
+    /// A recording with a composite that fails before its stop (its recorder could not
+    /// join): the composite says failed instead of staying pending, and the mix's thread
+    /// ends with the file finished.
+    #[test]
+    fn a_failed_start_fails_the_composite_and_ends_the_mix() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions {
+                mix: true,
+                composite: Some((640, 360)),
+                ..RecordOptions::default()
+            },
+        );
+        let mix = LiveMix::start(&rec).unwrap();
+        assert_eq!(
+            rec.doc().composite.map(|c| c.state),
+            Some(CompositeState::Pending)
+        );
+        drop(mix);
+        rec.fail("the recorder could not join".into());
+        let composite = rec.doc().composite.unwrap();
+        assert_eq!(composite.state, CompositeState::Failed);
+        assert!(composite.error.unwrap().contains("did not stop normally"));
+        // The thread finalizes the file once the last sender is gone.
+        let path = dir.path().join(MIX_FILE);
+        for _ in 0..500 {
+            let bytes = std::fs::read(&path).unwrap();
+            if crate::record::ogg::read_ogg_opus(std::io::Cursor::new(bytes)).is_ok_and(|i| i.eos) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the mix was not finished");
+    }
 }

@@ -95,6 +95,11 @@ pub fn queue(recording: Arc<Recording>, out: Arc<OutputFile>, size: (u32, u32), 
     }
 }
 
+/// Marks `recording`'s composite failed without rendering it (`reason` says why).
+pub fn refuse(recording: &Arc<Recording>, reason: &str) {
+    finish(recording, Err(reason.to_owned()));
+}
+
 fn set(recording: &Recording, state: CompositeState, progress: f64, error: Option<String>) {
     recording.set_composite(CompositeDoc {
         state,

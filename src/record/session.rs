@@ -343,7 +343,8 @@ impl Recording {
             inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
         }
         // The mix ends with its thread once no track holds the tap any more.
-        drop(lock(&self.inner).audio_tap.take());
+        let tap = lock(&self.inner).audio_tap.take();
+        drop(tap);
         self.stop_tx.send_replace(Some(Instant::now()));
         self.leave.cancel();
         self.done_tx.send_replace(true);
