@@ -65,7 +65,7 @@ pub fn grid(n: usize, width: u32, height: u32) -> Vec<Rect> {
     let even = |v: u32| v & !1;
     let cw = even(width.saturating_sub(GAP * (cols + 1)) / cols);
     let ch = even(height.saturating_sub(GAP * (rows + 1)) / rows);
-    let top = even((height - (ch * rows + GAP * (rows - 1))) / 2);
+    let top = even(height.saturating_sub(ch * rows + GAP * (rows - 1)) / 2);
     (0..n as u32)
         .map(|i| {
             let (row, col) = (i / cols, i % cols);
@@ -74,7 +74,7 @@ pub fn grid(n: usize, width: u32, height: u32) -> Vec<Rect> {
             } else {
                 cols
             };
-            let left = even((width - (cw * in_row + GAP * (in_row - 1))) / 2);
+            let left = even(width.saturating_sub(cw * in_row + GAP * (in_row - 1)) / 2);
             Rect {
                 x: left + col * (cw + GAP),
                 y: top + row * (ch + GAP),
@@ -376,7 +376,7 @@ pub fn render(
             if redraw_all {
                 let text = Rect {
                     x: cell.x,
-                    y: (r.y + r.h + 3).min(cell.y + cell.h - band + 3),
+                    y: (r.y + r.h + 3).min((cell.y + cell.h + 3).saturating_sub(band)),
                     w: cell.w,
                     h: band,
                 };
@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn grids_reflow_and_stay_inside() {
         assert!(grid(0, 1280, 720).is_empty());
-        for n in 1..=10 {
+        for n in (1..=10).chain([50, 400]) {
             let cells = grid(n, 1280, 720);
             assert_eq!(cells.len(), n);
             for (i, a) in cells.iter().enumerate() {
