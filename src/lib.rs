@@ -21,6 +21,7 @@ pub mod bot;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+pub mod compose;
 pub mod config;
 pub mod events;
 #[doc(hidden)]

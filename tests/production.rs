@@ -402,6 +402,7 @@ fn stale_manifest_temps_are_removed_at_startup_and_never_listed() {
             upload: None,
             node: None,
             takeovers: None,
+            composite: None,
         };
         write_manifest(&dir, &doc).unwrap();
         for name in [".manifest.json.tmp", ".manifest.k3Jx9Q.tmp"] {

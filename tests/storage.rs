@@ -487,6 +487,7 @@ async fn pending_uploads_resume_at_startup_in_parts() {
         upload,
         node: None,
         takeovers: None,
+        composite: None,
     };
     for (id, upload) in [
         ("20261120-210000-00000a", Some(UploadState::Uploading)),
@@ -809,6 +810,7 @@ async fn bench_upload_throughput() {
             upload: Some(UploadState::Pending),
             node: None,
             takeovers: None,
+            composite: None,
         },
     )
     .unwrap();

@@ -161,6 +161,10 @@ impl From<StartError> for ApiError {
             e @ StartError::DiskFull(_) => {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk-full", e.to_string())
             }
+            e @ StartError::Mix(_) => {
+                tracing::error!(error = %e, "recording failed to start");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
         }
     }
 }

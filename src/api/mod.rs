@@ -288,6 +288,26 @@ struct CreateRecording {
     max_duration_s: Option<u64>,
     #[serde(default)]
     notice: bool,
+    /// Write `room-mix.ogg` (SPEC §11).
+    #[serde(default)]
+    mix: bool,
+    /// Render `room.webm` after the stop (implies `mix`).
+    #[serde(default)]
+    composite: bool,
+    /// The composite's size, `"WIDTHxHEIGHT"` (default 1280x720).
+    #[serde(default)]
+    composite_size: Option<String>,
+}
+
+/// Parses a composite size `"1280x720"`: even sides from 64x64 to 3840x2160.
+fn composite_size(text: &str) -> Option<(u32, u32)> {
+    let (w, h) = text.split_once('x')?;
+    let (w, h): (u32, u32) = (w.parse().ok()?, h.parse().ok()?);
+    ((64..=3840).contains(&w)
+        && (64..=2160).contains(&h)
+        && w.is_multiple_of(2)
+        && h.is_multiple_of(2))
+    .then_some((w, h))
 }
 
 async fn create_recording(
@@ -321,11 +341,21 @@ async fn create_recording(
         Some(0) => return Err(ApiError::bad_request("`max_duration_s` must be at least 1")),
         Some(s) => Some(Duration::from_secs(s)),
     };
+    let size = match body.composite_size.as_deref() {
+        None => (1280, 720),
+        Some(text) => composite_size(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "`composite_size` must be \"WIDTHxHEIGHT\", even sides, 64x64 to 3840x2160",
+            )
+        })?,
+    };
     let options = RecordOptions {
         pli_interval,
         max_duration,
         muxed,
         notice: body.notice,
+        mix: body.mix || body.composite,
+        composite: body.composite.then_some(size),
     };
     let Some(node) = app.cluster.clone() else {
         let recording = recorder::start(&app.services, &body.room, options)?;

@@ -292,6 +292,9 @@ pub enum StartError {
     /// The recorder could not join the room.
     #[error("the recorder could not join: {0}")]
     Join(#[from] crate::signal::hub::JoinError),
+    /// The mixed audio could not start.
+    #[error(transparent)]
+    Mix(#[from] crate::compose::live::MixStartError),
     /// Free disk space is below the threshold.
     #[error("not enough free disk space for a new recording ({0} bytes free)")]
     DiskFull(u64),
@@ -313,6 +316,18 @@ pub fn start(
         .hub
         .can_join(room, crate::signal::hub::MemberKind::Bot)?;
     let recording = services.store.create(room, options)?;
+    if recording.options().mix {
+        // Before the recorder joins, so that every track feeds the mix.
+        // Its composite, if any, is announced when it ends (SPEC §8, §11).
+        let events = services.events.clone();
+        let composited: crate::compose::Composited = Arc::new(move |r: &Arc<Recording>| {
+            events.emit(EventKind::RecordingComposited, Some(r.id()), &r.doc())
+        });
+        if let Err(e) = crate::compose::LiveMix::start(&recording, Some(composited)) {
+            recording.fail(format!("the mix could not start: {e}"));
+            return Err(StartError::Mix(e));
+        }
+    }
     begin(services, &recording, max_duration)?;
     // (A recording continued on another node gets `recording.takeover` instead: the cluster
     // layer tells it.)

@@ -1122,6 +1122,10 @@ struct StoredOptions {
     muxed: bool,
     #[serde(default)]
     notice: bool,
+    #[serde(default)]
+    mix: bool,
+    #[serde(default)]
+    composite: Option<(u32, u32)>,
 }
 
 impl StoredOptions {
@@ -1131,6 +1135,8 @@ impl StoredOptions {
             max_duration_s: options.max_duration.map(|d| d.as_secs()),
             muxed: options.muxed,
             notice: options.notice,
+            mix: options.mix,
+            composite: options.composite,
         }
     }
 
@@ -1140,6 +1146,8 @@ impl StoredOptions {
             max_duration: self.max_duration_s.map(Duration::from_secs),
             muxed: self.muxed,
             notice: self.notice,
+            mix: self.mix,
+            composite: self.composite,
         }
     }
 }

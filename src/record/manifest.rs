@@ -181,6 +181,36 @@ pub struct RecordingDoc {
     /// drained (absent on a single node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takeovers: Option<u32>,
+    /// The composite video (`room.webm`, SPEC §11): null unless it was requested.
+    #[serde(default)]
+    pub composite: Option<CompositeDoc>,
+}
+
+/// Where the rendering of a recording's composite video stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CompositeState {
+    /// Requested; waits for the stop, then for the renderer.
+    Pending,
+    /// Being rendered.
+    Rendering,
+    /// `room.webm` is complete and listed in `files`.
+    Done,
+    /// Rendering failed (`error` says why); the source files are untouched.
+    Failed,
+}
+
+/// The Recording's `composite` object (SPEC §11).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompositeDoc {
+    /// Where the rendering stands.
+    pub state: CompositeState,
+    /// Rendered share of the recording, 0 to 1.
+    #[serde(default)]
+    pub progress: f64,
+    /// Why it failed (null otherwise).
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Formats a time as `2026-11-20T21:00:00.000Z`.
@@ -297,6 +327,7 @@ mod tests {
             upload: None,
             node: None,
             takeovers: None,
+            composite: None,
         }
     }
 
@@ -389,5 +420,24 @@ mod tests {
         assert_eq!(v["stop_reason"], serde_json::Value::Null);
         assert_eq!(v["state"], "recording");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A manifest written before `composite` existed still loads (as null), and a composite
+    /// round-trips with its state in lowercase.
+    #[test]
+    fn composite_is_optional_and_round_trips() {
+        let mut v = serde_json::to_value(doc_with(1)).unwrap();
+        v.as_object_mut().unwrap().remove("composite");
+        let old: RecordingDoc = serde_json::from_value(v).unwrap();
+        assert_eq!(old.composite, None);
+        let mut doc = doc_with(0);
+        doc.composite = Some(CompositeDoc {
+            state: CompositeState::Rendering,
+            progress: 0.5,
+            error: None,
+        });
+        let v = serde_json::to_value(&doc).unwrap();
+        assert_eq!(v["composite"]["state"], "rendering");
+        assert_eq!(serde_json::from_value::<RecordingDoc>(v).unwrap(), doc);
     }
 }

@@ -5,8 +5,8 @@
 //! left) and waits for them. State changes go through a plain mutex never held across an await.
 
 use super::manifest::{
-    format_time, write_manifest, FileDoc, Kind, RecordingDoc, State, StopReason, TrackDoc,
-    UploadState,
+    format_time, write_manifest, CompositeDoc, CompositeState, FileDoc, Kind, RecordingDoc, State,
+    StopReason, TrackDoc, UploadState,
 };
 use super::mux::{Lane, MuxFile};
 pub use super::stats::{TrackEntry, TrackStats};
@@ -14,7 +14,7 @@ use crate::media::clock::{RecordingClock, SharedSenderClock};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -35,6 +35,37 @@ pub struct RecordOptions {
     pub muxed: bool,
     /// Speak the consent notice to everyone present and to each later joiner (`"notice": true`).
     pub notice: bool,
+    /// Write `room-mix.ogg`, every participant's audio mixed live (`"mix": true`).
+    pub mix: bool,
+    /// Render `room.webm` after the stop at this size (`"composite": true`; implies `mix`).
+    pub composite: Option<(u32, u32)>,
+}
+
+/// Receives every audio packet of a recording as placed on the recording's clock (after the
+/// placement its own file gets, so the mix keeps the files' times: joins, gaps, pauses).
+/// Defined here, implemented above (`compose`): calls must not block (the track task makes
+/// them between packets).
+pub trait AudioTap: Send + Sync {
+    /// One Opus packet of `track`; its first sample sits at `at` (48 kHz samples since the
+    /// recording's zero). Packets of one track come in placement order.
+    fn packet(&self, track: &TrackEntry, at: i64, payload: &bytes::Bytes);
+    /// `track` ended (its participant left, or the stop): no more packets from it.
+    fn track_ended(&self, track: &TrackEntry);
+    /// The recording stopped at `end` (48 kHz samples) and every track ended: finish the
+    /// output (finalized and synced when the future resolves), or say why it failed.
+    fn finish(&self, end: i64) -> futures::future::BoxFuture<'static, Result<(), String>>;
+}
+
+/// A file of the recording written by something other than a track (the mix, the
+/// composite): listed in `files` once created, with its live size.
+#[derive(Debug)]
+pub struct OutputFile {
+    /// File name in the recording's folder.
+    pub name: String,
+    /// Size so far.
+    pub bytes: AtomicU64,
+    /// The file exists (listed from then on).
+    pub created: std::sync::atomic::AtomicBool,
 }
 
 /// Why a pause or resume is refused.
@@ -76,6 +107,12 @@ struct Inner {
     muxes: HashMap<String, Arc<MuxFile>>,
     /// A loaded recording's document (no live tracks).
     frozen: Option<RecordingDoc>,
+    /// Files written by outputs other than the tracks (listed after the tracks' files).
+    outputs: Vec<Arc<OutputFile>>,
+    /// Receives the placed audio packets (the live mix).
+    audio_tap: Option<Arc<dyn AudioTap>>,
+    /// The composite's progress, when one was requested.
+    composite: Option<CompositeDoc>,
     /// In a cluster: the node recording it and its takeover count (the document's `node`
     /// and `takeovers`).
     node: Option<(String, u32)>,
@@ -161,6 +198,8 @@ pub struct TrackContext {
     pub sender: SharedSenderClock,
     /// Receives every audio payload as it arrives (a voicemail bot listens for silence).
     pub audio_tap: Option<tokio::sync::mpsc::Sender<(Instant, bytes::Bytes)>>,
+    /// Receives every audio packet as placed on the recording's clock (the live mix).
+    pub placed_audio: Option<Arc<dyn AudioTap>>,
 }
 
 /// The first free `{stem}-{kind}-{n}.{extension}` of a recording.
@@ -310,6 +349,9 @@ impl Recording {
                 uploads: None,
                 node: None,
                 prior: None,
+                outputs: Vec::new(),
+                audio_tap: None,
+                composite: None,
             }),
             uploads_changed: std::sync::OnceLock::new(),
             stop_tx: watch::Sender::new(None),
@@ -364,6 +406,9 @@ impl Recording {
                 chat: super::chat::ChatWriter::new(chat_path),
                 chat_dropped: 0,
                 uploads: None,
+                outputs: Vec::new(),
+                audio_tap: None,
+                composite: None,
             }),
             uploads_changed: std::sync::OnceLock::new(),
             stop_tx: watch::Sender::new(None),
@@ -483,6 +528,18 @@ impl Recording {
             }
             t
         }));
+        for out in &inner.outputs {
+            if out.created.load(Ordering::Relaxed) {
+                files.push(FileDoc {
+                    name: out.name.clone(),
+                    bytes: out.bytes.load(Ordering::Relaxed),
+                    url: format!("/api/recordings/{}/files/{}", self.id, out.name),
+                    upload: None,
+                    upload_error: None,
+                    object: None,
+                });
+            }
+        }
         RecordingDoc {
             id: self.id.clone(),
             room: self.room.clone(),
@@ -501,6 +558,7 @@ impl Recording {
             chat_messages: inner.chat.lines(),
             chat_dropped: inner.chat_dropped,
             upload: None,
+            composite: inner.composite.clone(),
         }
     }
 
@@ -553,6 +611,10 @@ impl Recording {
             unfinished: 0,
             manifest_ready: false,
         };
+        // A composite being rendered is not final, and the manifest waits for it.
+        let composing = inner.composite.as_ref().is_some_and(|c| {
+            matches!(c.state, CompositeState::Pending | CompositeState::Rendering)
+        });
         // After a takeover, the files of the nodes that held it before are theirs to upload.
         let theirs = |name: &str| {
             inner
@@ -572,19 +634,20 @@ impl Recording {
             // A media file is final once every track writing it has ended; a file that no
             // track writes (chat.jsonl) grows until the recording ends.
             let mut writers = inner.tracks.iter().filter(|t| t.file == file.name);
-            let is_final = ended || {
-                let mut any = false;
-                let all_ended = writers.all(|t| {
-                    any = true;
-                    t.stats.ended.load(Ordering::Acquire)
-                });
-                any && all_ended
-            };
+            let is_final =
+                (ended && !(composing && inner.outputs.iter().any(|o| o.name == file.name))) || {
+                    let mut any = false;
+                    let all_ended = writers.all(|t| {
+                        any = true;
+                        t.stats.ended.load(Ordering::Acquire)
+                    });
+                    any && all_ended
+                };
             if is_final {
                 work.files.push(file.name.clone());
             }
         }
-        work.manifest_ready = ended && work.unfinished == 0;
+        work.manifest_ready = ended && work.unfinished == 0 && !composing;
         Some(work)
     }
 
@@ -764,6 +827,9 @@ impl Recording {
             inner.stop_reason = Some(StopReason::Error);
             inner.stopped_at = Some(format_time(time::OffsetDateTime::now_utc()));
         }
+        // The mix ends with its thread once no track holds the tap any more.
+        let tap = lock(&self.inner).audio_tap.take();
+        drop(tap);
         self.stop_tx.send_replace(Some(Instant::now()));
         self.leave.cancel();
         self.done_tx.send_replace(true);
@@ -851,6 +917,38 @@ impl Recording {
             left: self.left_tx.subscribe(),
             sender,
             audio_tap: None,
+            placed_audio: lock(&self.inner).audio_tap.clone(),
+        }
+    }
+
+    /// Sets the receiver of the placed audio packets (before the first track is added; tracks
+    /// added earlier do not feed it).
+    pub fn set_audio_tap(&self, tap: Arc<dyn AudioTap>) {
+        lock(&self.inner).audio_tap = Some(tap);
+    }
+
+    /// Reserves the file `name` for an output other than a track; `None` if the name is taken.
+    /// The file is listed once its `created` flag is set.
+    pub fn add_output(&self, name: &str) -> Option<Arc<OutputFile>> {
+        let mut inner = lock(&self.inner);
+        if !inner.names_used.insert(name.to_owned()) {
+            return None;
+        }
+        let out = Arc::new(OutputFile {
+            name: name.to_owned(),
+            bytes: AtomicU64::new(0),
+            created: std::sync::atomic::AtomicBool::new(false),
+        });
+        inner.outputs.push(Arc::clone(&out));
+        Some(out)
+    }
+
+    /// Sets the composite's state (shown in the document; the caller rewrites the manifest).
+    pub fn set_composite(&self, composite: CompositeDoc) {
+        let mut inner = lock(&self.inner);
+        match &mut inner.frozen {
+            Some(doc) => doc.composite = Some(composite),
+            None => inner.composite = Some(composite),
         }
     }
 
@@ -912,6 +1010,18 @@ impl Recording {
                 }
             }
         }
+        let tap = lock(&self.inner).audio_tap.take();
+        if let Some(tap) = tap {
+            let end = self.stop_instant_samples();
+            if let Err(e) = tap.finish(end).await {
+                tracing::error!(recording = %self.id, error = %e, "mix not finalized");
+                metrics::counter!(crate::telemetry::WRITE_ERRORS).increment(1);
+                let mut inner = lock(&self.inner);
+                if inner.error.is_none() {
+                    inner.error = Some(e);
+                }
+            }
+        }
         {
             let mut inner = lock(&self.inner);
             if let Err(e) = inner.chat.finish() {
@@ -950,6 +1060,18 @@ impl Recording {
             "stopped"
         );
         true
+    }
+
+    /// When the stop was requested (media after it is not recorded); `None` before.
+    pub fn stop_instant(&self) -> Option<Instant> {
+        lock(&self.inner).stop_instant
+    }
+
+    /// The stop instant on the recording's clock in 48 kHz samples (now while not stopping).
+    fn stop_instant_samples(&self) -> i64 {
+        let at = lock(&self.inner).stop_instant.unwrap_or_else(Instant::now);
+        // Recorded time: paused spans are cut out of the mix as out of every file.
+        (self.clock.recorded_clamped(self.clock.seconds(at)) * 48_000.0).round() as i64
     }
 
     /// Records a write error of one track (the others go on).

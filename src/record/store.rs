@@ -10,7 +10,8 @@
 
 use super::inspect::inspect;
 use super::manifest::{
-    read_manifest, remove_stale_temps, write_manifest, FileDoc, RecordingDoc, State, StopReason,
+    read_manifest, remove_stale_temps, write_manifest, CompositeState, FileDoc, RecordingDoc,
+    State, StopReason,
 };
 use super::repair::{repair_dir, RepairError, RepairOutcome};
 use super::session::{RecordOptions, Recording};
@@ -96,6 +97,15 @@ pub fn recover(
         doc.stop_reason = Some(StopReason::Interrupted);
         doc.error =
             Some("the service stopped while recording; files repaired up to the last flush".into());
+    }
+    // A composite still waiting or rendering when the service stopped will not be rendered.
+    if let Some(c) = doc
+        .composite
+        .as_mut()
+        .filter(|c| matches!(c.state, CompositeState::Pending | CompositeState::Rendering))
+    {
+        c.state = CompositeState::Failed;
+        c.error = Some("interrupted: the service stopped before the composite was done".into());
     }
     let listed: Vec<String> = doc.files.iter().map(|f| f.name.clone()).collect();
     for track in &mut doc.tracks {
@@ -413,5 +423,41 @@ impl RecordingStore {
         };
         std::fs::remove_dir_all(recording.dir())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::manifest::CompositeDoc;
+
+    /// A composite left pending by a stop of the service is marked failed at recovery; a done
+    /// one stays done.
+    #[test]
+    fn an_unfinished_composite_is_failed_at_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        for (before, after) in [
+            (CompositeState::Pending, CompositeState::Failed),
+            (CompositeState::Rendering, CompositeState::Failed),
+            (CompositeState::Done, CompositeState::Done),
+        ] {
+            let rec = Recording::new(
+                "r".into(),
+                "room".into(),
+                dir.path().to_owned(),
+                RecordOptions::default(),
+            );
+            rec.set_composite(CompositeDoc {
+                state: before,
+                progress: 0.5,
+                error: None,
+            });
+            let mut doc = rec.doc();
+            doc.state = State::Stopped;
+            recover(dir.path(), &mut doc);
+            let composite = read_manifest(dir.path()).unwrap().composite.unwrap();
+            assert_eq!(composite.state, after);
+            assert_eq!(composite.error.is_some(), after != before);
+        }
     }
 }

@@ -263,6 +263,15 @@ fn place(
     };
     timeline.cut(wall - t);
     let (position, moved) = timeline.position(sample.ext, t, clock, &ctx.sender);
+    if let (Some(tap), Kind::Audio, true) = (
+        &ctx.placed_audio,
+        ctx.entry.kind,
+        position >= 0 && !sink.failed(),
+    ) {
+        // The mix takes each packet where the file puts it (48 kHz ticks for audio).
+        let at = (timeline.first_t() * 48_000.0).round() as i64 + position;
+        tap.packet(&ctx.entry, at, &sample.data);
+    }
     let placed = Sample {
         file_start: timeline.first_t(),
         moved,
@@ -541,6 +550,9 @@ impl Pipeline for AudioPipeline {
         let rest: Vec<Released<AudioPacket>> = self.reorder.drain().into_iter().collect();
         for released in rest {
             self.released(ctx, released);
+        }
+        if let Some(tap) = &ctx.placed_audio {
+            tap.track_ended(&ctx.entry);
         }
         finish(ctx, self.sink, end, self.timeline.as_ref());
     }

@@ -45,7 +45,12 @@ export function initRecordings() {
     const button = $('#rec-start');
     button.disabled = true;
     try {
-      const body = { room, audio: $('#rec-audio').value };
+      const body = {
+        room,
+        audio: $('#rec-audio').value,
+        mix: $('#rec-mix').checked,
+        composite: $('#rec-composite').checked,
+      };
       if ($('#rec-notice-check').checked) body.notice = true;
       const rec = await api.startRecording(body);
       opened.add(rec.id);
@@ -156,8 +161,13 @@ export function initRecordings() {
       ...figure('Size', formatBytes(totalBytes(rec))),
       ...figure('Loss', formatLoss(lost, packets), lost ? 'warn' : ''),
     );
+    const composite = rec.composite;
     const reason = rec.error
       ? `Error: ${rec.error}`
+      : composite && composite.state === 'failed'
+        ? `Composite video failed: ${composite.error || 'unknown error'}`
+        : composite && (composite.state === 'rendering' || (composite.state === 'pending' && !ACTIVE.has(rec.state)))
+          ? `Composite video: ${composite.state} ${Math.round((composite.progress || 0) * 100)} %`
       : rec.stop_reason && rec.stop_reason !== 'requested'
         ? `Recording ${REASON_LABEL[rec.stop_reason] || rec.stop_reason}.`
         : '';
@@ -169,7 +179,8 @@ export function initRecordings() {
 
     // Buttons and file rows are rebuilt only when they change, so clicks never hit a
     // replaced element.
-    const files = rec.files || [];
+    // The meeting as a whole first: the composite, then the room mix, then the tracks' files.
+    const files = [...(rec.files || [])].sort((a, b) => rank(a.name) - rank(b.name));
     const shape = `${rec.state}|${rec.paused}|${files.map((f) => f.name).join(',')}`;
     if (shape !== card.shape) {
       card.shape = shape;
@@ -217,6 +228,13 @@ export function initRecordings() {
       });
       return [pause, stop];
     }
+    const whole = (rec.files || []).find((f) => f.name === 'room.webm') || (rec.files || []).find((f) => f.name === 'room-mix.ogg');
+    const meeting = [];
+    if (whole) {
+      const btn = h('button', { class: 'btn primary small', type: 'button', title: `Play ${whole.name}` }, whole.name === 'room.webm' ? 'Play meeting' : 'Play mix');
+      btn.addEventListener('click', () => play(rec, whole));
+      meeting.push(btn);
+    }
     const del = h('button', { class: 'btn ghost small', type: 'button' }, 'Delete');
     let armed = 0;
     del.addEventListener('click', async () => {
@@ -241,7 +259,12 @@ export function initRecordings() {
       }
       refresh();
     });
-    return [del];
+    return [...meeting, del];
+  }
+
+  /** Order of a file in the list: the composite, the mix, then the rest. */
+  function rank(name) {
+    return name === 'room.webm' ? 0 : name === 'room-mix.ogg' ? 1 : 2;
   }
 
   function fileRow(rec, file) {
