@@ -554,3 +554,111 @@ async fn composite_options_are_validated() {
     assert_eq!(status, 200);
     srv.shutdown().await;
 }
+
+/// A pause cuts the same span out of the mix as out of every file (SPEC §11): with one
+/// participant sending a steady tone through record 2 s, pause 1.5 s, record 2 s, the mix
+/// is as long as the recorded time (wall time less `paused_ms`), as long as the
+/// participant's own file, and the tone goes on after the resume (packets after a pause are
+/// not taken for late ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_is_cut_from_the_mix_as_from_the_files() {
+    let _heavy = heavy().await;
+    let srv = TestServer::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("alice.ogg");
+    tone_clip(&path, 440.0, 3.0);
+    let clip = recbot::client::Clip::load(None, Some(&path)).expect("clip");
+    let alice = recbot::client::start(
+        &srv.base,
+        "paused-mix",
+        "alice",
+        clip,
+        factory(),
+        Default::default(),
+    )
+    .await
+    .expect("alice joins");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, rec) = srv
+        .post_json(
+            "/api/recordings",
+            serde_json::json!({"room": "paused-mix", "mix": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{rec}");
+    let id = rec["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (status, _) = srv
+        .post_json(
+            &format!("/api/recordings/{id}/pause"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = srv
+        .post_json(
+            &format!("/api/recordings/{id}/resume"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (status, done) = srv
+        .post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+        .await;
+    assert_eq!(status, 200);
+    alice.leave().await;
+    let paused = done["paused_ms"].as_f64().expect("paused_ms") / 1000.0;
+    assert!((1.4..2.5).contains(&paused), "paused {paused} s: {done}");
+
+    let read = |name: &str| std::fs::read(srv.dir.path().join(&id).join(name)).unwrap();
+    let mix = decode(&read("room-mix.ogg"), true);
+    let mix_length = mix.len() as f64 / 48_000.0;
+    let wall = |s: &serde_json::Value| {
+        time::OffsetDateTime::parse(
+            s.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    let recorded =
+        (wall(&done["stopped_at"]) - wall(&done["started_at"])).as_seconds_f64() - paused;
+    assert!(
+        (mix_length - recorded).abs() < 0.1,
+        "mix {mix_length:.3} s, recorded time {recorded:.3} s"
+    );
+    let track = done["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "audio")
+        .cloned()
+        .expect("alice's audio");
+    let own_end = (track["start_offset_ms"].as_f64().unwrap()
+        + track["duration_ms"].as_f64().unwrap())
+        / 1000.0;
+    assert!(
+        (own_end - mix_length).abs() < 0.15,
+        "alice's file ends at {own_end:.3} s, the mix at {mix_length:.3} s"
+    );
+    // The tone sounds all along, after the resume too: no hole where the pause was cut, and
+    // no packets dropped as late after it.
+    let start = track["start_offset_ms"].as_f64().unwrap() / 1000.0;
+    let (mut windows, mut silent) = (0, Vec::new());
+    let mut t = start + 0.2;
+    while t < mix_length - 0.2 {
+        windows += 1;
+        if !sounds(&mix, 0.0, t, 440.0) {
+            silent.push(format!("{t:.2}"));
+        }
+        t += 0.05;
+    }
+    assert!(windows > 50, "{windows} windows");
+    assert!(
+        silent.len() * 100 <= windows * 3,
+        "the tone is missing from the mix at {} of {windows} windows: {silent:?}",
+        silent.len()
+    );
+    srv.shutdown().await;
+}
