@@ -344,7 +344,8 @@ fn colours_in(picture: &recbot::compose::vpx::I420) -> Vec<&'static str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn composite_shows_who_was_there_when() {
     let _heavy = heavy().await;
-    let srv = TestServer::start().await;
+    let hooks = HookReceiver::start().await;
+    let srv = TestServer::start_with(|args| hooks.configure(args)).await;
     let work = tempfile::tempdir().unwrap();
     let factory = factory();
     let mut clips = Vec::new();
@@ -406,6 +407,32 @@ async fn composite_shows_who_was_there_when() {
     }
     assert_eq!(doc["composite"]["state"], "done", "{doc}");
     assert_eq!(doc["composite"]["progress"], 1.0);
+    // The webhook `recording.composited` (SPEC §11) carries the finished Recording.
+    let events = hooks
+        .until(Duration::from_secs(10), |events| {
+            events.iter().any(|e| e["type"] == "recording.composited")
+        })
+        .await;
+    let composited: Vec<_> = events
+        .iter()
+        .filter(|e| e["type"] == "recording.composited")
+        .collect();
+    assert_eq!(composited.len(), 1, "{events:#?}");
+    assert_eq!(composited[0]["data"]["id"], id.as_str());
+    assert_eq!(composited[0]["data"]["composite"]["state"], "done");
+    let order: Vec<&str> = events
+        .iter()
+        .filter(|e| e["data"]["id"] == id.as_str())
+        .map(|e| e["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "recording.started",
+            "recording.stopped",
+            "recording.composited"
+        ]
+    );
     assert!(doc["files"]
         .as_array()
         .unwrap()

@@ -1257,6 +1257,47 @@ mod tests {
         lock(&rec.inner).state = State::Stopped;
     }
 
+    /// With object storage, a composite still pending or rendering after the stop is not
+    /// final (no partial `room.webm` goes up) and the manifest waits for it; once it is done,
+    /// it goes, and then the manifest.
+    #[test]
+    fn uploads_wait_for_the_composite() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r2".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        rec.enable_uploads("pre/", Arc::new(tokio::sync::Notify::new()));
+        rec.set_recording("bot");
+        let a = rec.add_track("p1", "alice", Kind::Audio, "ogg").unwrap();
+        a.entry.stats.file_created.store(true, Ordering::Relaxed);
+        let out = rec.add_output("room.webm").unwrap();
+        let composite = |state| CompositeDoc {
+            state,
+            progress: 0.0,
+            error: None,
+        };
+        rec.set_composite(composite(CompositeState::Pending));
+        a.entry.stats.ended.store(true, Ordering::Release);
+        inner_end(&rec);
+        rec.set_file_upload("alice-audio-1.ogg", UploadState::Uploaded, None);
+        out.created.store(true, Ordering::Relaxed);
+        for state in [CompositeState::Pending, CompositeState::Rendering] {
+            rec.set_composite(composite(state));
+            let work = rec.upload_work().unwrap();
+            assert!(work.files.is_empty(), "{state:?}: {work:?}");
+            assert!(!work.manifest_ready, "{state:?}");
+        }
+        rec.set_composite(composite(CompositeState::Done));
+        let work = rec.upload_work().unwrap();
+        assert_eq!(work.files, vec!["room.webm".to_owned()]);
+        assert!(!work.manifest_ready);
+        rec.set_file_upload("room.webm", UploadState::Uploaded, None);
+        assert!(rec.upload_work().unwrap().manifest_ready);
+    }
+
     /// The track's file is /dev/null (writes succeed, fsync fails with EINVAL, like a disk that
     /// lost them): the finalize reports it in the Recording's error instead of dropping it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
