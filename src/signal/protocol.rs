@@ -87,9 +87,9 @@ impl TurnRest {
     pub fn credential(&self, username: &str) -> String {
         use base64::Engine as _;
         use hmac::Mac as _;
-        // ok: HMAC takes a key of any length, so `new_from_slice` cannot fail.
+        // HMAC takes a key of any length, so `new_from_slice` cannot fail.
         let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())
-            .expect("HMAC accepts any key length");
+            .expect("HMAC accepts any key length"); // ok: any key length is valid
         mac.update(username.as_bytes());
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     }
