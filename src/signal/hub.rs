@@ -13,11 +13,12 @@
 use super::protocol::{
     ClientMessage, ErrorCode, IceServer, MessageRef, PeerInfo, Refusal, ServerMessage,
 };
+use super::queue::{queue, Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Messages queued for one member before it counts as too slow and is dropped from its room.
@@ -50,7 +51,7 @@ pub enum MemberKind {
 
 struct Member {
     info: PeerInfo,
-    tx: mpsc::Sender<Arc<ServerMessage>>,
+    tx: Sender<Arc<ServerMessage>>,
     /// Set for WebSocket clients, whose seat can be resumed.
     resume: Option<ResumeSlot>,
 }
@@ -64,7 +65,7 @@ struct ResumeSlot {
     /// resumed session's welcome brings the next one). Only a hash is kept.
     token: Option<[u8; 32]>,
     /// Asks the task holding the seat (attached session or detached wait) to hand it over.
-    takeover: mpsc::Sender<Takeover>,
+    takeover: Sender<Takeover>,
 }
 
 #[derive(Default)]
@@ -115,18 +116,18 @@ pub struct Membership {
 /// queued meanwhile are delivered there in order.
 pub struct Seat {
     pub(super) membership: Membership,
-    pub(super) queue: mpsc::Receiver<Arc<ServerMessage>>,
+    pub(super) queue: Receiver<Arc<ServerMessage>>,
     /// A message taken from the queue whose send failed when the socket died: delivered
     /// first on resume.
     pub(super) unsent: Option<Arc<ServerMessage>>,
-    pub(super) takeovers: mpsc::Receiver<Takeover>,
+    pub(super) takeovers: Receiver<Takeover>,
 }
 
 /// A resume token accepted by [`Hub::claim`] (and used up by it): [`Claim::seat`] fetches
 /// the seat from the task that holds it.
 pub struct Claim {
     peer: String,
-    takeover: mpsc::Sender<Takeover>,
+    takeover: Sender<Takeover>,
 }
 
 /// Why a resume was refused (the route answers `401` for all of them alike).
@@ -308,14 +309,7 @@ impl Hub {
         room: &str,
         name: &str,
         kind: MemberKind,
-    ) -> Result<
-        (
-            Membership,
-            ServerMessage,
-            mpsc::Receiver<Arc<ServerMessage>>,
-        ),
-        JoinError,
-    > {
+    ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
         self.enter(room, name, kind, None)
     }
 
@@ -326,7 +320,7 @@ impl Hub {
         room: &str,
         name: &str,
     ) -> Result<(Seat, ServerMessage), JoinError> {
-        let (takeover, takeovers) = mpsc::channel(1);
+        let (takeover, takeovers) = queue(1);
         let (membership, welcome, queue) =
             self.enter(room, name, MemberKind::Client, Some(takeover))?;
         Ok((
@@ -346,22 +340,15 @@ impl Hub {
         room: &str,
         name: &str,
         kind: MemberKind,
-        takeover: Option<mpsc::Sender<Takeover>>,
-    ) -> Result<
-        (
-            Membership,
-            ServerMessage,
-            mpsc::Receiver<Arc<ServerMessage>>,
-        ),
-        JoinError,
-    > {
+        takeover: Option<Sender<Takeover>>,
+    ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
         let info = PeerInfo {
             id: new_peer_id(),
             name: clean_name(name),
             bot: kind == MemberKind::Bot,
             whip: kind == MemberKind::Whip,
         };
-        let (tx, rx) = mpsc::channel(if kind == MemberKind::Bot {
+        let (tx, rx) = queue(if kind == MemberKind::Bot {
             BOT_QUEUE
         } else {
             MEMBER_QUEUE
@@ -581,7 +568,7 @@ impl Hub {
         let target_is_bot = target.info.bot;
         match target.tx.try_send(Arc::new(out)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if target_is_bot => {
+            Err(TrySendError::Full) if target_is_bot => {
                 return Err(Refusal {
                     code: ErrorCode::RateLimited,
                     message: format!("peer `{target_id}` is busy: its message queue is full"),
@@ -603,7 +590,7 @@ fn send_all(members: &[Member], message: &ServerMessage, skip: Option<&str>) -> 
         if Some(member.info.id.as_str()) == skip {
             continue;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Arc::clone(&shared)) {
+        if let Err(TrySendError::Full) = member.tx.try_send(Arc::clone(&shared)) {
             if member.info.bot {
                 // A bot is never dropped from its room for slowness (see BOT_QUEUE).
                 tracing::warn!(peer = %member.info.id, "a room notice to a busy bot was lost");
@@ -655,13 +642,12 @@ impl Claim {
     /// no answer came).
     pub async fn seat(self) -> Result<Seat, ResumeError> {
         let (reply, seat) = oneshot::channel();
-        let fetch = async move {
-            self.takeover
-                .send(reply)
-                .await
-                .map_err(|_| ResumeError::Gone)?;
-            seat.await.map_err(|_| ResumeError::Gone)
-        };
+        // A token is used once and a new one exists only after the seat was handed over, so
+        // the one-place queue is never full here; if it were, the claim fails like a gone seat.
+        self.takeover
+            .try_send(reply)
+            .map_err(|_| ResumeError::Gone)?;
+        let fetch = async move { seat.await.map_err(|_| ResumeError::Gone) };
         tokio::time::timeout(HANDOVER_LIMIT, fetch)
             .await
             .unwrap_or(Err(ResumeError::Gone))

@@ -13,10 +13,10 @@ use super::hub::{Hub, Membership, Seat};
 use super::protocol::{
     parse_client_message, ClientMessage, ErrorCode, Refusal, ServerMessage, MAX_FRAME_BYTES,
 };
+use super::queue::Receiver;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Ping period.
@@ -217,7 +217,7 @@ async fn attached(
     socket: &mut WebSocket,
     membership: &Membership,
     (rx, unsent): (
-        &mut mpsc::Receiver<Arc<ServerMessage>>,
+        &mut Receiver<Arc<ServerMessage>>,
         &mut Option<Arc<ServerMessage>>,
     ),
     welcome: ServerMessage,
@@ -233,6 +233,9 @@ async fn attached(
             return Ended::Leave(None);
         }
     }
+    // Not kept for the session's life: in a room of 64 the welcome alone is ~4 KiB.
+    drop(welcome);
+    drop(notices);
     if let Some(message) = unsent.take() {
         if !send(socket, &message).await {
             *unsent = Some(message);
