@@ -370,6 +370,9 @@ impl Hub {
         let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
         let joined = ServerMessage::PeerJoined { peer: info.clone() };
         let slow = send_all(&entry.members, &joined, None);
+        // Exactly one more place: a room of one would otherwise hold four (rooms are small,
+        // and a join copies at most `max_peers_per_room` members).
+        entry.members.reserve_exact(1);
         entry.members.push(Member {
             info: info.clone(),
             tx,
