@@ -17,7 +17,15 @@ async fn main() {
     let idle: u64 = env_or("IDLE_SECONDS", 60);
     let files = recbot::util::raise_open_files_limit();
     println!("open files limit of the bench process: {files:?}");
-    let server = Server::start(&["--max-peers-per-room", "200", "--max-rooms", "100000"]);
+    let server = Server::start(&[
+        "--max-peers-per-room",
+        "200",
+        "--max-rooms",
+        "100000",
+        // All the bench's peers come from 127.0.0.1.
+        "--max-connections-per-ip",
+        "1000000",
+    ]);
     let pid = server.pid();
     let addr = server.base.trim_start_matches("http://").to_owned();
     tokio::time::sleep(Duration::from_millis(500)).await;

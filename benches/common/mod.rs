@@ -4,7 +4,8 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-/// A `recbot serve` child process on an ephemeral loopback port, killed on drop.
+/// A `recbot serve` child process on an ephemeral loopback port, killed on drop (SIGTERM, so
+/// a profiler wrapping it writes its output).
 pub struct Server {
     /// The process.
     pub child: Child,
@@ -17,7 +18,19 @@ impl Server {
     /// Starts `recbot serve` with `args` (beyond the listen address, logging and folder).
     pub fn start(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_recbot"))
+        // BENCH_SERVER_WRAPPER runs the server under a profiler, e.g.
+        // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out".
+        let wrapper = std::env::var("BENCH_SERVER_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut command = match words.next() {
+            Some(program) => {
+                let mut command = Command::new(program);
+                command.args(words).arg(env!("CARGO_BIN_EXE_recbot"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_recbot")),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--log", "warn,recbot::server=info"])
             .args(args)

@@ -13,11 +13,12 @@
 use super::protocol::{
     ClientMessage, ErrorCode, IceConfig, MessageRef, PeerInfo, Refusal, ServerMessage,
 };
+use super::queue::{queue, Receiver, Sender, TrySendError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// Messages queued for one member before it counts as too slow and is dropped from its room.
@@ -50,7 +51,7 @@ pub enum MemberKind {
 
 struct Member {
     info: PeerInfo,
-    tx: mpsc::Sender<Arc<ServerMessage>>,
+    tx: Sender<Arc<ServerMessage>>,
     /// Set for WebSocket clients, whose seat can be resumed.
     resume: Option<ResumeSlot>,
     /// A member of another node of a cluster, mirrored here: its node tells it about joins
@@ -78,7 +79,7 @@ struct ResumeSlot {
     /// resumed session's welcome brings the next one). Only a hash is kept.
     token: Option<[u8; 32]>,
     /// Asks the task holding the seat (attached session or detached wait) to hand it over.
-    takeover: mpsc::Sender<Takeover>,
+    takeover: Sender<Takeover>,
 }
 
 #[derive(Default)]
@@ -131,18 +132,18 @@ pub struct Membership {
 /// queued meanwhile are delivered there in order.
 pub struct Seat {
     pub(super) membership: Membership,
-    pub(super) queue: mpsc::Receiver<Arc<ServerMessage>>,
+    pub(super) queue: Receiver<Arc<ServerMessage>>,
     /// A message taken from the queue whose send failed when the socket died: delivered
     /// first on resume.
     pub(super) unsent: Option<Arc<ServerMessage>>,
-    pub(super) takeovers: mpsc::Receiver<Takeover>,
+    pub(super) takeovers: Receiver<Takeover>,
 }
 
 /// A resume token accepted by [`Hub::claim`] (and used up by it): [`Claim::seat`] fetches
 /// the seat from the task that holds it.
 pub struct Claim {
     peer: String,
-    takeover: mpsc::Sender<Takeover>,
+    takeover: Sender<Takeover>,
 }
 
 /// Why a resume was refused (the route answers `401` for all of them alike).
@@ -326,14 +327,7 @@ impl Hub {
         room: &str,
         name: &str,
         kind: MemberKind,
-    ) -> Result<
-        (
-            Membership,
-            ServerMessage,
-            mpsc::Receiver<Arc<ServerMessage>>,
-        ),
-        JoinError,
-    > {
+    ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
         self.enter(room, name, kind, None)
     }
 
@@ -344,7 +338,7 @@ impl Hub {
         room: &str,
         name: &str,
     ) -> Result<(Seat, ServerMessage), JoinError> {
-        let (takeover, takeovers) = mpsc::channel(1);
+        let (takeover, takeovers) = queue(1);
         let (membership, welcome, queue) =
             self.enter(room, name, MemberKind::Client, Some(takeover))?;
         Ok((
@@ -364,22 +358,15 @@ impl Hub {
         room: &str,
         name: &str,
         kind: MemberKind,
-        takeover: Option<mpsc::Sender<Takeover>>,
-    ) -> Result<
-        (
-            Membership,
-            ServerMessage,
-            mpsc::Receiver<Arc<ServerMessage>>,
-        ),
-        JoinError,
-    > {
+        takeover: Option<Sender<Takeover>>,
+    ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
         let info = PeerInfo {
             id: new_peer_id(),
             name: clean_name(name),
             bot: kind == MemberKind::Bot,
             whip: kind == MemberKind::Whip,
         };
-        let (tx, rx) = mpsc::channel(if kind == MemberKind::Bot {
+        let (tx, rx) = queue(if kind == MemberKind::Bot {
             BOT_QUEUE
         } else {
             MEMBER_QUEUE
@@ -401,6 +388,9 @@ impl Hub {
         let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
         let joined = ServerMessage::PeerJoined { peer: info.clone() };
         let slow = send_all(&entry.members, &joined, true);
+        // Exactly one more place: a room of one would otherwise hold four (rooms are small,
+        // and a join copies at most `max_peers_per_room` members).
+        entry.members.reserve_exact(1);
         entry.members.push(Member {
             info: info.clone(),
             tx,
@@ -551,12 +541,8 @@ impl Hub {
     /// node applied the limits). This node's members of the room are told `peer-joined`.
     /// Returns the queue of messages for it (relayed to it and room broadcasts), or `None` if
     /// a member with its id is here already.
-    pub fn add_remote(
-        &self,
-        room: &str,
-        peer: PeerInfo,
-    ) -> Option<mpsc::Receiver<Arc<ServerMessage>>> {
-        let (tx, rx) = mpsc::channel(BOT_QUEUE);
+    pub fn add_remote(&self, room: &str, peer: PeerInfo) -> Option<Receiver<Arc<ServerMessage>>> {
+        let (tx, rx) = queue(BOT_QUEUE);
         let mut rooms = self.rooms();
         let entry = rooms.entry(room.to_owned()).or_default();
         if entry.members.iter().any(|m| m.info.id == peer.id) {
@@ -610,7 +596,7 @@ impl Hub {
         let (id, bot) = (target.info.id.clone(), target.info.bot);
         match target.tx.try_send(Arc::new(message)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if bot => {
+            Err(TrySendError::Full) if bot => {
                 tracing::warn!(peer = %id, "a relayed message to a busy bot was lost");
             }
             Err(_) => self.drop_slow(&mut rooms, room, vec![id]),
@@ -700,7 +686,7 @@ impl Hub {
         let target_is_bot = target.info.bot || target.remote;
         match target.tx.try_send(Arc::new(out)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) if target_is_bot => {
+            Err(TrySendError::Full) if target_is_bot => {
                 return Err(Refusal {
                     code: ErrorCode::RateLimited,
                     message: format!("peer `{target_id}` is busy: its message queue is full"),
@@ -723,7 +709,7 @@ fn send_all(members: &[Member], message: &ServerMessage, local_only: bool) -> Ve
         if local_only && member.remote {
             continue;
         }
-        if let Err(mpsc::error::TrySendError::Full(_)) = member.tx.try_send(Arc::clone(&shared)) {
+        if let Err(TrySendError::Full) = member.tx.try_send(Arc::clone(&shared)) {
             if member.info.bot || member.remote {
                 // A bot is never dropped from its room for slowness (see BOT_QUEUE).
                 tracing::warn!(peer = %member.info.id, "a room notice to a busy bot was lost");
@@ -775,13 +761,12 @@ impl Claim {
     /// no answer came).
     pub async fn seat(self) -> Result<Seat, ResumeError> {
         let (reply, seat) = oneshot::channel();
-        let fetch = async move {
-            self.takeover
-                .send(reply)
-                .await
-                .map_err(|_| ResumeError::Gone)?;
-            seat.await.map_err(|_| ResumeError::Gone)
-        };
+        // A token is used once and a new one exists only after the seat was handed over, so
+        // the one-place queue is never full here; if it were, the claim fails like a gone seat.
+        self.takeover
+            .try_send(reply)
+            .map_err(|_| ResumeError::Gone)?;
+        let fetch = async move { seat.await.map_err(|_| ResumeError::Gone) };
         tokio::time::timeout(HANDOVER_LIMIT, fetch)
             .await
             .unwrap_or(Err(ResumeError::Gone))

@@ -3,4 +3,5 @@
 
 pub mod hub;
 pub mod protocol;
+pub mod queue;
 pub mod ws;

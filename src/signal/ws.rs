@@ -13,10 +13,16 @@ use super::hub::{Hub, Membership, Seat};
 use super::protocol::{
     parse_client_message, ClientMessage, ErrorCode, Refusal, ServerMessage, MAX_FRAME_BYTES,
 };
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
+use super::queue::Receiver;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::io::AsyncWriteExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 /// Ping period.
@@ -72,21 +78,63 @@ impl RateLimit {
     }
 }
 
-async fn send(socket: &mut WebSocket, message: &ServerMessage) -> bool {
-    match serde_json::to_string(message) {
-        Ok(text) => socket
+/// An upgraded client connection (see `api::ws`).
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Text frames up to this size go through the WebSocket layer's write buffer. That buffer
+/// keeps the capacity of the largest frame it ever held, so a larger frame (a `welcome` in a
+/// big room, an SDP) is written from a buffer of its own, freed once written: an idle
+/// connection then holds no more than this for writing.
+pub const BUFFERED_FRAME_MAX: usize = 256;
+
+/// Sends `message` as one text frame; false if the socket failed. Boxed, like [`close`]: a
+/// session spends its life waiting, and its task keeps room for the largest state of every
+/// step inline, so the rare steps are kept off it (one short-lived allocation per message).
+fn send<'a>(socket: &'a mut Socket, message: &'a ServerMessage) -> BoxFuture<'a, bool> {
+    Box::pin(send_now(socket, message))
+}
+
+async fn send_now(socket: &mut Socket, message: &ServerMessage) -> bool {
+    let Ok(text) = serde_json::to_string(message) else {
+        return true;
+    };
+    if text.len() <= BUFFERED_FRAME_MAX {
+        return socket
             .send(Message::Text(Utf8Bytes::from(text)))
             .await
-            .is_ok(),
-        Err(_) => true,
+            .is_ok();
     }
+    // What the layer holds (a queued pong, say) goes out first and whole, so frames never
+    // interleave; tungstenite formats the frame.
+    if socket.flush().await.is_err() {
+        return false;
+    }
+    let frame = Frame::message(text, OpCode::Data(Data::Text), true);
+    let mut bytes = Vec::with_capacity(frame.len());
+    if frame.format(&mut bytes).is_err() {
+        return false;
+    }
+    let io = socket.get_mut();
+    io.write_all(&bytes).await.is_ok() && io.flush().await.is_ok()
+}
+
+/// What the session reads next: `None` once the socket ended.
+async fn recv(
+    socket: &mut Socket,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    socket.next().await
 }
 
 /// Closes the session with `code` and `reason` and completes the closing handshake: reads (and
 /// discards) what the client still sends until its close frame, for at most [`CLOSE_GRACE`].
 /// Dropping the connection with unread frames in the kernel's buffer would make it answer with
 /// a TCP reset, and the client would lose the close frame and see 1006 instead of `code`.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+fn close<'a>(socket: &'a mut Socket, code: CloseCode, reason: &'static str) -> BoxFuture<'a, ()> {
+    Box::pin(close_now(socket, code, reason))
+}
+
+async fn close_now(socket: &mut Socket, code: CloseCode, reason: &'static str) {
     let sent = socket
         .send(Message::Close(Some(CloseFrame {
             code,
@@ -97,7 +145,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(frame)) = socket.recv().await {
+        while let Some(Ok(frame)) = recv(socket).await {
             if matches!(frame, Message::Close(_)) {
                 break;
             }
@@ -124,7 +172,7 @@ pub enum Entry {
 /// How an attached session ended.
 enum Ended {
     /// The member leaves the room; with a close frame to send after leaving, if any.
-    Leave(Option<(u16, &'static str)>),
+    Leave(Option<(CloseCode, &'static str)>),
     /// The socket dropped without a close frame (or went silent): the seat waits for a resume.
     Dropped,
 }
@@ -141,12 +189,14 @@ enum Ended {
 ///   keeps the seat for the hub's resume grace ([`Seat::hold`]) and then leaves;
 /// - a resume takes the seat over: the old socket is dropped and the room sees nothing.
 pub async fn session(
-    mut socket: WebSocket,
-    entry: Entry,
+    mut socket: Socket,
+    entry: Box<Entry>,
     announce: impl FnOnce(&str) -> Vec<ServerMessage>,
     shutdown: CancellationToken,
 ) {
-    let (seat, welcome, notices) = match entry {
+    // (Boxed, like the greeting below: an async fn keeps its arguments' room in its state
+    // for its whole life, and every idle session would keep it.)
+    let (seat, welcome, notices) = match *entry {
         Entry::Join { hub, room, name } => match hub.join_client(&room, &name) {
             Ok((seat, welcome)) => {
                 // A recording already running is announced to the newcomer too.
@@ -155,7 +205,7 @@ pub async fn session(
             }
             Err(e) => {
                 tracing::info!(room, error = %e, "join refused");
-                close(&mut socket, close_code::AGAIN, "room full").await;
+                close(&mut socket, CloseCode::Again, "room full").await;
                 return;
             }
         },
@@ -165,7 +215,7 @@ pub async fn session(
                 (seat, welcome, Vec::new())
             }
             None => {
-                close(&mut socket, close_code::AGAIN, "seat lost").await;
+                close(&mut socket, CloseCode::Again, "seat lost").await;
                 return;
             }
         },
@@ -178,7 +228,7 @@ pub async fn session(
         mut takeovers,
     } = seat;
     let ended = tokio::select! {
-        ended = attached(&mut socket, &membership, (&mut queue, &mut unsent), welcome, notices, &shutdown) => ended,
+        ended = attached(&mut socket, &membership, (&mut queue, &mut unsent), Box::new((welcome, notices)), &shutdown) => ended,
         Some(reply) = takeovers.recv() => {
             // A resume of this seat: the socket goes without a word (it may be dead already,
             // and a frame may have been cut mid-way); the room sees nothing.
@@ -206,33 +256,36 @@ pub async fn session(
                 unsent,
                 takeovers,
             };
-            seat.hold(hub.resume_grace(), &shutdown).await;
+            // Boxed: its state is not kept inline by every session (see `send`).
+            Box::pin(seat.hold(hub.resume_grace(), &shutdown)).await;
         }
     }
 }
 
-/// The attached part of a session: sends `welcome`, `notices` and the message a dropped
-/// socket left unsent, then relays the queue until the session ends.
+/// The attached part of a session: sends the `welcome` and notices of `greeting` and the
+/// message a dropped socket left unsent, then relays the queue until the session ends.
 async fn attached(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     membership: &Membership,
     (rx, unsent): (
-        &mut mpsc::Receiver<Arc<ServerMessage>>,
+        &mut Receiver<Arc<ServerMessage>>,
         &mut Option<Arc<ServerMessage>>,
     ),
-    welcome: ServerMessage,
-    notices: Vec<ServerMessage>,
+    greeting: Box<(ServerMessage, Vec<ServerMessage>)>,
     shutdown: &CancellationToken,
 ) -> Ended {
     let room = membership.room();
     let peer = membership.id();
     let _connected = ConnectionGauge::new();
     // A client that never got its welcome has no token to resume with.
-    for message in std::iter::once(&welcome).chain(&notices) {
+    let (welcome, notices) = &*greeting;
+    for message in std::iter::once(welcome).chain(notices) {
         if !send(socket, message).await {
             return Ended::Leave(None);
         }
     }
+    // Not kept for the session's life: in a room of 64 the welcome alone is ~4 KiB.
+    drop(greeting);
     if let Some(message) = unsent.take() {
         if !send(socket, &message).await {
             *unsent = Some(message);
@@ -249,7 +302,7 @@ async fn attached(
     let mut garbage = (0u32, Instant::now());
     loop {
         tokio::select! {
-            frame = socket.recv() => {
+            frame = recv(socket) => {
                 let now = Instant::now();
                 let text = match frame {
                     // A drop without a close frame: the client may resume.
@@ -260,6 +313,8 @@ async fn attached(
                         last_seen = now;
                         continue;
                     }
+                    // Raw frames are never yielded when reading.
+                    Some(Ok(Message::Frame(_))) => continue,
                     Some(Ok(Message::Binary(_))) => {
                         last_seen = now;
                         Err(Refusal::new(ErrorCode::BadMessage, "binary frames are not accepted"))
@@ -280,7 +335,7 @@ async fn attached(
                 });
                 match outcome {
                     Ok(ClientMessage::Leave) => {
-                        return Ended::Leave(Some((close_code::NORMAL, "bye")));
+                        return Ended::Leave(Some((CloseCode::Normal, "bye")));
                     }
                     Ok(message) => {
                         if let Err(refusal) = membership.relay(message) {
@@ -296,7 +351,7 @@ async fn attached(
                         }
                         garbage.0 += 1;
                         if garbage.0 > GARBAGE_LIMIT {
-                            return Ended::Leave(Some((close_code::POLICY, "too many bad messages")));
+                            return Ended::Leave(Some((CloseCode::Policy, "too many bad messages")));
                         }
                         if !send(socket, &refusal.into_message()).await {
                             return Ended::Dropped;
@@ -313,7 +368,7 @@ async fn attached(
                         return Ended::Dropped;
                     }
                 }
-                None => return Ended::Leave(Some((close_code::AGAIN, "too slow"))),
+                None => return Ended::Leave(Some((CloseCode::Again, "too slow"))),
             },
             _ = check.tick() => {
                 let now = Instant::now();
@@ -329,7 +384,7 @@ async fn attached(
                 }
             }
             _ = shutdown.cancelled() => {
-                return Ended::Leave(Some((close_code::AWAY, "server shutting down")));
+                return Ended::Leave(Some((CloseCode::Away, "server shutting down")));
             }
         }
     }
