@@ -9,9 +9,13 @@
 //! ORDER=peers-first (default: everyone is present when the recordings start, the order in
 //! which a recorder offers to a whole room at once) or ORDER=recorder-first (the recordings
 //! start in empty rooms and every participant joins afterwards).
+//! STORAGE=1 also uploads every recording to an S3 server (s3s-fs, in this bench process) and
+//! prints the server's CPU for the uploads, per recorded participant-minute, and their speed.
 //! Needs ffmpeg (libvpx, libopus) to make the clips once, into target/bench-media/.
 
 mod common;
+#[path = "../tests/common/s3.rs"]
+mod s3;
 
 use common::{cpu_seconds, env_or, status_kib, Server};
 use recbot::client::{Clip, PublishOptions};
@@ -91,12 +95,32 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     let peers_first = env_or("ORDER", "peers-first".to_owned()) != "recorder-first";
     let rooms = n.div_ceil(room_size);
     let max_peers = (room_size + 10).to_string();
-    let server = Server::start(&[
+    let mut args = vec![
         "--udp-bind",
         "127.0.0.1",
         "--max-peers-per-room",
         &max_peers,
-    ]);
+    ];
+    // STORAGE=1: a bucket on an S3 server of this process (the server's CPU is what counts).
+    let store_root = tempfile::tempdir().unwrap();
+    let storage = if env_or("STORAGE", 0u8) == 1 {
+        std::fs::create_dir(store_root.path().join("bench")).unwrap();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        Some(s3::S3Server::start(store_root.path(), addr, "bench-key", "bench-secret").await)
+    } else {
+        None
+    };
+    let endpoint = storage.as_ref().map(|s| s.endpoint()).unwrap_or_default();
+    if storage.is_some() {
+        args.extend(["--s3-endpoint", &endpoint, "--s3-bucket", "bench"]);
+    }
+    let server = Server::start_with_env(
+        &args,
+        &[
+            ("RECBOT_S3_ACCESS_KEY_ID", "bench-key"),
+            ("RECBOT_S3_SECRET_ACCESS_KEY", "bench-secret"),
+        ],
+    );
     let pid = server.pid();
     let base = &server.base;
     let factory = PeerFactory::new(PeerConfig::loopback());
@@ -217,6 +241,38 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     );
     for p in publishers {
         p.leave().await;
+    }
+    if let Some(s3) = storage {
+        // The uploads start at the stop: their CPU is the server's from the stop until every
+        // recording is complete in the bucket.
+        let cpu_stop = cpu_seconds(pid);
+        let started = Instant::now();
+        loop {
+            let mut done = 0;
+            for url in &urls {
+                let doc: serde_json::Value =
+                    http.get(url).send().await.unwrap().json().await.unwrap();
+                done += usize::from(doc["upload"] == "uploaded");
+            }
+            if done == urls.len() || started.elapsed() > Duration::from_secs(300) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = started.elapsed().as_secs_f64();
+        let upload_cpu = cpu_seconds(pid) - cpu_stop;
+        let bytes: u64 = tracks
+            .iter()
+            .map(|t| t["bytes"].as_u64().unwrap_or(0))
+            .sum();
+        let participant_minutes = video_ms / 60_000.0;
+        println!(
+            "      storage: {:.1} MiB uploaded in {took:.2} s ({:.1} MiB/s); server CPU {upload_cpu:.3} s = {:.3} CPU-s per recorded participant-minute",
+            bytes as f64 / 1048576.0,
+            bytes as f64 / 1048576.0 / took.max(1e-9),
+            upload_cpu / participant_minutes.max(1e-9)
+        );
+        s3.stop().await;
     }
 }
 

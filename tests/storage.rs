@@ -5,97 +5,23 @@
 //! recbot mid-queue, secrets kept out of logs, and DELETE removing the objects.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use common::*;
 use recbot::config::ServeArgs;
 use recbot::server::{ServeError, Server};
 use recbot::store::Tuning;
+use s3::S3Server;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "recbot-test-key";
 const SECRET: &str = "SECRET-never-in-a-log-4c1d";
 const BUCKET: &str = "recs";
-
-/// An s3s-fs server on loopback; stopping it aborts its open connections too.
-struct S3Server {
-    addr: SocketAddr,
-    root: PathBuf,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl S3Server {
-    /// Serves `root` (a folder per bucket) on `addr` (port 0: any), accepting `key`/`secret`.
-    async fn start(root: &Path, addr: SocketAddr, key: &str, secret: &str) -> Self {
-        use hyper_util::rt::TokioIo;
-        let fs = s3s_fs::FileSystem::new(root).expect("s3s-fs root");
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(key, secret));
-        let service = builder.build();
-        // The port may still be held for a moment after a stop.
-        let mut tries = 0;
-        let listener = loop {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => break l,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => panic!("bind {addr}: {e}"),
-            }
-        };
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted {
-                        Ok(a) => a,
-                        Err(_) => continue,
-                    },
-                    _ = token.cancelled() => break,
-                };
-                let service = service.clone();
-                connections.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-            connections.abort_all();
-        });
-        Self {
-            addr,
-            root: root.to_owned(),
-            stop,
-            task,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The stored object `key` of the test bucket.
-    fn object(&self, key: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.root.join(BUCKET).join(key)).ok()
-    }
-
-    async fn stop(self) -> SocketAddr {
-        self.stop.cancel();
-        let _ = self.task.await;
-        self.addr
-    }
-}
 
 /// A store root with the test bucket.
 fn store_root() -> tempfile::TempDir {
@@ -355,7 +281,7 @@ async fn uploads_verify_free_the_disk_serve_ranges_and_delete() {
     assert_eq!(*seen.lock().unwrap(), vec![(id.clone(), true)]);
 
     let manifest: serde_json::Value = serde_json::from_slice(
-        &s3.object(&format!("recordings/{id}/manifest.json"))
+        &s3.object_in(BUCKET, &format!("recordings/{id}/manifest.json"))
             .unwrap(),
     )
     .unwrap();
@@ -371,7 +297,7 @@ async fn uploads_verify_free_the_disk_serve_ranges_and_delete() {
             !dir.path().join(&id).join(name).exists(),
             "{name} deleted locally"
         );
-        let object = s3.object(&key).expect("object stored");
+        let object = s3.object_in(BUCKET, &key).expect("object stored");
         assert_eq!(
             object.len() as u64,
             file["bytes"].as_u64().unwrap(),
@@ -511,7 +437,10 @@ async fn pending_uploads_resume_at_startup_in_parts() {
     let done = wait_for(&base, id, 60, |d| d["upload"] == "uploaded").await;
     let key = format!("recordings/{id}/big-video-1.webm");
     assert_eq!(done["files"][0]["object"], key.as_str());
-    assert!(s3.object(&key).unwrap() == big, "the object is the file");
+    assert!(
+        s3.object_in(BUCKET, &key).unwrap() == big,
+        "the object is the file"
+    );
     // It went up in three parts: the store's ETag of a multipart object says so.
     let storage = server.app.services.storage.as_ref().expect("storage");
     let head = storage
@@ -526,7 +455,7 @@ async fn pending_uploads_resume_at_startup_in_parts() {
     let local = get_json(&base, "/api/recordings/20261120-210000-00000b").await;
     assert!(local["upload"].is_null(), "{local}");
     assert!(s3
-        .object("recordings/20261120-210000-00000b/big-video-1.webm")
+        .object_in(BUCKET, "recordings/20261120-210000-00000b/big-video-1.webm")
         .is_none());
     server.shutdown().await.unwrap();
     s3.stop().await;
@@ -578,7 +507,7 @@ async fn a_failing_store_is_retried_until_it_takes_everything() {
     .await;
     assert_eq!(refused["upload"], "retrying", "{refused:#}");
     assert!(s3
-        .object(&format!("recordings/{id}/manifest.json"))
+        .object_in(BUCKET, &format!("recordings/{id}/manifest.json"))
         .is_none());
     let addr = s3.stop().await;
 
@@ -589,12 +518,12 @@ async fn a_failing_store_is_retried_until_it_takes_everything() {
         assert!(f["upload_error"].is_null(), "{done:#}");
         let key = f["object"].as_str().unwrap();
         assert_eq!(
-            s3.object(key).unwrap().len() as u64,
+            s3.object_in(BUCKET, key).unwrap().len() as u64,
             f["bytes"].as_u64().unwrap()
         );
     }
     assert!(s3
-        .object(&format!("recordings/{id}/manifest.json"))
+        .object_in(BUCKET, &format!("recordings/{id}/manifest.json"))
         .is_some());
     server.shutdown().await.unwrap();
     s3.stop().await;
@@ -744,7 +673,8 @@ async fn sigkill_mid_queue_resumes_and_no_secret_is_logged() {
     let done = wait_for(&second.base, &id, 60, |d| d["upload"] == "uploaded").await;
     for f in files_of(&done) {
         assert!(
-            s3.object(f["object"].as_str().unwrap()).is_some(),
+            s3.object_in(BUCKET, f["object"].as_str().unwrap())
+                .is_some(),
             "{done:#}"
         );
         assert!(!dir
@@ -754,7 +684,7 @@ async fn sigkill_mid_queue_resumes_and_no_secret_is_logged() {
             .exists());
     }
     assert!(s3
-        .object(&format!("recordings/{id}/manifest.json"))
+        .object_in(BUCKET, &format!("recordings/{id}/manifest.json"))
         .is_some());
     for (run, log) in [("first", &first.log), ("second", &second.log)] {
         let log = log.lock().unwrap();

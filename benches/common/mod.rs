@@ -17,6 +17,11 @@ pub struct Server {
 impl Server {
     /// Starts `recbot serve` with `args` (beyond the listen address, logging and folder).
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set for the server.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // BENCH_SERVER_WRAPPER runs the server under a profiler, e.g.
         // "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out".
@@ -34,6 +39,7 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(["--log", "warn,recbot::server=info"])
             .args(args)
+            .envs(env.iter().copied())
             .arg("--recordings-dir")
             .arg(dir.path())
             .stderr(Stdio::piped())

@@ -324,13 +324,68 @@ pub fn file_stem(name: &str, fallback: &str) -> String {
 impl Recording {
     /// A new live recording in state `starting`, accepted at `now`.
     pub fn new(id: String, room: String, dir: PathBuf, options: RecordOptions) -> Arc<Self> {
-        let chat_path = dir.join(super::chat::CHAT_FILE);
-        Arc::new(Self {
+        let started_at = format_time(time::OffsetDateTime::now_utc());
+        Arc::new(Self::fresh(
             id,
             room,
             dir,
-            started_at: format_time(time::OffsetDateTime::now_utc()),
-            clock: RecordingClock::new(Instant::now()),
+            started_at,
+            Instant::now(),
+            options,
+        ))
+    }
+
+    /// In a cluster: recording `prior` (its last shared document), continued on this node
+    /// after the node that held it died or drained. Its clock keeps the original start
+    /// (`started_at` was `elapsed` ago), its earlier tracks and files stay listed, and new
+    /// files take the next free index (`alice-video-2.webm`).
+    pub fn continued(
+        prior: &RecordingDoc,
+        dir: PathBuf,
+        options: RecordOptions,
+        elapsed: Duration,
+    ) -> Arc<Self> {
+        let origin = Instant::now()
+            .checked_sub(elapsed)
+            .unwrap_or_else(Instant::now);
+        let recording = Self::fresh(
+            prior.id.clone(),
+            prior.room.clone(),
+            dir,
+            prior.started_at.clone(),
+            origin,
+            options,
+        );
+        {
+            let mut inner = lock(&recording.inner);
+            inner.names_used = prior
+                .files
+                .iter()
+                .map(|f| f.name.clone())
+                .chain(prior.tracks.iter().map(|t| t.file.clone()))
+                .collect();
+            inner.prior = Some((prior.tracks.clone(), prior.files.clone()));
+        }
+        Arc::new(recording)
+    }
+
+    /// A live recording in state `starting` with nothing recorded yet, its clock's zero at
+    /// `origin`.
+    fn fresh(
+        id: String,
+        room: String,
+        dir: PathBuf,
+        started_at: String,
+        origin: Instant,
+        options: RecordOptions,
+    ) -> Self {
+        let chat_path = dir.join(super::chat::CHAT_FILE);
+        Self {
+            id,
+            room,
+            dir,
+            started_at,
+            clock: RecordingClock::new(origin),
             options,
             inner: Mutex::new(Inner {
                 state: State::Starting,
@@ -360,64 +415,7 @@ impl Recording {
             done_tx: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
             manifest: Mutex::new(()),
-        })
-    }
-
-    /// In a cluster: recording `prior` (its last shared document), continued on this node
-    /// after the node that held it died or drained. Its clock keeps the original start
-    /// (`started_at` was `elapsed` ago), its earlier tracks and files stay listed, and new
-    /// files take the next free index (`alice-video-2.webm`).
-    pub fn continued(
-        prior: &RecordingDoc,
-        dir: PathBuf,
-        options: RecordOptions,
-        elapsed: Duration,
-    ) -> Arc<Self> {
-        let origin = Instant::now()
-            .checked_sub(elapsed)
-            .unwrap_or_else(Instant::now);
-        let chat_path = dir.join(super::chat::CHAT_FILE);
-        Arc::new(Self {
-            id: prior.id.clone(),
-            room: prior.room.clone(),
-            dir,
-            started_at: prior.started_at.clone(),
-            clock: RecordingClock::new(origin),
-            options,
-            inner: Mutex::new(Inner {
-                state: State::Starting,
-                bot_peer: None,
-                stopped_at: None,
-                stop_instant: None,
-                error: None,
-                stop_reason: None,
-                tracks: Vec::new(),
-                names_used: prior
-                    .files
-                    .iter()
-                    .map(|f| f.name.clone())
-                    .chain(prior.tracks.iter().map(|t| t.file.clone()))
-                    .collect(),
-                senders: HashMap::new(),
-                muxes: HashMap::new(),
-                frozen: None,
-                node: None,
-                prior: Some((prior.tracks.clone(), prior.files.clone())),
-                chat: super::chat::ChatWriter::new(chat_path),
-                chat_dropped: 0,
-                uploads: None,
-                outputs: Vec::new(),
-                audio_tap: None,
-                composite: None,
-            }),
-            uploads_changed: std::sync::OnceLock::new(),
-            stop_tx: watch::Sender::new(None),
-            left_tx: broadcast::Sender::new(64),
-            leave: CancellationToken::new(),
-            done_tx: watch::Sender::new(false),
-            tasks: Mutex::new(Vec::new()),
-            manifest: Mutex::new(()),
-        })
+        }
     }
 
     /// A finished recording loaded from its manifest.

@@ -13,6 +13,7 @@
 // the flags below keep Chromium itself from calling out. Only 127.0.0.1 is contacted.
 
 import { chromium } from 'playwright-core';
+import { CHROMIUM, FLAGS as SHARED_FLAGS } from './chromium.mjs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,30 +23,11 @@ if (!base || !artifacts) {
   console.error('usage: node e2e.mjs <base-url> <artifact-dir>');
   process.exit(64);
 }
-const CHROMIUM = process.env.RECBOT_CHROMIUM || '/usr/bin/chromium';
 const ROOM = 'e2e';
 const RECORD_MS = 10_000;
 const WAIT = { timeout: 20_000 };
 
-const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--autoplay-policy=no-user-gesture-required',
-  '--disable-domain-reliability',
-  '--disable-client-side-phishing-detection',
-  '--no-pings',
-  // Any host name other than the loopback one resolves to nothing.
-  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
-];
+const FLAGS = [...SHARED_FLAGS, '--autoplay-policy=no-user-gesture-required'];
 
 const started = Date.now();
 const timings = {};

@@ -21,6 +21,7 @@
 // candidates are used or sent, and the flags keep Chromium from calling out.
 
 import { chromium } from 'playwright-core';
+import { CHROMIUM, FLAGS } from './chromium.mjs';
 import { execFileSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -31,26 +32,8 @@ if (!base || !room || !['tcp', 'relay', 'restart'].includes(mode)) {
   console.error('usage: node reach.mjs <base-url> <room> tcp|relay|restart');
   process.exit(64);
 }
-const CHROMIUM = process.env.RECBOT_CHROMIUM || '/usr/bin/chromium';
 const PAGE_TIMEOUT_MS = 90_000;
 
-const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--disable-domain-reliability',
-  '--disable-client-side-phishing-detection',
-  '--no-pings',
-  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
-];
 
 const started = Date.now();
 const log = (...args) => console.error(`[reach ${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);

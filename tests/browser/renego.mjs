@@ -17,6 +17,7 @@
 // `?loopback=1` aid), and the flags keep Chromium from calling out. Only 127.0.0.1 is contacted.
 
 import { chromium } from 'playwright-core';
+import { CHROMIUM, FLAGS } from './chromium.mjs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,27 +27,9 @@ if (!base || !room) {
   console.error('usage: node renego.mjs <base-url> <room>');
   process.exit(64);
 }
-const CHROMIUM = process.env.RECBOT_CHROMIUM || '/usr/bin/chromium';
 // Longest the in-page part may take (the Rust test has its own, longer, limit).
 const PAGE_TIMEOUT_MS = 60_000;
 
-const FLAGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--disable-domain-reliability',
-  '--disable-client-side-phishing-detection',
-  '--no-pings',
-  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
-];
 
 const started = Date.now();
 const log = (...args) => console.error(`[renego ${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);

@@ -8,12 +8,12 @@
 // on stdout is a JSON summary; progress goes to stderr.
 
 import { chromium } from 'playwright-core';
+import { CHROMIUM, FLAGS } from './chromium.mjs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const [base, room] = process.argv.slice(2);
-const CHROMIUM = process.env.RECBOT_CHROMIUM || '/usr/bin/chromium';
 const WAIT = { timeout: 20_000 };
 const started = Date.now();
 const log = (...args) => console.error(`[resume ${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
@@ -23,13 +23,7 @@ async function main() {
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
-      '--allow-loopback-in-peer-connection', '--disable-domain-reliability', '--no-pings',
-      '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1',
-    ],
+    args: FLAGS,
   });
   const errors = [];
   try {
