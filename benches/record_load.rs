@@ -195,6 +195,7 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     let cpu = cpu_seconds(pid) - t0;
     let measured = measure_start.elapsed().as_secs_f64();
     let stop_at = Instant::now();
+    let cpu_at_stop = cpu_seconds(pid);
     let mut tracks = Vec::new();
     for url in &urls {
         let doc: serde_json::Value = http
@@ -239,13 +240,9 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
         fmt(all_keys),
         finalize.as_millis()
     );
-    for p in publishers {
-        p.leave().await;
-    }
-    if let Some(s3) = storage {
-        // The uploads start at the stop: their CPU is the server's from the stop until every
-        // recording is complete in the bucket.
-        let cpu_stop = cpu_seconds(pid);
+    // From the stop until every file is final (and, with STORAGE=1, complete in the bucket):
+    // the server's CPU for finalizing, plus uploading with storage on.
+    if let Some(s3) = &storage {
         let started = Instant::now();
         loop {
             let mut done = 0;
@@ -257,21 +254,30 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
             if done == urls.len() || started.elapsed() > Duration::from_secs(300) {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let took = started.elapsed().as_secs_f64();
-        let upload_cpu = cpu_seconds(pid) - cpu_stop;
         let bytes: u64 = tracks
             .iter()
             .map(|t| t["bytes"].as_u64().unwrap_or(0))
             .sum();
-        let participant_minutes = video_ms / 60_000.0;
+        let took = stop_at.elapsed().as_secs_f64();
         println!(
-            "      storage: {:.1} MiB uploaded in {took:.2} s ({:.1} MiB/s); server CPU {upload_cpu:.3} s = {:.3} CPU-s per recorded participant-minute",
+            "      storage: {:.1} MiB in the bucket {took:.2} s after the stop ({:.1} MiB/s, s3s-fs in the bench process)",
             bytes as f64 / 1048576.0,
             bytes as f64 / 1048576.0 / took.max(1e-9),
-            upload_cpu / participant_minutes.max(1e-9)
         );
+        let _ = s3.endpoint();
+    }
+    let after_stop = cpu_seconds(pid) - cpu_at_stop;
+    println!(
+        "      stop → {}: server CPU {after_stop:.3} s = {:.4} CPU-s per recorded participant-minute",
+        if storage.is_some() { "uploaded" } else { "finalized" },
+        after_stop / (video_ms / 60_000.0).max(1e-9)
+    );
+    for p in publishers {
+        p.leave().await;
+    }
+    if let Some(s3) = storage {
         s3.stop().await;
     }
 }
