@@ -172,6 +172,20 @@ async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
     call(reqwest::Method::GET, format!("{base}{path}"), None).await
 }
 
+/// Starts recording `room` on the node at `base` itself (the internal header that keeps a
+/// create on the node it reached, as placement does); returns the Recording.
+async fn record_here(base: &str, room: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/recordings"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": room}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
 /// Total commands Redis has run (INFO commandstats), if redis-cli answers.
 fn redis_calls(socket: &str) -> Option<u64> {
     let out = Command::new("redis-cli")
@@ -441,15 +455,7 @@ async fn a_room_spans_nodes_and_a_recorder_on_one_records_a_publisher_on_the_oth
     )
     .await
     .expect("carol joins node A");
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/recordings", b.base))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": "media"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let rec: serde_json::Value = r.json().await.unwrap();
+    let rec = record_here(&b.base, "media").await;
     assert_eq!(rec["node"], "node-b");
     let id = rec["id"].as_str().unwrap().to_owned();
     let busy = redis_rate(&socket, Duration::from_secs(4)).await;
@@ -567,15 +573,7 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
     )
     .await
     .expect("carol joins node B");
-    let r = reqwest::Client::new()
-        .post(format!("{a_base}/api/recordings"))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": "tk"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+    let id = record_here(&a_base, "tk").await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -671,15 +669,7 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
         recbot::client::start(&b.base, "dr", "dave", clip(), factory(), Default::default())
             .await
             .expect("dave joins node B");
-    let r = reqwest::Client::new()
-        .post(format!("{a_base}/api/recordings"))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": "dr"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+    let id = record_here(&a_base, "dr").await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -760,15 +750,7 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
         recbot::client::start(&b.base, "fz", "erin", clip(), factory(), Default::default())
             .await
             .expect("erin joins node B");
-    let r = reqwest::Client::new()
-        .post(format!("{a_base}/api/recordings"))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": "fz"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+    let id = record_here(&a_base, "fz").await["id"]
         .as_str()
         .unwrap()
         .to_owned();
