@@ -172,6 +172,47 @@ async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
     call(reqwest::Method::GET, format!("{base}{path}"), None).await
 }
 
+/// Node A (a process of its own, which a test may kill, stop or restart on `a_dir`) and node
+/// B on one Redis; publisher `name` on node B in `room`, recorded by node A.
+struct RecordedOnA {
+    _tmp: tempfile::TempDir,
+    _redis: Proc,
+    url: String,
+    a_dir: tempfile::TempDir,
+    a_proc: Proc,
+    a_base: String,
+    b: Node,
+    publisher: recbot::client::PublisherHandle,
+    id: String,
+}
+
+async fn recorded_on_a(room: &str, name: &str) -> RecordedOnA {
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let publisher =
+        recbot::client::start(&b.base, room, name, clip(), factory(), Default::default())
+            .await
+            .expect("the publisher joins node B");
+    let id = record_here(&a_base, room).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    RecordedOnA {
+        _tmp: tmp,
+        _redis: redis,
+        url,
+        a_dir,
+        a_proc,
+        a_base,
+        b,
+        publisher,
+        id,
+    }
+}
+
 /// Starts recording `room` on the node at `base` itself (the internal header that keeps a
 /// create on the node it reached, as placement does); returns the Recording.
 async fn record_here(base: &str, room: &str) -> serde_json::Value {
@@ -557,26 +598,18 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
     if !tools() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (_redis, url) = start_redis(tmp.path());
-    let a_dir = tempfile::tempdir().unwrap();
-    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
-    let b = start_node(&url, "node-b");
     let _heavy = heavy().await;
-    let publisher = recbot::client::start(
-        &b.base,
-        "tk",
-        "carol",
-        clip(),
-        factory(),
-        Default::default(),
-    )
-    .await
-    .expect("carol joins node B");
-    let id = record_here(&a_base, "tk").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let RecordedOnA {
+        _tmp,
+        _redis,
+        url,
+        a_dir,
+        a_proc,
+        a_base: _,
+        b,
+        publisher,
+        id,
+    } = recorded_on_a("tk", "carol").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, before) = get(&b.base, &format!("/api/recordings/{id}")).await;
     assert_eq!(before["node"], "node-a", "{before}");
@@ -659,20 +692,18 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     if !tools() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (_redis, url) = start_redis(tmp.path());
-    let a_dir = tempfile::tempdir().unwrap();
-    let (mut a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
-    let b = start_node(&url, "node-b");
     let _heavy = heavy().await;
-    let publisher =
-        recbot::client::start(&b.base, "dr", "dave", clip(), factory(), Default::default())
-            .await
-            .expect("dave joins node B");
-    let id = record_here(&a_base, "dr").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let RecordedOnA {
+        _tmp,
+        _redis,
+        url: _,
+        a_dir,
+        mut a_proc,
+        a_base,
+        b,
+        publisher,
+        id,
+    } = recorded_on_a("dr", "dave").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let pid = a_proc.0.id().to_string();
@@ -740,20 +771,18 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
     if !tools() {
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let (_redis, url) = start_redis(tmp.path());
-    let a_dir = tempfile::tempdir().unwrap();
-    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
-    let b = start_node(&url, "node-b");
     let _heavy = heavy().await;
-    let publisher =
-        recbot::client::start(&b.base, "fz", "erin", clip(), factory(), Default::default())
-            .await
-            .expect("erin joins node B");
-    let id = record_here(&a_base, "fz").await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let RecordedOnA {
+        _tmp,
+        _redis,
+        url: _,
+        a_dir: _a_dir,
+        a_proc,
+        a_base,
+        b,
+        publisher,
+        id,
+    } = recorded_on_a("fz", "erin").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = a_proc.0.id().to_string();
     // Frozen, not dead: its sockets stay open, it will wake up believing it still records.
