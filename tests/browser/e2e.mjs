@@ -12,10 +12,8 @@
 // Network: the page is opened with `?loopback=1`, so it keeps only loopback ICE candidates;
 // the flags below keep Chromium itself from calling out. Only 127.0.0.1 is contacted.
 
-import { chromium } from 'playwright-core';
-import { CHROMIUM, FLAGS as SHARED_FLAGS } from './chromium.mjs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { FLAGS as SHARED_FLAGS, launch } from './chromium.mjs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const [base, artifacts] = process.argv.slice(2);
@@ -34,17 +32,13 @@ const timings = {};
 const log = (...args) => console.error(`[e2e ${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** A Chromium process with its own fresh profile, and its page. */
-async function launch(name) {
-  const profile = await mkdtemp(join(tmpdir(), `recbot-e2e-${name}-`));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
+/** A Chromium process with its own fresh profile, and its page (console and file responses kept). */
+async function launchAs(name) {
+  const { profile, context, page, close } = await launch(`e2e-${name}`, {
     args: FLAGS,
     viewport: { width: 1280, height: 860 },
     deviceScaleFactor: 1,
   });
-  const page = context.pages()[0] || (await context.newPage());
   const lines = [];
   page.on('console', (m) => lines.push(`[${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => lines.push(`[pageerror] ${e.message}`));
@@ -52,9 +46,7 @@ async function launch(name) {
   page.on('response', (r) => {
     if (r.url().includes('/files/')) responses.push({ url: r.url(), status: r.status() });
   });
-  // Anything not on loopback is refused (belt and braces: the page loads nothing else).
-  await context.route(/^(?!https?:\/\/127\.0\.0\.1[:/]).*/, (route) => route.abort());
-  return { name, profile, context, page, lines, responses };
+  return { name, profile, context, page, lines, responses, close };
 }
 
 async function joinRoom(b) {
@@ -94,7 +86,7 @@ async function main() {
   await mkdir(artifacts, { recursive: true });
   const browsers = [];
   try {
-    const [alice, bob] = await Promise.all([launch('alice'), launch('bob')]);
+    const [alice, bob] = await Promise.all([launchAs('alice'), launchAs('bob')]);
     browsers.push(alice, bob);
     timings.launched_s = (Date.now() - started) / 1000;
     log('browsers up');
@@ -302,8 +294,7 @@ async function main() {
   } finally {
     for (const b of browsers) {
       await writeFile(join(artifacts, `console-${b.name}.log`), b.lines.join('\n') + '\n').catch(() => {});
-      await b.context.close().catch(() => {});
-      await rm(b.profile, { recursive: true, force: true }).catch(() => {});
+      await b.close();
     }
   }
 }

@@ -20,12 +20,8 @@
 // The last line on stdout is a JSON summary; progress goes to stderr. Only loopback ICE
 // candidates are used or sent, and the flags keep Chromium from calling out.
 
-import { chromium } from 'playwright-core';
-import { CHROMIUM, FLAGS } from './chromium.mjs';
+import { launch } from './chromium.mjs';
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
 const [base, room, mode] = process.argv.slice(2);
 if (!base || !room || !['tcp', 'relay', 'restart'].includes(mode)) {
@@ -260,16 +256,9 @@ async function inPage({ room, mode }) {
 }
 
 async function main() {
-  const profile = await mkdtemp(join(tmpdir(), 'recbot-reach-'));
-  let context;
+  const browser = await launch('reach');
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: FLAGS,
-    });
-    await context.route(/^(?!https?:\/\/127\.0\.0\.1[:/]).*/, (route) => route.abort());
-    const page = context.pages()[0] || (await context.newPage());
+    const { page } = browser;
     page.on('console', (m) => log(`[page ${m.type()}] ${m.text()}`));
     page.on('pageerror', (e) => log(`[pageerror] ${e.message}`));
     await page.exposeFunction('dropUdp', (on) => dropUdp(on));
@@ -282,8 +271,7 @@ async function main() {
     process.stdout.write(JSON.stringify({ ok: true, ...result }) + '\n');
     return true;
   } finally {
-    if (context) await context.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true }).catch(() => {});
+    await browser.close();
   }
 }
 

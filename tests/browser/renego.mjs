@@ -16,11 +16,7 @@
 // Network: only loopback ICE candidates are used or sent (the same rule as the page's
 // `?loopback=1` aid), and the flags keep Chromium from calling out. Only 127.0.0.1 is contacted.
 
-import { chromium } from 'playwright-core';
-import { CHROMIUM, FLAGS } from './chromium.mjs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './chromium.mjs';
 
 const [base, room] = process.argv.slice(2);
 if (!base || !room) {
@@ -237,17 +233,9 @@ async function inPage({ room }) {
 }
 
 async function main() {
-  const profile = await mkdtemp(join(tmpdir(), 'recbot-renego-'));
-  let context;
+  const browser = await launch('renego');
   try {
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: FLAGS,
-    });
-    // Anything not on loopback is refused.
-    await context.route(/^(?!https?:\/\/127\.0\.0\.1[:/]).*/, (route) => route.abort());
-    const page = context.pages()[0] || (await context.newPage());
+    const { page } = browser;
     page.on('console', (m) => log(`[page ${m.type()}] ${m.text()}`));
     page.on('pageerror', (e) => log(`[pageerror] ${e.message}`));
     // A page on the server's own origin (the WebSocket and API accept it); /healthz keeps the
@@ -263,8 +251,7 @@ async function main() {
     process.stdout.write(JSON.stringify({ ok, ...result }) + '\n');
     return ok;
   } finally {
-    if (context) await context.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true }).catch(() => {});
+    await browser.close();
   }
 }
 

@@ -7,11 +7,7 @@
 // its seat with its token, and clear the notice, while its media keep flowing. The last line
 // on stdout is a JSON summary; progress goes to stderr.
 
-import { chromium } from 'playwright-core';
-import { CHROMIUM, FLAGS } from './chromium.mjs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './chromium.mjs';
 
 const [base, room] = process.argv.slice(2);
 const WAIT = { timeout: 20_000 };
@@ -19,17 +15,11 @@ const started = Date.now();
 const log = (...args) => console.error(`[resume ${((Date.now() - started) / 1000).toFixed(1)}s]`, ...args);
 
 async function main() {
-  const profile = await mkdtemp(join(tmpdir(), 'recbot-resume-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-  });
+  const browser = await launch('resume');
   const errors = [];
   try {
-    const page = context.pages()[0] || (await context.newPage());
+    const { page } = browser;
     page.on('pageerror', (e) => errors.push(e.message));
-    await context.route(/^(?!https?:\/\/127\.0\.0\.1[:/]).*/, (route) => route.abort());
     await page.goto(`${base}/?loopback=1`);
     await page.fill('#join-room', room);
     await page.fill('#join-name', 'carol');
@@ -71,8 +61,7 @@ async function main() {
     if (errors.length) throw new Error(`page errors: ${errors.join('; ')}`);
     process.stdout.write(JSON.stringify({ ok: true, notice, reconnect_ms: reconnectMs, in_call: inCall }) + '\n');
   } finally {
-    await context.close().catch(() => {});
-    await rm(profile, { recursive: true, force: true }).catch(() => {});
+    await browser.close();
   }
 }
 
