@@ -518,3 +518,25 @@ async fn chromium_resumes_its_seat_after_a_signaling_drop() {
     assert_eq!(code, 200);
     srv.shutdown().await;
 }
+
+/// Time from the create call to the first keyframe on disk with Chromium as the participant
+/// (issue 15): a figure, not a check. `ROUNDS=n cargo test --test browser
+/// chromium_first_keyframe_figures -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: prints the time from the create call to the first keyframe"]
+async fn chromium_first_keyframe_figures() {
+    if !prerequisites() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let srv = TestServer::start_with(|a| a.loopback_candidates_only = true).await;
+    let rounds = std::env::var("ROUNDS").unwrap_or_else(|_| "8".into());
+    let (status, summary) =
+        run_script("first_keyframe.mjs", &[srv.base.as_str(), rounds.as_str()]).await;
+    assert!(status.success() && summary["ok"] == true, "{summary}");
+    println!(
+        "chromium, {rounds} rounds: min {} / median {} / max {} ms ({})",
+        summary["min"], summary["median"], summary["max"], summary["figures"]
+    );
+    srv.shutdown().await;
+}

@@ -51,8 +51,25 @@ pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// Payload type recbot offers for VP8.
 pub const VP8_PAYLOAD_TYPE: u8 = 96;
 
-/// How long ICE waits for a better pair before nominating a peer-reflexive one.
-pub const PRFLX_ACCEPTANCE_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long ICE waits for a better pair before nominating a peer-reflexive one: not at all.
+/// A remote's checks reach us before its trickled candidates do (those go through
+/// signaling), so the first working pair is nearly always peer-reflexive, and it is the path
+/// the remote's own check just took. webrtc-rs waits 1 s by default; 100 ms was most of the
+/// time to a first keyframe.
+pub const PRFLX_ACCEPTANCE_WAIT: std::time::Duration = std::time::Duration::ZERO;
+
+/// How often ICE checks candidate pairs while connecting (webrtc-rs's default is 200 ms).
+/// Nomination happens on a check tick, so this tick is most of the time from an answer to a
+/// connected pair; with 200 ms the first keyframe came 100–300 ms later than it needed to.
+/// Browsers pace their checks at about 50 ms too.
+pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Most connectivity checks one candidate pair gets before it is given up: with
+/// [`ICE_CHECK_INTERVAL`] a pair is tried for 1 s. This bounds what a remote that lists
+/// addresses that never answer gets sent to each: at most `ICE_MAX_BINDING_REQUESTS + 1`
+/// datagrams per local candidate (webrtc-rs's default is 7 at 200 ms, 1.4 s). An answer that
+/// comes later still counts: webrtc-rs keeps a check's transaction for 4 s.
+pub const ICE_MAX_BINDING_REQUESTS: u16 = 20;
 
 /// Errors of the peer layer.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +86,8 @@ pub enum PeerError {
 }
 
 /// Most remote ICE candidates one connection accepts over its whole life, from SDP and
-/// trickle together. Each one is a target of connectivity checks (about 8 STUN requests per
-/// local candidate): without a cap, one offer listing hundreds of candidates makes recbot send
+/// trickle together. Each one is a target of connectivity checks (at most
+/// [`ICE_MAX_BINDING_REQUESTS`]` + 1` STUN requests per local candidate): without a cap, one offer listing hundreds of candidates makes recbot send
 /// datagrams to hundreds of chosen ports (a reflector). Browsers list far fewer.
 pub const MAX_REMOTE_CANDIDATES: usize = 20;
 
@@ -568,8 +585,9 @@ impl PeerFactory {
             .build();
         // A remote's checks often arrive before its trickled candidates, so the first pair is
         // peer-reflexive; webrtc-rs's default waits a whole second before accepting one.
-        let mut settings =
-            SettingEngineBuilder::new().with_prflx_acceptance_min_wait(Some(PRFLX_ACCEPTANCE_WAIT));
+        let mut settings = SettingEngineBuilder::new()
+            .with_prflx_acceptance_min_wait(Some(PRFLX_ACCEPTANCE_WAIT))
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS));
         if self.config.udp_bind.iter().any(IpAddr::is_loopback) {
             settings = settings.with_include_loopback_candidate(true);
         }
