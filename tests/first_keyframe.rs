@@ -81,3 +81,44 @@ async fn first_keyframe_after_create_with_publish_peers() {
     );
     srv.shutdown().await;
 }
+
+/// The same figure with a WHIP publisher (`recbot publish --whip`): its media reaches the
+/// recorder inside the server, and the recorder's PLI is passed to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: prints the time from the create call to the first keyframe"]
+async fn first_keyframe_after_create_with_a_whip_publisher() {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let srv = TestServer::start().await;
+    let mut figures = Vec::new();
+    for round in 0..rounds {
+        let room = format!("fkw{round}");
+        let publisher = recbot::client::start_whip(
+            &srv.url(&format!("/rooms/{room}/whip?name=cam")),
+            None,
+            clip(),
+            factory(),
+        )
+        .await
+        .expect("WHIP publisher starts");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (ms, id) = first_keyframe_ms(&srv, &room)
+            .await
+            .expect("a keyframe within 10 s");
+        println!("round {round}: first keyframe {ms} ms after the create call");
+        figures.push(ms);
+        srv.post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
+            .await;
+        publisher.leave().await;
+    }
+    figures.sort_unstable();
+    println!(
+        "WHIP publisher, {rounds} rounds: min {} / median {} / max {} ms",
+        figures[0],
+        figures[figures.len() / 2],
+        figures[figures.len() - 1]
+    );
+    srv.shutdown().await;
+}
