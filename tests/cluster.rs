@@ -1110,13 +1110,15 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
         .unwrap()
         .success());
     let termed = Instant::now();
-    let (status, _) = post(
-        &a_base,
-        "/api/bots",
-        serde_json::json!({"room": "other", "mode": "echo"}),
-    )
-    .await;
-    assert_eq!(status, 503, "no new bots on a draining node");
+    // No new bots on a draining node (a node already gone takes none either).
+    let answer = reqwest::Client::new()
+        .post(format!("{a_base}/api/bots"))
+        .json(&serde_json::json!({"room": "other", "mode": "echo"}))
+        .send()
+        .await;
+    if let Ok(r) = answer {
+        assert_eq!(r.status(), 503, "no new bots on a draining node");
+    }
     let deadline = Instant::now() + Duration::from_secs(40);
     let exit = loop {
         if let Some(exit) = a_proc.0.try_wait().unwrap() {
@@ -1140,4 +1142,69 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
         termed.elapsed()
     );
     probe.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
+    if !tools() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/bots"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "fb", "mode": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = a_proc.0.id().to_string();
+    // Frozen, not dead: it wakes up believing it still runs the bot.
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
+        if doc["node"] == "node-b" && doc["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart: {doc}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Its next heartbeat's write is refused by the fence: its copy stops there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while local_bots(&a_base)
+        .await
+        .iter()
+        .any(|b| b["id"] == id.as_str())
+    {
+        assert!(Instant::now() < deadline, "node A still runs the bot");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for base in [&a_base, &b.base] {
+        let (status, doc) = get(base, &format!("/api/bots/{id}")).await;
+        assert_eq!(status, 200, "{doc}");
+        assert_eq!(doc["node"], "node-b", "{doc}");
+        assert_eq!(doc["state"], "running", "{doc}");
+        assert_eq!(doc["restarts"], 1, "{doc}");
+    }
+    assert_eq!(local_bots(&b.base).await.len(), 1);
 }
