@@ -1013,12 +1013,32 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
     assert_eq!(bot["node"], "node-a", "placed by spare capacity: {bot}");
     assert_eq!(bot["restarts"], 0, "{bot}");
     let id = bot["id"].as_str().unwrap().to_owned();
+    let (status, doomed) = post(
+        &b.base,
+        "/api/bots",
+        serde_json::json!({"room": "eb2", "mode": "echo"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &doomed["node"]),
+        (201, &"node-a".into()),
+        "{doomed}"
+    );
+    let doomed = doomed["id"].as_str().unwrap().to_owned();
     // A participant on node B hears itself through the bot on node A.
     let probe = Prober::join(&b.base, "eb", "alice").await;
     probe.echoed(0, 50, Duration::from_secs(20)).await;
 
     drop(a_proc); // SIGKILL
     let killed = Instant::now();
+    // A bot deleted while its node is dead is not restarted.
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/api/bots/{doomed}", b.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = probe.received();
     let mut doc = serde_json::Value::Null;
@@ -1045,6 +1065,13 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
     let peer = doc["bot_peer"].as_str().expect("in the room").to_owned();
     assert_ne!(peer, bot["bot_peer"].as_str().unwrap());
     assert!(bot_in_room(&b.base, "eb", &peer).await, "a member again");
+    let (status, gone) = get(&b.base, &format!("/api/bots/{doomed}")).await;
+    assert_eq!(status, 404, "the deleted bot: {gone}");
+    assert_eq!(
+        local_bots(&b.base).await.len(),
+        1,
+        "only the live bot restarted"
+    );
     let heard = probe.echoed(before, 50, Duration::from_secs(20)).await;
     println!(
         "bot restart after SIGKILL: running on node B in {restarted:?}, echo heard again {:?} later",

@@ -3,6 +3,8 @@
 //! `POST /api/bots {room, mode, media?, loop?, silence_s?, max_duration_s?}` → `201` Bot;
 //! `GET /api/bots` → `{bots: [Bot]}` (newest first); `GET /api/bots/{id}` → Bot;
 //! `DELETE /api/bots/{id}` → `204` once its messages are final and it left the room.
+//! In a cluster a client's `POST` goes to the node with the most spare capacity, and
+//! `GET`/`DELETE` to the node the bot index names (its last document when that node is gone).
 //!
 //! Errors (`{"error": {code, message}}`): `400 bad-request` for a bad body (unknown fields, an
 //! unknown mode, a field the mode does not take, `media` that is not a plain file name in
@@ -297,13 +299,23 @@ async fn elsewhere(
                     &axum::http::HeaderMap::new(),
                     None,
                 )
-                .await?;
-                return Ok(Some(answer));
-            }
-            if method == axum::http::Method::GET {
-                if let Some(doc) = entry.doc {
-                    return Ok(Some(Json(doc).into_response()));
+                .await;
+                match answer {
+                    Ok(answer) => return Ok(Some(answer)),
+                    Err(e) => {
+                        tracing::warn!(bot = %id, node = %entry.node, error = %e, "the bot's node does not answer")
+                    }
                 }
+            }
+            // Its node is gone or does not answer (and the bot was not restarted yet): a
+            // delete ends it in the index (the fence moves on: a node that was only cut off
+            // stops its copy at its next write); a read gets the last document.
+            if method == axum::http::Method::DELETE {
+                scope.forget_bot(id, &entry.node).await?;
+                return Ok(Some(StatusCode::NO_CONTENT.into_response()));
+            }
+            if let Some(doc) = entry.doc {
+                return Ok(Some(Json(doc).into_response()));
             }
         }
     }
@@ -325,7 +337,7 @@ async fn delete_bot(
     }
     app.bots.remove(id, StopReason::Requested).await?;
     if let Some(cluster) = &app.cluster {
-        cluster.forget_bot(id).await?;
+        cluster.forget_bot(id, cluster.node_id()).await?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

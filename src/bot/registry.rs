@@ -5,7 +5,8 @@
 //! A bot lives until `DELETE /api/bots/{id}` or the service's shutdown (a `play` bot without
 //! `loop` also stops by itself at the end of its file). Stopping ends its voicemail messages
 //! with a stop reason, waits for their files to be final, then leaves the room. Bots are kept
-//! in memory only: after a restart they are gone (their messages stay, as recordings).
+//! in memory only: after a restart they are gone (their messages stay, as recordings); in a
+//! cluster another node restarts them with their id ([`Bot::restored`], `crate::cluster::bots`).
 
 use super::Services;
 use crate::events::{EventKind, Events};

@@ -78,6 +78,16 @@ redis.call('HSET', KEYS[1], 'state', 'stopped')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1";
 
+/// Bot KEYS[1] was deleted (`DELETE /api/bots/{id}`): a tombstone that expires, the fence
+/// moved on (a holder that wakes up is fenced out, nobody restarts it), out of its node's
+/// held set KEYS[2].
+const FORGET: &str = r"
+redis.call('HINCRBY', KEYS[1], 'fence', 1)
+redis.call('HSET', KEYS[1], 'state', 'deleted')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1";
+
 /// A bot's spec as the index keeps it (for a restart elsewhere).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredSpec {
@@ -278,19 +288,17 @@ impl Cluster {
         }
     }
 
-    /// After `DELETE /api/bots/{id}` here: the bot leaves the index.
-    pub async fn forget_bot(&self, id: &str) -> Result<(), ClusterError> {
+    /// After `DELETE /api/bots/{id}` (here, or of a bot whose `node` is dead): the bot
+    /// leaves the index for good (nobody restarts it; its old holder is fenced out).
+    pub async fn forget_bot(&self, id: &str, node: &str) -> Result<(), ClusterError> {
         lock(&self.bot_leases).remove(id);
         let mut conn = self.conn();
-        redis::pipe()
-            .cmd("DEL")
-            .arg(keys::bot(id))
-            .ignore()
-            .cmd("SREM")
-            .arg(keys::bot_held(&self.settings.node_id))
+        let _: i64 = redis::Script::new(FORGET)
+            .key(keys::bot(id))
+            .key(keys::bot_held(node))
             .arg(id)
-            .ignore()
-            .query_async::<()>(&mut conn)
+            .arg(ENDED_TTL_S)
+            .invoke_async(&mut conn)
             .await?;
         Ok(())
     }
@@ -309,6 +317,9 @@ impl Cluster {
         let Some(node) = node else {
             return Ok(None);
         };
+        if state.as_deref() == Some("deleted") {
+            return Ok(None);
+        }
         let mut doc = doc.and_then(|d| serde_json::from_str::<BotDoc>(&d).ok());
         if let Some(doc) = doc.as_mut() {
             if state.as_deref() != Some("running") {
