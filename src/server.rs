@@ -231,6 +231,8 @@ impl Server {
             cluster.on_takeover(Box::new(move |doc| {
                 events.emit(EventKind::RecordingTakeover, Some(&doc.id), &doc)
             }));
+            // Dead or draining nodes' bots run here; this node's bots are indexed.
+            cluster.attach_bots(Arc::clone(&app.bots));
             if let Some(app) = Arc::get_mut(&mut app) {
                 app.cluster = Some(cluster);
             }

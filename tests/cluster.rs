@@ -833,3 +833,405 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
     }
     publisher.leave().await;
 }
+
+/// A participant that sends the test tone to the bots of its room and counts the audio
+/// packets they send back (an echo bot's echo).
+struct EchoProbe {
+    outlets: recbot::peer::outlet::SharedOutlets,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl recbot::peer::room::Behaviour for EchoProbe {
+    fn wants(&self, peer: &recbot::signal::protocol::PeerInfo) -> bool {
+        peer.bot
+    }
+
+    async fn setup(
+        &self,
+        peer: &recbot::signal::protocol::PeerInfo,
+        pc: &recbot::peer::Pc,
+        _role: recbot::peer::negotiation::Role,
+    ) -> Result<(), recbot::peer::PeerError> {
+        let outlet = recbot::peer::outlet::Outlet::add(
+            pc,
+            rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio,
+            "probe",
+            None,
+        )
+        .await?;
+        self.outlets.lock().unwrap().add(&peer.id, outlet);
+        Ok(())
+    }
+
+    async fn on_track(
+        &self,
+        _peer: &recbot::signal::protocol::PeerInfo,
+        track: std::sync::Arc<dyn webrtc::media_stream::track_remote::TrackRemote>,
+    ) {
+        use webrtc::media_stream::track_remote::TrackRemoteEvent;
+        while let Some(event) = track.poll().await {
+            if let TrackRemoteEvent::OnRtpPacket(_) = event {
+                self.received
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    async fn peer_left(&self, peer: &recbot::signal::protocol::PeerInfo) {
+        self.outlets.lock().unwrap().remove_peer(&peer.id);
+    }
+}
+
+/// An [`EchoProbe`] in a room of the node at `base`, sending the tone in a loop.
+struct Prober {
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    leave: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prober {
+    async fn join(base: &str, room: &str, name: &str) -> Self {
+        use recbot::peer::outlet::{pump, MediaFrame, PumpOptions};
+        let tone = recbot::record::ogg::read_ogg_opus(
+            std::fs::File::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tone.ogg"))
+                .unwrap(),
+        )
+        .unwrap();
+        let frames: Vec<MediaFrame> = tone
+            .packets
+            .into_iter()
+            .map(|p| MediaFrame {
+                duration: Duration::from_micros(u64::from(p.samples) * 1_000_000 / 48_000),
+                data: bytes::Bytes::from(p.data),
+                keyframe: true,
+                skip: false,
+            })
+            .collect();
+        let outlets = recbot::peer::outlet::SharedOutlets::default();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let behaviour = std::sync::Arc::new(EchoProbe {
+            outlets: std::sync::Arc::clone(&outlets),
+            received: std::sync::Arc::clone(&received),
+        });
+        let url = format!(
+            "ws://{}/rooms/{room}/ws?name={name}",
+            base.trim_start_matches("http://")
+        );
+        let connection = recbot::client::connect_room(&url, name, factory(), behaviour)
+            .await
+            .expect("the probe joins");
+        tokio::spawn(pump(
+            frames.into(),
+            outlets,
+            PumpOptions {
+                kind: rtc::rtp_transceiver::rtp_sender::RtpCodecKind::Audio,
+                looping: true,
+                keyframe_wanted: None,
+                sent: Default::default(),
+            },
+            connection.leave.clone(),
+        ));
+        Self {
+            received,
+            leave: connection.leave,
+            task: connection.task,
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until `more` packets past `from` came back; the time it took.
+    async fn echoed(&self, from: u64, more: u64, limit: Duration) -> Duration {
+        let start = Instant::now();
+        while self.received() < from + more {
+            assert!(
+                start.elapsed() < limit,
+                "no echo: {} packets back",
+                self.received() - from
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        start.elapsed()
+    }
+
+    async fn leave(self) {
+        self.leave.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// The bots node `base` itself runs (a node-local call).
+async fn local_bots(base: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/api/bots"))
+        .header("x-recbot-node-local", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["bots"].as_array().cloned().unwrap_or_default()
+}
+
+/// Whether `peer` is a bot member of `room` as node `base` sees it.
+async fn bot_in_room(base: &str, room: &str, peer: &str) -> bool {
+    let (_, rooms) = get(base, "/api/rooms").await;
+    rooms["rooms"].as_array().is_some_and(|rooms| {
+        rooms.iter().any(|r| {
+            r["room"] == room
+                && r["peers"]
+                    .as_array()
+                    .is_some_and(|peers| peers.iter().any(|p| p["id"] == peer && p["bot"] == true))
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_dies() {
+    if !tools() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, _a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    // Node B is busier (it records a room): a bot asked of node B goes to node A.
+    record_here(&b.base, "busy").await;
+    let (status, bot) = post(
+        &b.base,
+        "/api/bots",
+        serde_json::json!({"room": "eb", "mode": "echo"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{bot}");
+    assert_eq!(bot["node"], "node-a", "placed by spare capacity: {bot}");
+    assert_eq!(bot["restarts"], 0, "{bot}");
+    let id = bot["id"].as_str().unwrap().to_owned();
+    let (status, doomed) = post(
+        &b.base,
+        "/api/bots",
+        serde_json::json!({"room": "eb2", "mode": "echo"}),
+    )
+    .await;
+    assert_eq!(
+        (status, &doomed["node"]),
+        (201, &"node-a".into()),
+        "{doomed}"
+    );
+    let doomed = doomed["id"].as_str().unwrap().to_owned();
+    // A participant on node B hears itself through the bot on node A.
+    let probe = Prober::join(&b.base, "eb", "alice").await;
+    probe.echoed(0, 50, Duration::from_secs(20)).await;
+
+    drop(a_proc); // SIGKILL
+    let killed = Instant::now();
+    // A bot deleted while its node is dead is not restarted.
+    let (status, _) = call(
+        reqwest::Method::DELETE,
+        format!("{}/api/bots/{doomed}", b.base),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = probe.received();
+    let mut doc = serde_json::Value::Null;
+    let restarted = loop {
+        let (status, d) = get(&b.base, &format!("/api/bots/{id}")).await;
+        if status == 200 && d["node"] == "node-b" && d["state"] == "running" {
+            doc = d;
+            break killed.elapsed();
+        }
+        if status == 200 {
+            doc = d;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "the bot was not restarted: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(doc["id"], id.as_str());
+    assert_eq!(doc["room"], "eb");
+    assert_eq!(doc["mode"], "echo");
+    assert_eq!(doc["restarts"], 1, "{doc}");
+    assert_eq!(doc["started_at"], bot["started_at"], "{doc}");
+    let peer = doc["bot_peer"].as_str().expect("in the room").to_owned();
+    assert_ne!(peer, bot["bot_peer"].as_str().unwrap());
+    assert!(bot_in_room(&b.base, "eb", &peer).await, "a member again");
+    let (status, gone) = get(&b.base, &format!("/api/bots/{doomed}")).await;
+    assert_eq!(status, 404, "the deleted bot: {gone}");
+    assert_eq!(
+        local_bots(&b.base).await.len(),
+        1,
+        "only the live bot restarted"
+    );
+    let heard = probe.echoed(before, 50, Duration::from_secs(20)).await;
+    println!(
+        "bot restart after SIGKILL: running on node B in {restarted:?}, echo heard again {:?} later",
+        heard
+    );
+
+    // The killed node comes back (same id, same data): it does not run the bot again, and
+    // the index still names node B.
+    let (_a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let here = local_bots(&a_base).await;
+    assert!(
+        !here.iter().any(|b| b["id"] == id.as_str()),
+        "node A runs it again: {here:?}"
+    );
+    for base in [&a_base, &b.base] {
+        let (status, doc) = get(base, &format!("/api/bots/{id}")).await;
+        assert_eq!(status, 200, "{doc}");
+        assert_eq!(doc["node"], "node-b", "{doc}");
+        assert_eq!(doc["state"], "running", "{doc}");
+        assert_eq!(doc["restarts"], 1, "{doc}");
+    }
+    let (_, bots) = get(&a_base, "/api/bots").await;
+    let listed = bots["bots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["id"] == id.as_str())
+        .count();
+    assert_eq!(listed, 1, "one bot of that id in the cluster: {bots}");
+    probe.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_moves_a_nodes_bots_to_another_node() {
+    if !tools() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (mut a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/bots"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "db", "mode": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let bot: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(bot["node"], "node-a");
+    let id = bot["id"].as_str().unwrap().to_owned();
+    let probe = Prober::join(&b.base, "db", "bob").await;
+    probe.echoed(0, 50, Duration::from_secs(20)).await;
+
+    let pid = a_proc.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let termed = Instant::now();
+    // No new bots on a draining node (a node already gone takes none either).
+    let answer = reqwest::Client::new()
+        .post(format!("{a_base}/api/bots"))
+        .json(&serde_json::json!({"room": "other", "mode": "echo"}))
+        .send()
+        .await;
+    if let Ok(r) = answer {
+        assert_eq!(r.status(), 503, "no new bots on a draining node");
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let exit = loop {
+        if let Some(exit) = a_proc.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the drained node did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exit.success(), "exit 0: {exit:?}");
+    let (status, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc["node"], "node-b", "{doc}");
+    assert_eq!(doc["state"], "running", "{doc}");
+    assert_eq!(doc["restarts"], 1, "{doc}");
+    let peer = doc["bot_peer"].as_str().unwrap();
+    assert!(bot_in_room(&b.base, "db", peer).await);
+    let before = probe.received();
+    probe.echoed(before, 50, Duration::from_secs(20)).await;
+    println!(
+        "bot drain: node A exited {:?} after SIGTERM",
+        termed.elapsed()
+    );
+    probe.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
+    if !tools() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a_dir = tempfile::tempdir().unwrap();
+    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let b = start_node(&url, "node-b");
+    let r = reqwest::Client::new()
+        .post(format!("{a_base}/api/bots"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": "fb", "mode": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pid = a_proc.0.id().to_string();
+    // Frozen, not dead: it wakes up believing it still runs the bot.
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
+        if doc["node"] == "node-b" && doc["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restart: {doc}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Its next heartbeat's write is refused by the fence: its copy stops there.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while local_bots(&a_base)
+        .await
+        .iter()
+        .any(|b| b["id"] == id.as_str())
+    {
+        assert!(Instant::now() < deadline, "node A still runs the bot");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for base in [&a_base, &b.base] {
+        let (status, doc) = get(base, &format!("/api/bots/{id}")).await;
+        assert_eq!(status, 200, "{doc}");
+        assert_eq!(doc["node"], "node-b", "{doc}");
+        assert_eq!(doc["state"], "running", "{doc}");
+        assert_eq!(doc["restarts"], 1, "{doc}");
+    }
+    assert_eq!(local_bots(&b.base).await.len(), 1);
+}

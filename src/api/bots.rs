@@ -3,6 +3,8 @@
 //! `POST /api/bots {room, mode, media?, loop?, silence_s?, max_duration_s?}` → `201` Bot;
 //! `GET /api/bots` → `{bots: [Bot]}` (newest first); `GET /api/bots/{id}` → Bot;
 //! `DELETE /api/bots/{id}` → `204` once its messages are final and it left the room.
+//! In a cluster a client's `POST` goes to the node with the most spare capacity, and
+//! `GET`/`DELETE` to the node the bot index names (its last document when that node is gone).
 //!
 //! Errors (`{"error": {code, message}}`): `400 bad-request` for a bad body (unknown fields, an
 //! unknown mode, a field the mode does not take, `media` that is not a plain file name in
@@ -15,7 +17,7 @@ use super::error::{join_code, ApiError};
 use super::ApiJson;
 use super::App;
 use crate::bot::registry::{
-    BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
+    Bot, BotDoc, BotError, BotSpec, Mode, DEFAULT_MAX_DURATION, DEFAULT_SILENCE,
 };
 use crate::record::manifest::StopReason;
 use crate::record::store::valid_id;
@@ -24,7 +26,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +35,7 @@ pub fn routes() -> Router<Arc<App>> {
     Router::new()
         .route("/api/bots", post(create_bot).get(list_bots))
         .route("/api/bots/{id}", get(get_bot).delete(delete_bot))
+        .route("/api/cluster/bot-handover/{id}", post(accept_bot_handover))
 }
 
 impl From<BotError> for ApiError {
@@ -53,19 +56,19 @@ impl From<BotError> for ApiError {
     }
 }
 
-/// Body of `POST /api/bots`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/bots` (serialized again when a cluster forwards it).
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBot {
     room: String,
     mode: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     media: Option<String>,
-    #[serde(default, rename = "loop")]
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
     looping: Option<bool>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     silence_s: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     max_duration_s: Option<f64>,
 }
 
@@ -134,11 +137,91 @@ fn spec(body: CreateBot) -> Result<BotSpec, ApiError> {
 
 async fn create_bot(
     State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
     ApiJson(body): ApiJson<CreateBot>,
-) -> Result<(StatusCode, Json<BotDoc>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let forwarded = body.clone();
     let spec = spec(body)?;
-    let bot = crate::bot::launch::start(&app.services, &app.bots, spec).await?;
-    Ok((StatusCode::CREATED, Json(bot.doc(&app.services.store))))
+    let Some(cluster) = &app.cluster else {
+        let bot = crate::bot::launch::start(&app.services, &app.bots, spec).await?;
+        return Ok((StatusCode::CREATED, Json(bot.doc(&app.services.store))).into_response());
+    };
+    if cluster.is_draining() {
+        return Err(crate::cluster::ClusterError::Draining.into());
+    }
+    // A client's call: on the node with the most spare capacity (SPEC §9).
+    if let Some(scope) = super::cluster::scope(&app, &headers) {
+        let json = serde_json::to_value(&forwarded).unwrap_or_default();
+        if let Some(answer) = place(&scope, json).await? {
+            return Ok(answer);
+        }
+    }
+    let bot = Bot::new(spec, &app.services);
+    bot.set_node(cluster.node_id(), 0);
+    let bot = crate::bot::launch::start_bot(&app.services, &app.bots, bot).await?;
+    if let Err(e) = cluster.register_bot(&bot).await {
+        // Unindexed, no other node could find or restart it: do not run it half-known.
+        let _ = app.bots.remove(bot.id(), StopReason::Error).await;
+        return Err(e.into());
+    }
+    Ok((StatusCode::CREATED, Json(bot.doc(&app.services.store))).into_response())
+}
+
+/// Where a client's new bot goes in a cluster: `None` to start it here (this node is the
+/// best), or the answer of the best other node (forwarded as a node-local call; a node that
+/// cannot be reached is skipped for the next). `503` when no node takes bots.
+async fn place(
+    cluster: &crate::cluster::Cluster,
+    body: serde_json::Value,
+) -> Result<Option<axum::response::Response>, ApiError> {
+    let order = cluster.bot_placement().await?;
+    for node in &order {
+        if node.id == cluster.node_id() {
+            return Ok(None);
+        }
+        let answer = super::cluster::proxy(
+            cluster,
+            &node.id,
+            &node.url,
+            axum::http::Method::POST,
+            "/api/bots",
+            &axum::http::HeaderMap::new(),
+            Some(body.clone()),
+        )
+        .await;
+        match answer {
+            Ok(response) => return Ok(Some(response)),
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "bot placement: node unreachable; next")
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too-many-bots",
+        "no node of the cluster can take a bot now",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct HandoverQuery {
+    from: String,
+}
+
+/// `POST /api/cluster/bot-handover/{id}?from=NODE` (internal, between the nodes of a
+/// cluster): draining node `from` hands bot `id` to this node, which starts it (same id and
+/// spec) and answers its Bot. `404` without a cluster.
+async fn accept_bot_handover(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<HandoverQuery>,
+) -> Result<Json<BotDoc>, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Err(ApiError::not_found("no such route"));
+    };
+    let id = checked_id(&id)?;
+    Ok(Json(cluster.accept_bot_handover(id, &query.from).await?))
 }
 
 async fn list_bots(
@@ -198,12 +281,46 @@ async fn elsewhere(
     method: axum::http::Method,
     id: &str,
 ) -> Result<Option<axum::response::Response>, ApiError> {
-    match super::cluster::scope(app, headers) {
-        Some(scope) => {
-            super::cluster::first_found(&scope, method, &format!("/api/bots/{id}")).await
+    use axum::response::IntoResponse;
+    let Some(scope) = super::cluster::scope(app, headers) else {
+        return Ok(None);
+    };
+    let path = format!("/api/bots/{id}");
+    // The index says which node runs it; its last document when that node is gone.
+    if let Some(entry) = scope.lookup_bot(id).await? {
+        if entry.node != scope.node_id() {
+            if let Some(url) = scope.node_url(&entry.node).await? {
+                let answer = super::cluster::proxy(
+                    &scope,
+                    &entry.node,
+                    &url,
+                    method.clone(),
+                    &path,
+                    &axum::http::HeaderMap::new(),
+                    None,
+                )
+                .await;
+                match answer {
+                    Ok(answer) => return Ok(Some(answer)),
+                    Err(e) => {
+                        tracing::warn!(bot = %id, node = %entry.node, error = %e, "the bot's node does not answer")
+                    }
+                }
+            }
+            // Its node is gone or does not answer (and the bot was not restarted yet): a
+            // delete ends it in the index (the fence moves on: a node that was only cut off
+            // stops its copy at its next write); a read gets the last document.
+            if method == axum::http::Method::DELETE {
+                scope.forget_bot(id, &entry.node).await?;
+                return Ok(Some(StatusCode::NO_CONTENT.into_response()));
+            }
+            if let Some(doc) = entry.doc {
+                return Ok(Some(Json(doc).into_response()));
+            }
         }
-        None => Ok(None),
     }
+    // Bots the index does not know (started before the node joined): ask every node.
+    super::cluster::first_found(&scope, method, &path).await
 }
 
 async fn delete_bot(
@@ -219,5 +336,8 @@ async fn delete_bot(
         }
     }
     app.bots.remove(id, StopReason::Requested).await?;
+    if let Some(cluster) = &app.cluster {
+        cluster.forget_bot(id, cluster.node_id()).await?;
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

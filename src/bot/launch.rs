@@ -13,6 +13,17 @@ pub async fn start(
     bots: &BotStore,
     spec: BotSpec,
 ) -> Result<Arc<Bot>, BotError> {
+    start_bot(services, bots, Bot::new(spec, services)).await
+}
+
+/// Starts `bot` (a new one, or one keeping the identity of a bot restarted on this node:
+/// [`Bot::restored`]) as [`start`] does.
+pub async fn start_bot(
+    services: &Arc<Services>,
+    bots: &BotStore,
+    bot: Arc<Bot>,
+) -> Result<Arc<Bot>, BotError> {
+    let spec = bot.spec().clone();
     if bots.running() >= MAX_BOTS {
         return Err(BotError::TooMany(MAX_BOTS));
     }
@@ -27,7 +38,6 @@ pub async fn start(
         }
         None => None,
     };
-    let bot = Bot::new(spec, services);
     let peer = match bot.spec().mode {
         Mode::Echo => super::echo::start(services, &bot)?,
         Mode::Play => {

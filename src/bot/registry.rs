@@ -5,7 +5,8 @@
 //! A bot lives until `DELETE /api/bots/{id}` or the service's shutdown (a `play` bot without
 //! `loop` also stops by itself at the end of its file). Stopping ends its voicemail messages
 //! with a stop reason, waits for their files to be final, then leaves the room. Bots are kept
-//! in memory only: after a restart they are gone (their messages stay, as recordings).
+//! in memory only: after a restart they are gone (their messages stay, as recordings); in a
+//! cluster another node restarts them with their id ([`Bot::restored`], `crate::cluster::bots`).
 
 use super::Services;
 use crate::events::{EventKind, Events};
@@ -110,6 +111,13 @@ pub struct BotDoc {
     pub peers: Vec<String>,
     /// Ids of its recordings (voicemail messages), oldest first.
     pub recordings: Vec<String>,
+    /// In a cluster (SPEC §9): the node running it now (absent on a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// In a cluster: how many times another node restarted it (its node died) or took it
+    /// over (its node drained); absent on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u32>,
 }
 
 /// A validated request for a bot (`POST /api/bots`).
@@ -160,6 +168,8 @@ struct Inner {
     stopped_at: Option<String>,
     bot_peer: Option<String>,
     peers: Vec<String>,
+    /// In a cluster: this node's id and the bot's restart count.
+    node: Option<(String, u32)>,
 }
 
 /// A bot, running or stopped.
@@ -179,6 +189,9 @@ pub struct Bot {
     done: watch::Sender<bool>,
     /// Tasks the stop waits for (voicemail calls).
     calls: Mutex<Vec<JoinHandle<()>>>,
+    /// Set when the bot continues on another node (drain, fenced out): its stop here is not
+    /// the bot's end, so it sends no `bot.stopped`.
+    handed_off: std::sync::atomic::AtomicBool,
 }
 
 /// A new bot id: `b` and 10 characters of `[a-z0-9]`, safe as a path segment.
@@ -189,24 +202,53 @@ fn new_id() -> String {
 impl Bot {
     /// A new bot for `spec`, not yet in a room of the service's hub.
     pub fn new(spec: BotSpec, services: &Services) -> Arc<Self> {
+        Self::restored(
+            new_id(),
+            format_time(time::OffsetDateTime::now_utc()),
+            spec,
+            services,
+        )
+    }
+
+    /// A bot that keeps the identity (`id`, `started_at`) of one started before, for a
+    /// cluster's restart of a dead or draining node's bot on this node (SPEC §9). Not yet in a
+    /// room; `id` must be a valid bot id (the caller's: it comes from the cluster index).
+    pub fn restored(
+        id: String,
+        started_at: String,
+        spec: BotSpec,
+        services: &Services,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            id: new_id(),
+            id,
             spec,
             hub: Arc::clone(&services.hub),
             store: Arc::clone(&services.store),
             events: services.events.clone(),
-            started_at: format_time(time::OffsetDateTime::now_utc()),
+            started_at,
             inner: Mutex::new(Inner {
                 state: BotState::Running,
                 stopped_at: None,
                 bot_peer: None,
                 peers: Vec::new(),
+                node: None,
             }),
             leave: CancellationToken::new(),
             ending: watch::Sender::new(None),
             done: watch::Sender::new(false),
             calls: Mutex::new(Vec::new()),
+            handed_off: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// In a cluster: the node running it and how often it was restarted (shown in the doc).
+    pub fn set_node(&self, node: &str, restarts: u32) {
+        self.lock().node = Some((node.to_owned(), restarts));
+    }
+
+    /// Marks the bot as continuing on another node: its stop here sends no `bot.stopped`.
+    pub fn hand_off(&self) {
+        self.handed_off.store(true, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -263,6 +305,8 @@ impl Bot {
             max_duration_s: voicemail.then_some(spec.max_duration.as_secs_f64()),
             peers: inner.peers.clone(),
             recordings,
+            node: inner.node.as_ref().map(|(n, _)| n.clone()),
+            restarts: inner.node.as_ref().map(|(_, r)| *r),
         }
     }
 
@@ -348,6 +392,10 @@ impl Bot {
             inner.peers.clear();
         }
         self.done.send_replace(true);
+        if self.handed_off.load(Ordering::Relaxed) {
+            tracing::info!(bot = %self.id, "bot stopped here; it continues on another node");
+            return;
+        }
         self.events.emit(
             EventKind::BotStopped,
             Some(&self.id),

@@ -45,3 +45,14 @@ pub fn held(node: &str) -> String {
 pub fn files(id: &str) -> String {
     format!("recbot:files:{{{id}}}")
 }
+
+/// A bot's index hash: `node`, `spec` (JSON), `started_at`, `fence`, `state`
+/// (`running` | `stopped`), `doc` (its last Bot document), `restarts`.
+pub fn bot(id: &str) -> String {
+    format!("recbot:bot:{{{id}}}")
+}
+
+/// The running bots a node holds (what another node restarts when it dies).
+pub fn bot_held(node: &str) -> String {
+    format!("recbot:botheld:{{{node}}}")
+}

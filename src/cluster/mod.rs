@@ -11,6 +11,7 @@
 //! cluster answer [`ClusterError::Unavailable`] (`503`) and the connection manager reconnects
 //! by itself.
 
+pub mod bots;
 pub mod keys;
 pub mod relay;
 
@@ -95,6 +96,9 @@ pub struct NodeInfo {
     pub free_disk: u64,
     /// Draining (SIGTERM): takes no new work.
     pub draining: bool,
+    /// Running bots (absent in the heartbeat of an older node: 0).
+    #[serde(default)]
+    pub bots: usize,
 }
 
 impl NodeInfo {
@@ -103,13 +107,14 @@ impl NodeInfo {
         !self.draining && self.recordings < self.max_recordings
     }
 
-    /// Placement order: more free recording slots first, then fewer tracks, then lower load,
-    /// then more free disk, then the id (so every node ranks the same way).
+    /// Placement order: more free recording slots first, then fewer tracks, then fewer bots,
+    /// then lower load, then more free disk, then the id (so every node ranks the same way).
     fn rank(a: &NodeInfo, b: &NodeInfo) -> std::cmp::Ordering {
         let free = |n: &NodeInfo| n.max_recordings.saturating_sub(n.recordings);
         free(b)
             .cmp(&free(a))
             .then(a.tracks.cmp(&b.tracks))
+            .then(a.bots.cmp(&b.bots))
             .then(a.load.total_cmp(&b.load))
             .then(b.free_disk.cmp(&a.free_disk))
             .then(a.id.cmp(&b.id))
@@ -151,6 +156,10 @@ pub struct Cluster {
     /// Told the document of every recording this node took over (webhook
     /// `recording.takeover`; wired by the server).
     takeover_hook: std::sync::OnceLock<TakeoverHook>,
+    /// This node's bots ([`Cluster::attach_bots`]; wired by the server).
+    bots: std::sync::OnceLock<Arc<crate::bot::registry::BotStore>>,
+    /// Fencing tokens of the bots this node holds: bot id → token.
+    bot_leases: Mutex<HashMap<String, u64>>,
 }
 
 /// Called with the Recording once this node continues it after a takeover.
@@ -271,9 +280,14 @@ impl Cluster {
             relay,
             indexed_files: Mutex::new(Default::default()),
             takeover_hook: std::sync::OnceLock::new(),
+            bots: std::sync::OnceLock::new(),
+            bot_leases: Mutex::new(HashMap::new()),
         });
         if let Err(e) = cluster.release_stale().await {
             tracing::warn!(error = %e, "could not settle this node's recordings of before");
+        }
+        if let Err(e) = cluster.release_stale_bots().await {
+            tracing::warn!(error = %e, "could not settle this node's bots of before");
         }
         cluster
             .services
@@ -483,6 +497,7 @@ impl Cluster {
             }
         });
         futures::future::join_all(handovers).await;
+        self.drain_bots().await;
     }
 
     /// At the end of a shutdown: publishes the final document of every recording still held
@@ -496,6 +511,7 @@ impl Cluster {
                 }
             }
         }
+        self.settle_bots().await;
     }
 
     /// Continues recording `id` here with lease `fence`: a new recorder joins its room and
@@ -603,6 +619,7 @@ impl Cluster {
             load: load_per_cpu(),
             free_disk: self.services.disk.free(),
             draining: self.is_draining(),
+            bots: self.running_bots(),
         }
     }
 
@@ -623,7 +640,7 @@ impl Cluster {
                 self.finished(&recording).await?;
             }
         }
-        Ok(())
+        self.bots_heartbeat().await
     }
 
     /// Writes this node's heartbeat (its capacity figures, with the TTL): every
@@ -676,6 +693,9 @@ impl Cluster {
                     }
                     if let Err(e) = self.take_over_dead().await {
                         tracing::warn!(error = %e, "takeover check failed");
+                    }
+                    if let Err(e) = self.restart_dead_bots().await {
+                        tracing::warn!(error = %e, "bot restart check failed");
                     }
                 }
                 Err(e) => {
@@ -1208,6 +1228,7 @@ mod tests {
             load: 0.1,
             free_disk: 1 << 30,
             draining,
+            bots: 0,
         }
     }
 
