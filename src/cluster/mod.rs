@@ -557,14 +557,6 @@ impl Cluster {
             .await?)
     }
 
-    /// Brings `room`'s mirrored members up to date before a local join (best effort: with
-    /// Redis down the join goes on with what this node knows).
-    pub async fn sync_room(&self, room: &str) {
-        if let Err(e) = self.relay.sync_room(room).await {
-            tracing::debug!(room, error = %e, "room members not synced");
-        }
-    }
-
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.settings.node_id
