@@ -1000,3 +1000,104 @@ async fn with_redis_down_joins_go_on_on_their_node() {
     let joined = next_json(&mut first).await;
     assert_eq!(joined["type"], "peer-joined", "{joined}");
 }
+
+/// The frames recorded of participant `who` in a Recording.
+fn frames_of_participant(doc: &serde_json::Value, who: &str) -> u64 {
+    doc["tracks"]
+        .as_array()
+        .map(|tracks| {
+            tracks
+                .iter()
+                .filter(|t| t["participant_name"] == who)
+                .map(|t| t["frames"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_media_reaches_the_rooms_recorder_on_another_node() {
+    if !tools() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let b = start_node(&url, "node-b");
+    // Node B is busier (one recording): placement alone would pick node A.
+    let busy = record_here(&b.base, "busy").await;
+    assert_eq!(busy["node"], "node-b");
+    let busy_id = busy["id"].as_str().unwrap().to_owned();
+
+    // 1. A WHIP publisher on node B, no recording yet: the recording asked of node A goes
+    // where the publisher is.
+    let cam = recbot::client::start_whip(
+        &format!("{}/rooms/wp/whip?name=cam", b.base),
+        None,
+        clip(),
+        factory(),
+    )
+    .await
+    .expect("WHIP on node B");
+    let (status, wp) = post(
+        &a.base,
+        "/api/recordings",
+        serde_json::json!({"room": "wp"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{wp}");
+    assert_eq!(
+        wp["node"], "node-b",
+        "placed with the room's WHIP session: {wp}"
+    );
+    let wp_id = wp["id"].as_str().unwrap().to_owned();
+
+    // 2. A WHIP publisher posting to node A for the room node B records: its session is
+    // opened on node B, and its Location works through node A (PATCH, DELETE).
+    let cam2 = recbot::client::start_whip(
+        &format!("{}/rooms/busy/whip?name=cam2", a.base),
+        None,
+        clip(),
+        factory(),
+    )
+    .await
+    .expect("WHIP through node A");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let session = format!("{}/rooms/busy/whip/{}", a.base, cam2.id);
+    let http = reqwest::Client::new();
+    let r = http
+        .patch(&session)
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .body("a=end-of-candidates")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405, "PATCH reaches the session's node");
+    let (_, busy_doc) = post(
+        &a.base,
+        &format!("/api/recordings/{busy_id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    let (_, wp_doc) = post(
+        &a.base,
+        &format!("/api/recordings/{wp_id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    let r = http.delete(&session).send().await.unwrap();
+    assert_eq!(r.status(), 200, "DELETE through node A ends it on node B");
+    cam2.leave().await;
+    cam.leave().await;
+    let (cam_frames, cam2_frames) = (
+        frames_of_participant(&wp_doc, "cam"),
+        frames_of_participant(&busy_doc, "cam2"),
+    );
+    println!("WHIP across nodes: cam {cam_frames} frames recorded, cam2 {cam2_frames}");
+    assert!(cam_frames > 50, "cam (node B) recorded on node B: {wp_doc}");
+    assert!(
+        cam2_frames > 50,
+        "cam2 (via node A) recorded on node B: {busy_doc}"
+    );
+}

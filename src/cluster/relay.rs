@@ -547,6 +547,13 @@ impl Relay {
         Ok(())
     }
 
+    /// The node of member `id` of `room`, when it is mirrored here (another node's).
+    pub fn member_node(&self, room: &str, id: &str) -> Option<String> {
+        lock(&self.mirrors)
+            .get(&(room.to_owned(), id.to_owned()))
+            .cloned()
+    }
+
     /// The nodes that have members mirrored here.
     pub fn mirrored_nodes(&self) -> HashSet<String> {
         lock(&self.mirrors).values().cloned().collect()
