@@ -148,7 +148,7 @@ async fn forward(
     let body = answer.bytes().await?;
     Ok(response
         .body(axum::body::Body::from(body))
-        // ok: status and headers were taken from a valid response.
+        // Status and headers come from a valid answer: a failure here is not expected.
         .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response()))
 }
 
