@@ -410,8 +410,8 @@ async fn a_room_spans_nodes_and_a_recorder_on_one_records_a_publisher_on_the_oth
     let mut alice = connect(&a.base, "span", "alice").await;
     let welcome = next_json(&mut alice).await;
     let alice_id = welcome["id"].as_str().unwrap().to_owned();
-    // Node B knows of alice once her join went through Redis (a few ms; two joins on two
-    // nodes within that window each see the other as `peer-joined`: README, Cluster).
+    // Node B knows of alice once her join went through Redis (bob's welcome would list her
+    // even before: joins are ordered cluster-wide, see the simultaneous-join test).
     let deadline = Instant::now() + Duration::from_secs(5);
     while !get(&b.base, "/api/rooms")
         .await
@@ -1234,4 +1234,275 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
         assert_eq!(doc["restarts"], 1, "{doc}");
     }
     assert_eq!(local_bots(&b.base).await.len(), 1);
+}
+
+/// The next message of `ws` other than pings, or `None` if none came within `within`.
+async fn next_json_within(ws: &mut Ws, within: Duration) -> Option<serde_json::Value> {
+    tokio::time::timeout(within, next_json(ws)).await.ok()
+}
+
+fn lists(welcome: &serde_json::Value, id: &str) -> bool {
+    welcome["peers"]
+        .as_array()
+        .is_some_and(|peers| peers.iter().any(|p| p["id"] == id))
+}
+
+/// How one round of two simultaneous joins went.
+#[derive(Debug, PartialEq)]
+enum Pairing {
+    /// Exactly one listed the other in its welcome, the other heard `peer-joined`, and an
+    /// offer and its answer crossed.
+    Negotiated,
+    /// Neither welcome listed the other: nobody offers (the race).
+    NobodyOffers,
+    /// Both welcomes listed the other: both offer (glare on every pair).
+    BothOffer,
+    /// The one not listed in a welcome never heard `peer-joined`.
+    NotTold,
+    /// The offer or its answer did not arrive.
+    NoAnswer,
+}
+
+/// Two peers join `room` at the same instant, one on each node; the pairing is checked.
+async fn simultaneous_join(a: &str, b: &str, room: &str) -> (Pairing, [Duration; 2]) {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let join = |base: String, name: &'static str| {
+        let barrier = std::sync::Arc::clone(&barrier);
+        let room = room.to_owned();
+        async move {
+            barrier.wait().await;
+            let started = Instant::now();
+            let mut ws = connect(&base, &room, name).await;
+            let welcome = next_json(&mut ws).await;
+            assert_eq!(welcome["type"], "welcome", "{welcome}");
+            (ws, welcome, started.elapsed())
+        }
+    };
+    let ((mut wa, welcome_a, ta), (mut wb, welcome_b, tb)) =
+        tokio::join!(join(a.to_owned(), "left"), join(b.to_owned(), "right"));
+    let (ida, idb) = (
+        welcome_a["id"].as_str().unwrap().to_owned(),
+        welcome_b["id"].as_str().unwrap().to_owned(),
+    );
+    let outcome = match (lists(&welcome_a, &idb), lists(&welcome_b, &ida)) {
+        (false, false) => Pairing::NobodyOffers,
+        (true, true) => Pairing::BothOffer,
+        (a_offers, _) => {
+            // The newcomer (who listed the other) offers; the other hears `peer-joined` first.
+            let (offerer, offerer_id, answerer, answerer_id) = if a_offers {
+                (&mut wa, &ida, &mut wb, &idb)
+            } else {
+                (&mut wb, &idb, &mut wa, &ida)
+            };
+            let told = next_json_within(answerer, Duration::from_secs(5)).await;
+            if !told.as_ref().is_some_and(|m| {
+                m["type"] == "peer-joined" && m["peer"]["id"] == offerer_id.as_str()
+            }) {
+                Pairing::NotTold
+            } else {
+                send(
+                    offerer,
+                    serde_json::json!({"type": "offer", "to": answerer_id, "sdp": "v=0 offer"}),
+                )
+                .await;
+                let offer = next_json_within(answerer, Duration::from_secs(5)).await;
+                let offered = offer
+                    .as_ref()
+                    .is_some_and(|m| m["type"] == "offer" && m["from"] == offerer_id.as_str());
+                send(
+                    answerer,
+                    serde_json::json!({"type": "answer", "to": offerer_id, "sdp": "v=0 answer"}),
+                )
+                .await;
+                let answer = next_json_within(offerer, Duration::from_secs(5)).await;
+                let answered = answer
+                    .as_ref()
+                    .is_some_and(|m| m["type"] == "answer" && m["from"] == answerer_id.as_str());
+                if offered && answered {
+                    Pairing::Negotiated
+                } else {
+                    Pairing::NoAnswer
+                }
+            }
+        }
+    };
+    (outcome, [ta, tb])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_peers_joining_one_room_on_two_nodes_at_once_always_negotiate() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let b = start_node(&url, "node-b");
+    const ROUNDS: usize = 20;
+    let mut failed = Vec::new();
+    let mut latencies = Vec::new();
+    for round in 0..ROUNDS {
+        let (outcome, times) = simultaneous_join(&a.base, &b.base, &format!("race{round}")).await;
+        latencies.extend(times);
+        if outcome != Pairing::Negotiated {
+            failed.push((round, outcome));
+        }
+    }
+    latencies.sort();
+    println!(
+        "simultaneous cross-node joins: {} of {ROUNDS} rounds failed; connect-to-welcome median {:?}",
+        failed.len(),
+        latencies[latencies.len() / 2]
+    );
+    // One join at a time, on a cluster node and on one node without Redis: what the
+    // cluster-wide order (one Redis round trip) adds to a join.
+    let single = TestServer::start().await;
+    for (label, base) in [("a cluster node", &a.base), ("no cluster", &single.base)] {
+        let mut alone = Vec::new();
+        for round in 0..ROUNDS {
+            let started = Instant::now();
+            let mut ws = connect(base, &format!("solo{round}"), "solo").await;
+            let _welcome = next_json(&mut ws).await;
+            alone.push(started.elapsed());
+        }
+        alone.sort();
+        println!(
+            "one join at a time, connect-to-welcome on {label}: median {:?}",
+            alone[ROUNDS / 2]
+        );
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {ROUNDS} rounds did not negotiate: {failed:?}",
+        failed.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_joins_go_on_on_their_node() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    drop(redis);
+    let _ = std::fs::remove_file(tmp.path().join("redis.sock"));
+    // Unordered, on this node alone (as on a single node): the join does not wait for Redis
+    // beyond the order timeout, and later joins there do not ask it again for a while.
+    let started = Instant::now();
+    let mut first = connect(&a.base, "down", "first").await;
+    let welcome = next_json(&mut first).await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let first_id = welcome["id"].as_str().unwrap().to_owned();
+    let mut second = connect(&a.base, "down", "second").await;
+    let welcome = next_json(&mut second).await;
+    println!(
+        "joins with Redis down: both welcomed in {:?}",
+        started.elapsed()
+    );
+    assert!(lists(&welcome, &first_id), "{welcome}");
+    let joined = next_json(&mut first).await;
+    assert_eq!(joined["type"], "peer-joined", "{joined}");
+}
+
+/// The frames recorded of participant `who` in a Recording.
+fn frames_of_participant(doc: &serde_json::Value, who: &str) -> u64 {
+    doc["tracks"]
+        .as_array()
+        .map(|tracks| {
+            tracks
+                .iter()
+                .filter(|t| t["participant_name"] == who)
+                .map(|t| t["frames"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_media_reaches_the_rooms_recorder_on_another_node() {
+    if !tools() {
+        return;
+    }
+    let _heavy = heavy().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let b = start_node(&url, "node-b");
+    // Node B is busier (one recording): placement alone would pick node A.
+    let busy = record_here(&b.base, "busy").await;
+    assert_eq!(busy["node"], "node-b");
+    let busy_id = busy["id"].as_str().unwrap().to_owned();
+
+    // 1. A WHIP publisher on node B, no recording yet: the recording asked of node A goes
+    // where the publisher is.
+    let cam = recbot::client::start_whip(
+        &format!("{}/rooms/wp/whip?name=cam", b.base),
+        None,
+        clip(),
+        factory(),
+    )
+    .await
+    .expect("WHIP on node B");
+    let (status, wp) = post(
+        &a.base,
+        "/api/recordings",
+        serde_json::json!({"room": "wp"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{wp}");
+    assert_eq!(
+        wp["node"], "node-b",
+        "placed with the room's WHIP session: {wp}"
+    );
+    let wp_id = wp["id"].as_str().unwrap().to_owned();
+
+    // 2. A WHIP publisher posting to node A for the room node B records: its session is
+    // opened on node B, and its Location works through node A (PATCH, DELETE).
+    let cam2 = recbot::client::start_whip(
+        &format!("{}/rooms/busy/whip?name=cam2", a.base),
+        None,
+        clip(),
+        factory(),
+    )
+    .await
+    .expect("WHIP through node A");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let session = format!("{}/rooms/busy/whip/{}", a.base, cam2.id);
+    let http = reqwest::Client::new();
+    let r = http
+        .patch(&session)
+        .header("content-type", "application/trickle-ice-sdpfrag")
+        .body("a=end-of-candidates")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405, "PATCH reaches the session's node");
+    let (_, busy_doc) = post(
+        &a.base,
+        &format!("/api/recordings/{busy_id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    let (_, wp_doc) = post(
+        &a.base,
+        &format!("/api/recordings/{wp_id}/stop"),
+        serde_json::json!({}),
+    )
+    .await;
+    let r = http.delete(&session).send().await.unwrap();
+    assert_eq!(r.status(), 200, "DELETE through node A ends it on node B");
+    cam2.leave().await;
+    cam.leave().await;
+    let (cam_frames, cam2_frames) = (
+        frames_of_participant(&wp_doc, "cam"),
+        frames_of_participant(&busy_doc, "cam2"),
+    );
+    println!("WHIP across nodes: cam {cam_frames} frames recorded, cam2 {cam2_frames}");
+    assert!(cam_frames > 50, "cam (node B) recorded on node B: {wp_doc}");
+    assert!(
+        cam2_frames > 50,
+        "cam2 (via node A) recorded on node B: {busy_doc}"
+    );
 }

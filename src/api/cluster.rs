@@ -74,9 +74,9 @@ pub async fn proxy(
         .map_err(|e| ClusterError::Node(node.into(), e.to_string()))
 }
 
-/// `POST /api/recordings` in a cluster: on the live node with the most spare capacity (this
-/// one: at once; another: forwarded to its advertised URL). A node that cannot be reached is
-/// skipped for the next best.
+/// `POST /api/recordings` in a cluster: on the live node with the most spare capacity, the
+/// nodes with the room's WHIP sessions first (this one: at once; another: forwarded to its
+/// advertised URL). A node that cannot be reached is skipped for the next best.
 pub async fn create(
     app: &Arc<App>,
     cluster: &Cluster,
@@ -86,7 +86,8 @@ pub async fn create(
     if cluster.is_draining() {
         return Err(ClusterError::Draining.into());
     }
-    let order = cluster.placement().await?;
+    let room = body["room"].as_str().unwrap_or_default();
+    let order = cluster.placement_for(room).await?;
     let _ = app;
     for node in &order {
         if node.id == cluster.node_id() {

@@ -83,10 +83,6 @@ pub async fn handler(
             return ApiError::unauthorized("a valid room `token` is required").into_response();
         }
     }
-    if let Some(cluster) = &app.cluster {
-        // Members of other nodes that joined a moment ago are in the welcome too.
-        cluster.sync_room(&room).await;
-    }
     let hub = Arc::clone(&app.services.hub);
     // Boxed: the session task keeps its captures' room for its whole life (see `session`).
     let entry = Box::new(match query.resume.as_deref() {

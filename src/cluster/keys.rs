@@ -31,6 +31,12 @@ pub fn members(room: &str) -> String {
     format!("recbot:members:{{{room}}}")
 }
 
+/// A room's join counter: the last sequence number given to a join (see `relay::Relay`'s
+/// ordered joins; expires a day after the last join).
+pub fn join_seq(room: &str) -> String {
+    format!("recbot:seq:{{{room}}}")
+}
+
 /// A recording's index hash: `node`, `room`, `fence`, `doc`, `state`, `takeovers`.
 pub fn rec(id: &str) -> String {
     format!("recbot:rec:{{{id}}}")

@@ -573,14 +573,6 @@ impl Cluster {
             .await?)
     }
 
-    /// Brings `room`'s mirrored members up to date before a local join (best effort: with
-    /// Redis down the join goes on with what this node knows).
-    pub async fn sync_room(&self, room: &str) {
-        if let Err(e) = self.relay.sync_room(room).await {
-            tracing::debug!(room, error = %e, "room members not synced");
-        }
-    }
-
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.settings.node_id
@@ -764,6 +756,87 @@ impl Cluster {
     /// Where a new recording should go: the live nodes that can take one, best first.
     pub async fn placement(&self) -> Result<Vec<NodeInfo>, ClusterError> {
         Ok(placement_order(self.nodes().await?))
+    }
+
+    /// Where a new recording of `room` should go: as [`placement`](Self::placement), but the
+    /// nodes holding the room's WHIP sessions first (most sessions first), since WHIP media
+    /// reaches only a recorder on its session's node. When none of them can take it, the
+    /// recording goes elsewhere and those publishers are not recorded (logged).
+    pub async fn placement_for(&self, room: &str) -> Result<Vec<NodeInfo>, ClusterError> {
+        let mut order = self.placement().await?;
+        let whip = self.whip_nodes(room);
+        let sessions = |n: &NodeInfo| whip.iter().filter(|w| **w == n.id).count();
+        // Stable: nodes with as many sessions keep their capacity order.
+        order.sort_by_key(|n| std::cmp::Reverse(sessions(n)));
+        if let Some(away) = whip.iter().find(|w| !order.iter().any(|n| &n.id == *w)) {
+            tracing::warn!(
+                room,
+                node = %away,
+                "the room's WHIP publishers on a node that cannot take the recording will not be recorded"
+            );
+        }
+        Ok(order)
+    }
+
+    /// The node of each WHIP publisher in `room` (one entry per publisher), from this node's
+    /// view of the room (its own members and the mirrored ones).
+    fn whip_nodes(&self, room: &str) -> Vec<String> {
+        self.services
+            .hub
+            .peers(room)
+            .into_iter()
+            .filter(|p| p.whip)
+            .map(|p| {
+                self.relay
+                    .member_node(room, &p.id)
+                    .unwrap_or_else(|| self.settings.node_id.clone())
+            })
+            .collect()
+    }
+
+    /// The node of member `id` of `room` when it is another node's (mirrored here).
+    pub fn member_node(&self, room: &str, id: &str) -> Option<String> {
+        self.relay.member_node(room, id)
+    }
+
+    /// The other node a new WHIP session of `room` belongs on, with its URL: the node
+    /// recording the room (or starting to), else one that has the room's WHIP publishers
+    /// already, unless this node has some. `None`: here.
+    pub async fn whip_home(&self, room: &str) -> Result<Option<(String, String)>, ClusterError> {
+        let mut conn = self.conn();
+        let claim: Option<String> = redis::cmd("GET")
+            .arg(keys::claim(room))
+            .query_async(&mut conn)
+            .await?;
+        let recorder = match claim {
+            // A recording being started: `pending:{node}:{nonce}`.
+            Some(pending) if pending.starts_with("pending:") => pending
+                .trim_start_matches("pending:")
+                .rsplit_once(':')
+                .map(|(node, _)| node.to_owned()),
+            Some(id) => {
+                let (node, state): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                    .arg(keys::rec(&id))
+                    .arg("node")
+                    .arg("state")
+                    .query_async(&mut conn)
+                    .await?;
+                node.filter(|_| matches!(state.as_deref(), Some("starting" | "recording")))
+            }
+            None => None,
+        };
+        let home = recorder.or_else(|| {
+            let whip = self.whip_nodes(room);
+            if whip.contains(&self.settings.node_id) {
+                None
+            } else {
+                whip.into_iter().next()
+            }
+        });
+        let Some(node) = home.filter(|n| *n != self.settings.node_id) else {
+            return Ok(None);
+        };
+        Ok(self.node_url(&node).await?.map(|url| (node, url)))
     }
 
     /// Starts recording `room` on this node, holding the room's cluster-wide claim: `409` if

@@ -1,9 +1,19 @@
 //! Rooms that span nodes (SPEC §9): every node mirrors the members of the other nodes in its
 //! hub and relays signaling to them over Redis pub/sub.
 //!
-//! - A member joining or leaving here is written to the room's members hash and published on
-//!   [`keys::EVENTS`]; the other nodes mirror it ([`Hub::add_remote`]) and tell their own
-//!   members `peer-joined` / `peer-left`.
+//! - A member joining here first takes its place in the room's cluster-wide order
+//!   ([`RemoteRooms::order`]): one Lua script gives it the room's next sequence number,
+//!   writes it into the room's members hash (refused when the room is full cluster-wide) and
+//!   returns the members present before it. Those of other nodes are mirrored at once, so the
+//!   newcomer's `welcome` lists exactly them, even when their join events are still on the way.
+//!   Two peers joining one room on two nodes at the same instant thus get one order: the
+//!   later one lists the earlier one and offers, the earlier one is told `peer-joined`.
+//! - The join (with its sequence number) and leaves are published on [`keys::EVENTS`]; the
+//!   other nodes mirror it ([`Hub::add_remote`]) and tell `peer-joined` only to their own
+//!   members that joined before it, `peer-left` to all.
+//! - With Redis unreachable a join goes on unordered on this node alone (as on a single node;
+//!   the other nodes learn of it once Redis is back), so two joins on two nodes in that window
+//!   may still miss each other.
 //! - A message relayed here to a mirrored member goes to its node's channel
 //!   ([`keys::signal`]) and is delivered there ([`Hub::deliver`]).
 //! - Everything this node sends to Redis goes through one queue and one task, in order, so a
@@ -13,16 +23,47 @@
 //!   again after an outage. Members of a dead node are removed by [`Relay::forget_node`].
 
 use super::keys;
-use crate::signal::hub::{Hub, RemoteRooms};
+use crate::signal::hub::{Hub, JoinError, Order, RemoteRooms};
 use crate::signal::protocol::{PeerInfo, ServerMessage};
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+/// Longest a join waits for its place in the cluster-wide order before it goes on unordered.
+pub const ORDER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After a failed ordering, joins go on unordered for this long without asking Redis (so
+/// that with Redis down each join does not wait for [`ORDER_TIMEOUT`]).
+const UNORDERED_FOR: Duration = Duration::from_secs(2);
+
+/// How long a member that left is remembered, so that a members list read before its leave
+/// does not mirror it again.
+const TOMBSTONE_FOR: Duration = Duration::from_secs(60);
+
+/// A join's place in its room: KEYS[1] the room's members hash, KEYS[2] its join counter;
+/// ARGV[1] the peer id, ARGV[2] its entry (JSON object without `seq`), ARGV[3] the room's
+/// member limit. The sequence number is the counter's next value, at least Redis's clock in
+/// ms (so numbers keep growing after Redis lost its data). Returns `{seq, members before}`
+/// (`seq` as a string, `"0"` when the room is full).
+static ORDER_JOIN: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return {'0', {}} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+local s = string.format('%.0f', seq)
+redis.call('SET', KEYS[2], s, 'PX', 86400000)
+local before = redis.call('HGETALL', KEYS[1])
+redis.call('HSET', KEYS[1], ARGV[1], '{"seq":' .. s .. ',' .. string.sub(ARGV[2], 2))
+return {s, before}"#,
+    )
+});
 
 /// What travels over Redis pub/sub between nodes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +77,9 @@ pub enum Wire {
         peer: PeerInfo,
         /// Its node.
         node: String,
+        /// Its place in the room's order of joins (0: unordered).
+        #[serde(default)]
+        seq: u64,
     },
     /// Member `id` of `node` left `room`.
     Leave {
@@ -65,6 +109,13 @@ pub enum Wire {
 struct Entry {
     peer: PeerInfo,
     node: String,
+    /// Its place in the room's order of joins (0: unordered, then not written).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    seq: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 enum Out {
@@ -81,6 +132,36 @@ pub struct Relay {
     out_rx: Mutex<Option<mpsc::UnboundedReceiver<Out>>>,
     /// Mirrored members: (room, id) → their node.
     mirrors: Mutex<HashMap<(String, String), String>>,
+    /// This relay (weak: set once at creation).
+    me: std::sync::OnceLock<std::sync::Weak<Relay>>,
+    /// Members of other nodes that left lately: (room, id) → when.
+    gone: Mutex<HashMap<(String, String), Instant>>,
+    /// This node's join locks, by room: its joins of one room take their places and enter
+    /// the hub one at a time, so they enter in the order of their sequence numbers.
+    join_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Until when joins go on unordered (Redis failed lately).
+    unordered_until: Mutex<Option<Instant>>,
+}
+
+/// Holds a room's join lock of this node; frees the room's entry when nobody else waits.
+struct JoinLock {
+    room: String,
+    locks: Arc<Relay>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for JoinLock {
+    fn drop(&mut self) {
+        let mut locks = lock(&self.locks.join_locks);
+        self.guard = None;
+        // Only the map holds it now (clones are taken under this lock): nobody waits.
+        if locks
+            .get(&self.room)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.room);
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -93,14 +174,16 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+#[async_trait::async_trait]
 impl RemoteRooms for Relay {
-    fn joined(&self, room: &str, peer: &PeerInfo) {
+    fn joined(&self, room: &str, peer: &PeerInfo, seq: u64) {
         let _ = self.out.send(Out::Publish {
             channel: keys::EVENTS.into(),
             wire: Wire::Join {
                 room: room.into(),
                 peer: peer.clone(),
                 node: self.node.clone(),
+                seq,
             },
         });
     }
@@ -115,20 +198,117 @@ impl RemoteRooms for Relay {
             },
         });
     }
+
+    async fn order(&self, room: &str, peer: &PeerInfo) -> Result<Option<Order>, JoinError> {
+        let Some(this) = self.this() else {
+            return Ok(None);
+        };
+        let hold = this.join_lock(room).await;
+        let unordered = lock(&self.unordered_until).is_some_and(|t| Instant::now() < t);
+        if unordered {
+            return Ok(None);
+        }
+        let entry = serde_json::to_string(&Entry {
+            peer: peer.clone(),
+            node: self.node.clone(),
+            seq: 0,
+        })
+        .unwrap_or_default();
+        let mut conn = self.redis.clone();
+        let mut invocation = ORDER_JOIN.key(keys::members(room));
+        invocation
+            .key(keys::join_seq(room))
+            .arg(&peer.id)
+            .arg(entry)
+            .arg(self.hub.max_peers_per_room());
+        let call = invocation.invoke_async::<(String, Vec<String>)>(&mut conn);
+        let (seq, before) = match tokio::time::timeout(ORDER_TIMEOUT, call).await {
+            Ok(Ok(answer)) => answer,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                tracing::warn!(room, error, "join not ordered cluster-wide: the cluster store is unreachable; joining on this node alone");
+                *lock(&self.unordered_until) = Some(Instant::now() + UNORDERED_FOR);
+                return Ok(None);
+            }
+        };
+        let seq: u64 = seq.parse().unwrap_or(0);
+        if seq == 0 {
+            return Err(JoinError::RoomFull(room.to_owned()));
+        }
+        // The members before it, mirrored now: its welcome lists exactly them.
+        for pair in before.chunks_exact(2) {
+            if let Ok(entry) = serde_json::from_str::<Entry>(&pair[1]) {
+                if entry.node != self.node {
+                    this.mirror_listed(room, entry);
+                }
+            }
+        }
+        Ok(Some(Order {
+            seq,
+            hold: Box::new(hold),
+        }))
+    }
 }
 
 impl Relay {
     /// The relay of node `node` for `hub`.
     pub fn new(node: String, hub: Arc<Hub>, redis: ConnectionManager) -> Arc<Self> {
         let (out, out_rx) = mpsc::unbounded_channel();
-        Arc::new(Self {
+        let relay = Arc::new(Self {
             node,
             hub,
             redis,
             out,
             out_rx: Mutex::new(Some(out_rx)),
             mirrors: Mutex::new(HashMap::new()),
-        })
+            gone: Mutex::new(HashMap::new()),
+            join_locks: Mutex::new(HashMap::new()),
+            unordered_until: Mutex::new(None),
+            me: std::sync::OnceLock::new(),
+        });
+        let _ = relay.me.set(Arc::downgrade(&relay));
+        relay
+    }
+
+    /// This relay as an `Arc` (the hub holds it through `dyn RemoteRooms`, by `&self`).
+    fn this(&self) -> Option<Arc<Self>> {
+        self.me.get()?.upgrade()
+    }
+
+    /// Takes this node's join lock of `room`.
+    async fn join_lock(self: &Arc<Self>, room: &str) -> JoinLock {
+        let mutex = Arc::clone(lock(&self.join_locks).entry(room.to_owned()).or_default());
+        let guard = mutex.lock_owned().await;
+        JoinLock {
+            room: room.to_owned(),
+            locks: Arc::clone(self),
+            guard: Some(guard),
+        }
+    }
+
+    /// Mirrors a member of another node read from `room`'s members hash, unless it is
+    /// mirrored already or left since (its leave came before this list).
+    fn mirror_listed(self: &Arc<Self>, room: &str, entry: Entry) {
+        let key = (room.to_owned(), entry.peer.id.clone());
+        if lock(&self.mirrors).contains_key(&key) || lock(&self.gone).contains_key(&key) {
+            return;
+        }
+        self.mirror(room, entry.peer, &entry.node, entry.seq);
+    }
+
+    /// Forgets mirrored member `id` of `room` (it left, or its node is gone).
+    fn unmirror(&self, room: &str, id: &str) {
+        let key = (room.to_owned(), id.to_owned());
+        lock(&self.mirrors).remove(&key);
+        {
+            let mut gone = lock(&self.gone);
+            gone.retain(|_, at| at.elapsed() < TOMBSTONE_FOR);
+            gone.insert(key, Instant::now());
+        }
+        self.hub.remove_remote(room, id);
     }
 
     /// Runs the publisher and the subscriber until `shutdown`.
@@ -171,10 +351,18 @@ impl Relay {
             };
             let mut pipe = redis::pipe();
             match &wire {
-                Wire::Join { room, peer, node } => {
+                Wire::Join {
+                    room,
+                    peer,
+                    node,
+                    seq,
+                } => {
+                    // Written by the ordered join already; again for unordered joins and
+                    // re-announcements after an outage.
                     let entry = serde_json::to_string(&Entry {
                         peer: peer.clone(),
                         node: node.clone(),
+                        seq: *seq,
                     })
                     .unwrap_or_default();
                     pipe.cmd("HSET")
@@ -230,11 +418,13 @@ impl Relay {
 
     fn receive(self: &Arc<Self>, wire: Wire) {
         match wire {
-            Wire::Join { room, peer, node } if node != self.node => self.mirror(&room, peer, &node),
-            Wire::Leave { room, id, node } if node != self.node => {
-                lock(&self.mirrors).remove(&(room.clone(), id.clone()));
-                self.hub.remove_remote(&room, &id);
-            }
+            Wire::Join {
+                room,
+                peer,
+                node,
+                seq,
+            } if node != self.node => self.mirror(&room, peer, &node, seq),
+            Wire::Leave { room, id, node } if node != self.node => self.unmirror(&room, &id),
             Wire::Signal {
                 room,
                 to,
@@ -253,10 +443,11 @@ impl Relay {
         }
     }
 
-    /// Mirrors `peer` of `node` in `room`, with a task that relays what the hub queues for it.
-    fn mirror(self: &Arc<Self>, room: &str, peer: PeerInfo, node: &str) {
+    /// Mirrors `peer` of `node` (sequence `seq`) in `room`, with a task that relays what the
+    /// hub queues for it.
+    fn mirror(self: &Arc<Self>, room: &str, peer: PeerInfo, node: &str, seq: u64) {
         let id = peer.id.clone();
-        let Some(mut rx) = self.hub.add_remote(room, peer) else {
+        let Some(mut rx) = self.hub.add_remote(room, peer, seq) else {
             return;
         };
         lock(&self.mirrors).insert((room.to_owned(), id.clone()), node.to_owned());
@@ -315,11 +506,7 @@ impl Relay {
                     continue;
                 }
                 listed.insert((room.clone(), entry.peer.id.clone()));
-                let known =
-                    lock(&self.mirrors).contains_key(&(room.clone(), entry.peer.id.clone()));
-                if !known {
-                    self.mirror(&room, entry.peer, &entry.node);
-                }
+                self.mirror_listed(&room, entry);
             }
         }
         let gone: Vec<(String, String)> = lock(&self.mirrors)
@@ -328,37 +515,16 @@ impl Relay {
             .cloned()
             .collect();
         for (room, id) in gone {
-            lock(&self.mirrors).remove(&(room.clone(), id.clone()));
-            self.hub.remove_remote(&room, &id);
+            self.unmirror(&room, &id);
         }
         self.resync();
         Ok(())
     }
 
-    /// Mirrors the members of other nodes listed in `room`'s hash that are not mirrored yet
-    /// (a newcomer's `welcome` then lists those whose join event is still on its way).
-    pub async fn sync_room(self: &Arc<Self>, room: &str) -> redis::RedisResult<()> {
-        let mut conn = self.redis.clone();
-        let members: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys::members(room))
-            .query_async(&mut conn)
-            .await?;
-        for entry in members
-            .values()
-            .filter_map(|v| serde_json::from_str::<Entry>(v).ok())
-        {
-            let known = lock(&self.mirrors).contains_key(&(room.to_owned(), entry.peer.id.clone()));
-            if entry.node != self.node && !known {
-                self.mirror(room, entry.peer, &entry.node);
-            }
-        }
-        Ok(())
-    }
-
     /// Re-announces this node's members (after Redis came back).
     pub fn resync(&self) {
-        for (room, peer) in self.hub.local_members() {
-            self.joined(&room, &peer);
+        for (room, peer, seq) in self.hub.local_members() {
+            self.joined(&room, &peer, seq);
         }
     }
 
@@ -371,8 +537,7 @@ impl Relay {
             .collect();
         let mut conn = self.redis.clone();
         for (room, id) in theirs {
-            lock(&self.mirrors).remove(&(room.clone(), id.clone()));
-            self.hub.remove_remote(&room, &id);
+            self.unmirror(&room, &id);
             let _: () = redis::cmd("HDEL")
                 .arg(keys::members(&room))
                 .arg(&id)
@@ -380,6 +545,13 @@ impl Relay {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The node of member `id` of `room`, when it is mirrored here (another node's).
+    pub fn member_node(&self, room: &str, id: &str) -> Option<String> {
+        lock(&self.mirrors)
+            .get(&(room.to_owned(), id.to_owned()))
+            .cloned()
     }
 
     /// The nodes that have members mirrored here.

@@ -256,7 +256,8 @@ impl WhipSessions {
         permits: (ClientPermit, FdPermit),
         reap_after: Duration,
     ) -> Result<Opened, OpenError> {
-        let (membership, _welcome, mut queue) = hub.join(room, name, MemberKind::Whip)?;
+        let (membership, _welcome, mut queue) =
+            hub.join_ordered(room, name, MemberKind::Whip).await?;
         let peer = membership.info().clone();
         let session = peer.id.clone();
         let secret = new_secret();

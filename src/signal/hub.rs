@@ -58,16 +58,48 @@ struct Member {
     /// and leaves, so room notices skip it; relayed messages and broadcasts reach it through
     /// its queue (read by the cluster layer).
     remote: bool,
+    /// Its place in the room's cluster-wide order of joins ([`Order`]); 0 when unordered (no
+    /// cluster, a bot, or the cluster store unreachable at its join).
+    seq: u64,
+}
+
+/// Whether a member with sequence `earlier` counts as present before one with `later`
+/// (unordered members, sequence 0, count as present before and after everyone: the
+/// behaviour of a single node).
+fn joined_before(earlier: u64, later: u64) -> bool {
+    earlier == 0 || later == 0 || earlier < later
+}
+
+/// A join's place in its room's cluster-wide order, given by [`RemoteRooms::order`] before
+/// the member enters the hub. Members with a smaller `seq` are in the newcomer's `welcome`
+/// (it offers to them) and are told `peer-joined` of it; members with a larger one already
+/// listed it in their own `welcome`, and the newcomer is told `peer-joined` of them instead.
+/// So each pair of members has exactly one offerer, whichever node each joined.
+pub struct Order {
+    /// The newcomer's sequence number in its room (> 0).
+    pub seq: u64,
+    /// Held until the newcomer is in the hub (the node's join lock of the room, so that this
+    /// node's members enter in the order of their sequence numbers).
+    pub hold: Box<dyn Send>,
 }
 
 /// Where a hub tells the rest of a cluster about its own members (implemented above, in the
-/// cluster layer). Called under the hub's lock, in the order of the changes: an
-/// implementation only queues (never blocks, never calls back into the hub).
+/// cluster layer). `joined` and `left` are called under the hub's lock, in the order of the
+/// changes: an implementation only queues (never blocks, never calls back into the hub).
+#[async_trait::async_trait]
 pub trait RemoteRooms: Send + Sync {
-    /// A member of this node joined `room`.
-    fn joined(&self, room: &str, peer: &PeerInfo);
+    /// A member of this node joined `room` with sequence `seq` (0: unordered).
+    fn joined(&self, room: &str, peer: &PeerInfo, seq: u64);
     /// A member of this node left `room`.
     fn left(&self, room: &str, id: &str);
+    /// Called (without the hub's lock) before `peer` of this node enters `room` through
+    /// [`Hub::join_ordered`] / [`Hub::join_client_ordered`]: its place in the room's
+    /// cluster-wide order, after mirroring ([`Hub::add_remote`]) every member of other nodes
+    /// that joined before it. `Ok(None)`: unordered (the cluster is unreachable); an error
+    /// refuses the join (a cluster-wide limit).
+    async fn order(&self, _room: &str, _peer: &PeerInfo) -> Result<Option<Order>, JoinError> {
+        Ok(None)
+    }
 }
 
 /// A request for a seat: the task holding it sends it through.
@@ -200,6 +232,16 @@ pub fn clean_name(raw: &str) -> String {
         .collect()
 }
 
+/// A new member's identity: a fresh id, its name cleaned.
+fn new_member(name: &str, kind: MemberKind) -> PeerInfo {
+    PeerInfo {
+        id: new_peer_id(),
+        name: clean_name(name),
+        bot: kind == MemberKind::Bot,
+        whip: kind == MemberKind::Whip,
+    }
+}
+
 /// Creates a random peer id: 10 characters of `[a-z0-9]`.
 pub fn new_peer_id() -> String {
     use rand::Rng;
@@ -281,14 +323,22 @@ impl Hub {
     /// Whether a member of `kind` can join `room` now.
     pub fn can_join(&self, room: &str, kind: MemberKind) -> Result<(), JoinError> {
         let rooms = self.rooms();
-        self.check(&rooms, room, kind)
+        self.check(&rooms, room, kind, false)
     }
 
+    /// The most members a room may have (over every node of a cluster).
+    pub fn max_peers_per_room(&self) -> usize {
+        self.max_peers_per_room
+    }
+
+    /// Whether a member of `kind` may join `room`; with `ordered`, the cluster counted the
+    /// room's members already (mirrors are not counted again here).
     fn check(
         &self,
         rooms: &HashMap<String, Room>,
         room: &str,
         kind: MemberKind,
+        ordered: bool,
     ) -> Result<(), JoinError> {
         // A WHIP session has taken its descriptors already; others need one connection's worth.
         let needs = if kind == MemberKind::Whip {
@@ -304,7 +354,7 @@ impl Hub {
             MemberKind::Client | MemberKind::Whip => self.max_rooms - self.reserved_rooms,
         };
         match rooms.get(room) {
-            Some(r) if r.members.len() >= self.max_peers_per_room => {
+            Some(r) if !ordered && r.members.len() >= self.max_peers_per_room => {
                 Err(JoinError::RoomFull(room.to_owned()))
             }
             Some(_) => Ok(()),
@@ -321,26 +371,39 @@ impl Hub {
 
     /// Joins `room` (creating it) under `name` as [`clean_name`] leaves it. Returns the
     /// membership, the `welcome` for the newcomer and its message queue. Everyone already there
-    /// is told `peer-joined`.
+    /// is told `peer-joined`. In a cluster the join is unordered (sequence 0; bots join so):
+    /// see [`join_ordered`](Self::join_ordered).
     pub fn join(
         self: &Arc<Self>,
         room: &str,
         name: &str,
         kind: MemberKind,
     ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
-        self.enter(room, name, kind, None)
+        self.enter(room, new_member(name, kind), kind, None, 0)
     }
 
-    /// Joins `room` as a WebSocket client that may resume (see [`join`](Self::join)): the
-    /// `welcome` carries a resume token.
-    pub fn join_client(
+    /// Like [`join`](Self::join), in its room's cluster-wide order when the hub is part of a
+    /// cluster ([`RemoteRooms::order`]; see [`Order`]); on a single node the same as `join`.
+    pub async fn join_ordered(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+        kind: MemberKind,
+    ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
+        self.enter_ordered(room, name, kind, None).await
+    }
+
+    /// Like [`join_client`](Self::join_client), in its room's cluster-wide order (see
+    /// [`join_ordered`](Self::join_ordered)).
+    pub async fn join_client_ordered(
         self: &Arc<Self>,
         room: &str,
         name: &str,
     ) -> Result<(Seat, ServerMessage), JoinError> {
         let (takeover, takeovers) = queue(1);
-        let (membership, welcome, queue) =
-            self.enter(room, name, MemberKind::Client, Some(takeover))?;
+        let (membership, welcome, queue) = self
+            .enter_ordered(room, name, MemberKind::Client, Some(takeover))
+            .await?;
         Ok((
             Seat {
                 membership,
@@ -352,20 +415,67 @@ impl Hub {
         ))
     }
 
-    /// Joins; with `takeover` the member is resumable and its welcome carries a token.
-    fn enter(
+    async fn enter_ordered(
         self: &Arc<Self>,
         room: &str,
         name: &str,
         kind: MemberKind,
         takeover: Option<Sender<Takeover>>,
     ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
-        let info = PeerInfo {
-            id: new_peer_id(),
-            name: clean_name(name),
-            bot: kind == MemberKind::Bot,
-            whip: kind == MemberKind::Whip,
+        let info = new_member(name, kind);
+        let Some(remote) = self.remote.get() else {
+            return self.enter(room, info, kind, takeover, 0);
         };
+        // What this node refuses anyway costs no cluster round trip.
+        self.can_join(room, kind)?;
+        let order = remote.order(room, &info).await?;
+        let seq = order.as_ref().map_or(0, |o| o.seq);
+        let id = info.id.clone();
+        let entered = self.enter(room, info, kind, takeover, seq);
+        if entered.is_err() && seq > 0 {
+            // Admitted by the cluster but refused here: its entry goes again.
+            remote.left(room, &id);
+        }
+        drop(order);
+        entered
+    }
+
+    /// Joins `room` as a WebSocket client that may resume (see [`join`](Self::join)): the
+    /// `welcome` carries a resume token.
+    pub fn join_client(
+        self: &Arc<Self>,
+        room: &str,
+        name: &str,
+    ) -> Result<(Seat, ServerMessage), JoinError> {
+        let (takeover, takeovers) = queue(1);
+        let (membership, welcome, queue) = self.enter(
+            room,
+            new_member(name, MemberKind::Client),
+            MemberKind::Client,
+            Some(takeover),
+            0,
+        )?;
+        Ok((
+            Seat {
+                membership,
+                queue,
+                unsent: None,
+                takeovers,
+            },
+            welcome,
+        ))
+    }
+
+    /// Joins `info` of `kind` with sequence `seq` (0: unordered); with `takeover` the member
+    /// is resumable and its welcome carries a token.
+    fn enter(
+        self: &Arc<Self>,
+        room: &str,
+        info: PeerInfo,
+        kind: MemberKind,
+        takeover: Option<Sender<Takeover>>,
+        seq: u64,
+    ) -> Result<(Membership, ServerMessage, Receiver<Arc<ServerMessage>>), JoinError> {
         let (tx, rx) = queue(if kind == MemberKind::Bot {
             BOT_QUEUE
         } else {
@@ -383,11 +493,22 @@ impl Hub {
             None => (None, None),
         };
         let mut rooms = self.rooms();
-        self.check(&rooms, room, kind)?;
+        self.check(&rooms, room, kind, seq > 0)?;
         let entry = rooms.entry(room.to_owned()).or_default();
-        let peers: Vec<PeerInfo> = entry.members.iter().map(|m| m.info.clone()).collect();
+        // The welcome lists those before it in the room's order; those after it (mirrored
+        // already: their join events came first) listed it in theirs, and it hears of them.
+        let (before, after): (Vec<&Member>, Vec<&Member>) = entry
+            .members
+            .iter()
+            .partition(|m| joined_before(m.seq, seq));
+        let peers: Vec<PeerInfo> = before.iter().map(|m| m.info.clone()).collect();
+        for later in after {
+            let _ = tx.try_send(Arc::new(ServerMessage::PeerJoined {
+                peer: later.info.clone(),
+            }));
+        }
         let joined = ServerMessage::PeerJoined { peer: info.clone() };
-        let slow = send_all(&entry.members, &joined, true);
+        let slow = send_where(&entry.members, &joined, true, |m| joined_before(m.seq, seq));
         // Exactly one more place: a room of one would otherwise hold four (rooms are small,
         // and a join copies at most `max_peers_per_room` members).
         entry.members.reserve_exact(1);
@@ -396,9 +517,10 @@ impl Hub {
             tx,
             resume,
             remote: false,
+            seq,
         });
         if let Some(remote) = self.remote.get() {
-            remote.joined(room, &info);
+            remote.joined(room, &info, seq);
         }
         self.drop_slow(&mut rooms, room, slow);
         drop(rooms);
@@ -537,11 +659,17 @@ impl Hub {
         let _ = self.remote.set(remote);
     }
 
-    /// Mirrors `peer`, a member of another node, into `room` (created if needed; the other
-    /// node applied the limits). This node's members of the room are told `peer-joined`.
-    /// Returns the queue of messages for it (relayed to it and room broadcasts), or `None` if
-    /// a member with its id is here already.
-    pub fn add_remote(&self, room: &str, peer: PeerInfo) -> Option<Receiver<Arc<ServerMessage>>> {
+    /// Mirrors `peer`, a member of another node with sequence `seq` (0: unordered), into
+    /// `room` (created if needed; the cluster applied the limits). This node's members of the
+    /// room that joined before it ([`Order`]) are told `peer-joined`. Returns the queue of
+    /// messages for it (relayed to it and room broadcasts), or `None` if a member with its id
+    /// is here already.
+    pub fn add_remote(
+        &self,
+        room: &str,
+        peer: PeerInfo,
+        seq: u64,
+    ) -> Option<Receiver<Arc<ServerMessage>>> {
         let (tx, rx) = queue(BOT_QUEUE);
         let mut rooms = self.rooms();
         let entry = rooms.entry(room.to_owned()).or_default();
@@ -549,12 +677,13 @@ impl Hub {
             return None;
         }
         let joined = ServerMessage::PeerJoined { peer: peer.clone() };
-        let slow = send_all(&entry.members, &joined, true);
+        let slow = send_where(&entry.members, &joined, true, |m| joined_before(m.seq, seq));
         entry.members.push(Member {
             info: peer,
             tx,
             resume: None,
             remote: true,
+            seq,
         });
         self.drop_slow(&mut rooms, room, slow);
         Some(rx)
@@ -604,15 +733,16 @@ impl Hub {
         true
     }
 
-    /// This node's own members, by room (what a cluster re-announces after an outage).
-    pub fn local_members(&self) -> Vec<(String, PeerInfo)> {
+    /// This node's own members, by room, with their sequence numbers (what a cluster
+    /// re-announces after an outage).
+    pub fn local_members(&self) -> Vec<(String, PeerInfo, u64)> {
         self.rooms()
             .iter()
             .flat_map(|(room, r)| {
                 r.members
                     .iter()
                     .filter(|m| !m.remote)
-                    .map(|m| (room.clone(), m.info.clone()))
+                    .map(|m| (room.clone(), m.info.clone(), m.seq))
             })
             .collect()
     }
@@ -703,10 +833,20 @@ impl Hub {
 /// each node of a cluster sends to its own members; one shared copy of the message); returns
 /// the ids whose queues were full.
 fn send_all(members: &[Member], message: &ServerMessage, local_only: bool) -> Vec<String> {
+    send_where(members, message, local_only, |_| true)
+}
+
+/// [`send_all`] to the members for which `to` holds.
+fn send_where(
+    members: &[Member],
+    message: &ServerMessage,
+    local_only: bool,
+    to: impl Fn(&Member) -> bool,
+) -> Vec<String> {
     let mut slow = Vec::new();
     let shared = Arc::new(message.clone());
     for member in members {
-        if local_only && member.remote {
+        if (local_only && member.remote) || !to(member) {
             continue;
         }
         if let Err(TrySendError::Full) = member.tx.try_send(Arc::clone(&shared)) {
@@ -958,7 +1098,7 @@ mod tests {
     struct Log(Mutex<Vec<String>>);
 
     impl RemoteRooms for Log {
-        fn joined(&self, room: &str, peer: &PeerInfo) {
+        fn joined(&self, room: &str, peer: &PeerInfo, _seq: u64) {
             self.0
                 .lock()
                 .unwrap()
@@ -980,8 +1120,8 @@ mod tests {
             bot: false,
             whip: false,
         };
-        let mut far_rx = hub.add_remote("r", far.clone()).expect("mirrored");
-        assert!(hub.add_remote("r", far.clone()).is_none(), "once per id");
+        let mut far_rx = hub.add_remote("r", far.clone(), 0).expect("mirrored");
+        assert!(hub.add_remote("r", far.clone(), 0).is_none(), "once per id");
         let (a, welcome, mut arx) = hub.join("r", "a", MemberKind::Client).unwrap();
         match welcome {
             ServerMessage::Welcome { peers, .. } => assert_eq!(peers, vec![far.clone()]),
@@ -1022,6 +1162,128 @@ mod tests {
         assert_eq!(log[0], format!("join r {a_id}"));
         assert_eq!(log.last().unwrap(), &format!("left r {a_id}"));
         assert!(log.iter().all(|l| !l.contains(&far.id)), "{log:?}");
+    }
+
+    /// A cluster stand-in: gives each ordered join the next of `seqs` and logs joins.
+    struct Ordered {
+        seqs: Mutex<Vec<u64>>,
+        log: Log,
+        /// Run while a join is being ordered (what other nodes do meanwhile).
+        meanwhile: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl RemoteRooms for Ordered {
+        fn joined(&self, room: &str, peer: &PeerInfo, seq: u64) {
+            self.log.joined(room, &peer.clone(), seq);
+        }
+        fn left(&self, room: &str, id: &str) {
+            self.log.left(room, id);
+        }
+        async fn order(&self, _room: &str, _peer: &PeerInfo) -> Result<Option<Order>, JoinError> {
+            let seq = self.seqs.lock().unwrap().remove(0);
+            if let Some(meanwhile) = self.meanwhile.lock().unwrap().take() {
+                meanwhile();
+            }
+            Ok(Some(Order {
+                seq,
+                hold: Box::new(()),
+            }))
+        }
+    }
+
+    fn far(id: &str) -> PeerInfo {
+        PeerInfo {
+            id: id.into(),
+            name: id.into(),
+            bot: false,
+            whip: false,
+        }
+    }
+
+    fn drain(rx: &mut Receiver<Arc<ServerMessage>>) -> Vec<ServerMessage> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|m| (*m).clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn ordered_joins_give_each_pair_exactly_one_offerer() {
+        let hub = Hub::new(vec![], 10, 10);
+        let remote = Arc::new(Ordered {
+            seqs: Mutex::new(vec![5, 20, 30, 40]),
+            log: Log::default(),
+            meanwhile: Mutex::new(None),
+        });
+        hub.set_remote(Arc::clone(&remote) as Arc<dyn RemoteRooms>);
+        // A member of another node that joined after `a` (seq 10 > 5), mirrored before `a`
+        // entered: `a` does not list it (it lists `a` and offers) but hears of it.
+        let _far_rx = hub.add_remote("r", far("later00000"), 10).unwrap();
+        let (a, welcome, mut arx) = hub
+            .join_ordered("r", "a", MemberKind::Client)
+            .await
+            .unwrap();
+        let ServerMessage::Welcome { peers, .. } = welcome else {
+            panic!("{welcome:?}")
+        };
+        assert!(peers.is_empty(), "{peers:?}");
+        assert_eq!(
+            drain(&mut arx),
+            vec![ServerMessage::PeerJoined {
+                peer: far("later00000")
+            }]
+        );
+        // `b` (seq 20) lists both and offers; `a` hears of `b`.
+        let (seat, welcome) = hub.join_client_ordered("r", "b").await.unwrap();
+        let ServerMessage::Welcome { peers, .. } = welcome else {
+            panic!("{welcome:?}")
+        };
+        let ids: Vec<&str> = peers.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, vec!["later00000", a.id()]);
+        assert_eq!(
+            drain(&mut arx),
+            vec![ServerMessage::PeerJoined {
+                peer: seat.membership().info().clone()
+            }]
+        );
+        // A member of another node ordered between them (seq 15): only `a` (5) is told; `b`
+        // (20) listed it in its welcome, as its snapshot had it.
+        let _mid_rx = hub.add_remote("r", far("middle0000"), 15).unwrap();
+        assert_eq!(
+            drain(&mut arx),
+            vec![ServerMessage::PeerJoined {
+                peer: far("middle0000")
+            }]
+        );
+        let mut b_queue = seat.queue;
+        assert!(drain(&mut b_queue).is_empty());
+        // An unordered member (a bot, or Redis down) is before and after everyone.
+        let _bot_rx = hub.add_remote("r", far("unordered0"), 0).unwrap();
+        assert_eq!(drain(&mut arx).len(), 1);
+        assert_eq!(drain(&mut b_queue).len(), 1);
+        // Refused here before asking the cluster; or admitted by the cluster but refused here
+        // (a room of another node appeared meanwhile): its admission is undone.
+        let small = Hub::new(vec![], 10, 2);
+        small.set_remote(Arc::clone(&remote) as Arc<dyn RemoteRooms>);
+        let (_x, _, _xrx) = small.join("one", "x", MemberKind::Client).unwrap();
+        let _two = small.add_remote("two", far("elsewhere0"), 1);
+        assert!(small
+            .join_ordered("three", "y", MemberKind::Client)
+            .await
+            .is_err());
+        assert_eq!(*remote.seqs.lock().unwrap(), vec![30, 40], "refused first");
+        drop(_two);
+        small.remove_remote("two", "elsewhere0");
+        let hub2 = Arc::clone(&small);
+        *remote.meanwhile.lock().unwrap() = Some(Box::new(move || {
+            let _ = hub2.add_remote("four", far("elsewhere1"), 1);
+        }));
+        let refused = small.join_ordered("three", "y", MemberKind::Client).await;
+        assert_eq!(refused.err(), Some(JoinError::TooManyRooms));
+        let log = remote.log.0.lock().unwrap().clone();
+        let last = log.last().unwrap();
+        assert!(last.starts_with("left three "), "{log:?}");
+        assert!(small.peers("three").is_empty());
     }
 
     #[test]

@@ -197,18 +197,21 @@ pub async fn session(
     // (Boxed, like the greeting below: an async fn keeps its arguments' room in its state
     // for its whole life, and every idle session would keep it.)
     let (seat, welcome, notices) = match *entry {
-        Entry::Join { hub, room, name } => match hub.join_client(&room, &name) {
-            Ok((seat, welcome)) => {
-                // A recording already running is announced to the newcomer too.
-                let notices = announce(&room);
-                (seat, welcome, notices)
+        // Boxed: the join (a cluster round trip) keeps no room in every idle session's state.
+        Entry::Join { hub, room, name } => {
+            match Box::pin(hub.join_client_ordered(&room, &name)).await {
+                Ok((seat, welcome)) => {
+                    // A recording already running is announced to the newcomer too.
+                    let notices = announce(&room);
+                    (seat, welcome, notices)
+                }
+                Err(e) => {
+                    tracing::info!(room, error = %e, "join refused");
+                    close(&mut socket, CloseCode::Again, "room full").await;
+                    return;
+                }
             }
-            Err(e) => {
-                tracing::info!(room, error = %e, "join refused");
-                close(&mut socket, CloseCode::Again, "room full").await;
-                return;
-            }
-        },
+        }
         Entry::Resume(seat) => match seat.rewelcome() {
             Some(welcome) => {
                 tracing::info!(room = seat.room(), peer = seat.id(), "peer resumed");
