@@ -223,8 +223,10 @@ async fn record_here(base: &str, room: &str) -> serde_json::Value {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json().await.unwrap()
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "{body}");
+    body
 }
 
 /// Total commands Redis has run (INFO commandstats), if redis-cli answers.
@@ -1504,5 +1506,91 @@ async fn whip_media_reaches_the_rooms_recorder_on_another_node() {
     assert!(
         cam2_frames > 50,
         "cam2 (via node A) recorded on node B: {busy_doc}"
+    );
+}
+
+/// A recorder starting on node A while a participant joins the room on node B at the same
+/// instant: the recorder's join is ordered like a client's, so either the participant's
+/// `welcome` lists the recorder (the participant offers) or the recorder offers to it; never
+/// both waiting for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_and_a_participant_joining_on_two_nodes_at_once_always_pair() {
+    if !tools() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (_redis, url) = start_redis(tmp.path());
+    let a = start_node(&url, "node-a");
+    let b = start_node(&url, "node-b");
+    const ROUNDS: usize = 24;
+    let mut stranded = Vec::new();
+    let (mut listed, mut offers) = (0, 0);
+    for round in 0..ROUNDS {
+        let room = format!("recrace{round}");
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let (doc, (mut ws, welcome)) = tokio::join!(
+            {
+                let barrier = std::sync::Arc::clone(&barrier);
+                let (base, room) = (a.base.clone(), room.clone());
+                async move {
+                    barrier.wait().await;
+                    record_here(&base, &room).await
+                }
+            },
+            {
+                let barrier = std::sync::Arc::clone(&barrier);
+                let (base, room) = (b.base.clone(), room.clone());
+                async move {
+                    barrier.wait().await;
+                    // Staggered by 0-5 ms across rounds, to sweep the window where each
+                    // node's view of the room lags the other's.
+                    tokio::time::sleep(Duration::from_micros(500 * (round % 12) as u64)).await;
+                    let mut ws = connect(&base, &room, "pat").await;
+                    let welcome = next_json(&mut ws).await;
+                    (ws, welcome)
+                }
+            }
+        );
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let recorder = doc["bot_peer"].as_str().expect("bot_peer").to_owned();
+        // When the participant's welcome lists the recorder, the participant is the newcomer
+        // and offers; else the recorder is, and its offer must come.
+        let participant_offers = lists(&welcome, &recorder);
+        if participant_offers {
+            listed += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut offered = false;
+        while !participant_offers && Instant::now() < deadline {
+            match next_json_within(&mut ws, deadline - Instant::now()).await {
+                Some(m) if m["type"] == "offer" && m["from"] == recorder.as_str() => {
+                    offered = true;
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        if offered {
+            offers += 1;
+        } else if !participant_offers {
+            stranded.push(round);
+        }
+        let _ = ws.close(None).await;
+        let _ = post(
+            &a.base,
+            &format!("/api/recordings/{}/stop", doc["id"].as_str().unwrap()),
+            serde_json::json!({}),
+        )
+        .await;
+    }
+    println!(
+        "recorder/participant races: participant's welcome listed the recorder {listed}, \
+         recorder offered {offers}, neither {}",
+        stranded.len()
+    );
+    assert!(
+        stranded.is_empty(),
+        "rounds where neither the recorder nor the participant offered: {stranded:?}"
     );
 }

@@ -358,7 +358,7 @@ async fn create_recording(
         composite: body.composite.then_some(size),
     };
     let Some(node) = app.cluster.clone() else {
-        let recording = recorder::start(&app.services, &body.room, options)?;
+        let recording = recorder::start(&app.services, &body.room, options).await?;
         return Ok((StatusCode::CREATED, Json(recording.doc())).into_response());
     };
     let here = async {

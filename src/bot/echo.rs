@@ -145,7 +145,7 @@ async fn echo_video(mut source: RemoteSource, mirror: &Mirror) {
 }
 
 /// Puts echo bot `bot` in its room. Returns its peer id.
-pub fn start(services: &Arc<Services>, bot: &Arc<Bot>) -> Result<String, BotError> {
+pub async fn start(services: &Arc<Services>, bot: &Arc<Bot>) -> Result<String, BotError> {
     let behaviour = Arc::new(Echo {
         bot: Arc::clone(bot),
         mirrors: Mutex::new(HashMap::new()),
@@ -157,7 +157,8 @@ pub fn start(services: &Arc<Services>, bot: &Arc<Bot>) -> Result<String, BotErro
         "echo",
         behaviour,
         bot.leave_signal(),
-    )?)
+    )
+    .await?)
 }
 
 #[cfg(test)]

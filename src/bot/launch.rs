@@ -39,13 +39,13 @@ pub async fn start_bot(
         None => None,
     };
     let peer = match bot.spec().mode {
-        Mode::Echo => super::echo::start(services, &bot)?,
+        Mode::Echo => super::echo::start(services, &bot).await?,
         Mode::Play => {
             let media: Arc<Media> =
                 media.ok_or_else(|| BotError::Invalid("`media` is required for `play`".into()))?;
-            super::play::start(services, &bot, media)?
+            super::play::start(services, &bot, media).await?
         }
-        Mode::Voicemail => super::voicemail::start(services, &bot, media)?,
+        Mode::Voicemail => super::voicemail::start(services, &bot, media).await?,
     };
     bot.set_bot_peer(peer.clone());
     bots.insert(&bot);

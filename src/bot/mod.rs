@@ -50,7 +50,7 @@ use tracing::Instrument;
 
 /// Joins `room` as a bot named `name` and runs `behaviour` until `leave` is cancelled.
 /// Returns the bot's peer id.
-pub fn join(
+pub async fn join(
     hub: &Arc<Hub>,
     factory: Arc<PeerFactory>,
     room: &str,
@@ -58,7 +58,7 @@ pub fn join(
     behaviour: Arc<dyn Behaviour>,
     leave: tokio_util::sync::CancellationToken,
 ) -> Result<String, JoinError> {
-    let (membership, welcome, mut from_hub) = hub.join(room, name, MemberKind::Bot)?;
+    let (membership, welcome, mut from_hub) = hub.join_ordered(room, name, MemberKind::Bot).await?;
     let id = membership.id().to_owned();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (in_tx, in_rx) = mpsc::channel(crate::signal::hub::MEMBER_QUEUE);

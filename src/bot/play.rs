@@ -255,7 +255,7 @@ impl Behaviour for Player {
 
 /// Puts play bot `bot` in its room and starts playing `media` once the peers already in the
 /// room are connected (at most [`PRESENT_WAIT`]). Returns its peer id.
-pub fn start(
+pub async fn start(
     services: &Arc<Services>,
     bot: &Arc<Bot>,
     media: Arc<Media>,
@@ -285,7 +285,8 @@ pub fn start(
         "play",
         behaviour,
         bot.leave_signal(),
-    )?;
+    )
+    .await?;
     let looping = bot.spec().looping;
     let bot = Arc::clone(bot);
     tokio::spawn(async move {

@@ -301,7 +301,7 @@ pub enum StartError {
 }
 
 /// Starts recording `room`: creates the recording, sends the recorder bot in, tells the room.
-pub fn start(
+pub async fn start(
     services: &Arc<Services>,
     room: &str,
     options: RecordOptions,
@@ -328,7 +328,7 @@ pub fn start(
             return Err(StartError::Mix(e));
         }
     }
-    begin(services, &recording, max_duration)?;
+    begin(services, &recording, max_duration).await?;
     // (A recording continued on another node gets `recording.takeover` instead: the cluster
     // layer tells it.)
     services.events.emit(
@@ -344,7 +344,7 @@ pub fn start(
 /// into it, with the rest of its longest duration.
 ///
 /// [`RecordingStore::adopt`]: crate::record::store::RecordingStore::adopt
-pub fn resume(
+pub async fn resume(
     services: &Arc<Services>,
     recording: &Arc<Recording>,
     max_duration: Option<Duration>,
@@ -357,11 +357,11 @@ pub fn resume(
             .seconds(std::time::Instant::now())
             .max(0.0),
     );
-    begin(services, recording, Some(limit.saturating_sub(elapsed)))
+    begin(services, recording, Some(limit.saturating_sub(elapsed))).await
 }
 
 /// Sends the recorder of `recording` into its room and tells the room.
-fn begin(
+async fn begin(
     services: &Arc<Services>,
     recording: &Arc<Recording>,
     max_duration: Option<Duration>,
@@ -381,7 +381,9 @@ fn begin(
         RECORDER_NAME,
         behaviour,
         recording.leave_signal(),
-    ) {
+    )
+    .await
+    {
         Ok(peer) => peer,
         Err(e) => {
             recording.fail(e.to_string());

@@ -481,7 +481,7 @@ impl Behaviour for Voicemail {
 
 /// Puts voicemail bot `bot` in its room, greeting with `media`'s audio or the built-in tone.
 /// Returns its peer id.
-pub fn start(
+pub async fn start(
     services: &Arc<Services>,
     bot: &Arc<Bot>,
     media: Option<Arc<Media>>,
@@ -520,7 +520,8 @@ pub fn start(
         "voicemail",
         behaviour,
         bot.leave_signal(),
-    )?)
+    )
+    .await?)
 }
 
 #[cfg(test)]

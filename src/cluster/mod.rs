@@ -466,7 +466,8 @@ impl Cluster {
             }
             // The index gets the newest figures of what was written here.
             let _ = self.publish_doc(&recording).await;
-            let Ok(order) = self.placement().await else {
+            // The room's WHIP publishers on other nodes are recorded only where they are.
+            let Ok(order) = self.placement_for(recording.room()).await else {
                 return;
             };
             for node in order.iter().filter(|n| n.id != self.settings.node_id) {
@@ -554,6 +555,7 @@ impl Cluster {
             &recording,
             options.max_duration_s.map(Duration::from_secs),
         )
+        .await
         .map_err(|e| bad(&e.to_string()))?;
         self.publish_doc(&recording).await?;
         self.announce().await?;
@@ -890,7 +892,7 @@ impl Cluster {
                 return Err(ClusterError::RoomBusy(room.into(), holder).into());
             }
         }
-        let recording = match crate::bot::recorder::start(&self.services, room, options) {
+        let recording = match crate::bot::recorder::start(&self.services, room, options).await {
             Ok(recording) => recording,
             Err(e) => {
                 let _ = redis::Script::new(DELETE_IF)

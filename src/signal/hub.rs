@@ -371,8 +371,8 @@ impl Hub {
 
     /// Joins `room` (creating it) under `name` as [`clean_name`] leaves it. Returns the
     /// membership, the `welcome` for the newcomer and its message queue. Everyone already there
-    /// is told `peer-joined`. In a cluster the join is unordered (sequence 0; bots join so):
-    /// see [`join_ordered`](Self::join_ordered).
+    /// is told `peer-joined`. In a cluster the join is unordered (sequence 0): clients and bots
+    /// join with [`join_ordered`](Self::join_ordered) instead.
     pub fn join(
         self: &Arc<Self>,
         room: &str,
