@@ -95,11 +95,15 @@ async fn run(n: usize, seconds: u64, clip: &std::sync::Arc<Clip>) {
     let peers_first = env_or("ORDER", "peers-first".to_owned()) != "recorder-first";
     let rooms = n.div_ceil(room_size);
     let max_peers = (room_size + 10).to_string();
+    // Every publisher connects from 127.0.0.1: the per-address cap must admit them all.
+    let per_ip = (n + 64).max(256).to_string();
     let mut args = vec![
         "--udp-bind",
         "127.0.0.1",
         "--max-peers-per-room",
         &max_peers,
+        "--max-connections-per-ip",
+        &per_ip,
     ];
     // STORAGE=1: a bucket on an S3 server of this process (the server's CPU is what counts).
     let store_root = tempfile::tempdir().unwrap();
