@@ -257,22 +257,6 @@ impl<T> ReorderBuffer<T> {
         out
     }
 
-    /// Ends the start-up hold at once when packet `ext_seq`, just pushed, is the front and
-    /// nothing was released yet: the caller knows that nothing before it is wanted (a video
-    /// track's first packet that starts a keyframe: a file starts on a keyframe, so packets
-    /// reordered before it would be dropped anyway). Otherwise does nothing.
-    pub fn start_from(&mut self, ext_seq: u64, now: Instant) {
-        if !self.started
-            && self.next == Some(ext_seq)
-            && self
-                .buf
-                .first_key_value()
-                .is_some_and(|(k, _)| *k == ext_seq)
-        {
-            self.start_deadline = Some(now);
-        }
-    }
-
     /// When [`ReorderBuffer::pop`] can next release something because a gap (or the
     /// start-up hold) times out; `None` when nothing waits.
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -484,24 +468,6 @@ mod tests {
         assert!(matches!(b.pop(t0), Some(Released::Packet { ext_seq, .. }) if ext_seq == first));
         assert!(b.pop(t0).is_none());
         (b, t0)
-    }
-
-    #[test]
-    fn start_from_ends_the_start_up_hold_only_for_the_front() {
-        let t = Instant::now();
-        // Not the front (a lower packet came first): the hold goes on.
-        let mut b = ReorderBuffer::new(100 * MS, 64);
-        b.push(11, 11, t);
-        b.push(12, 12, t);
-        b.start_from(12, t);
-        assert_eq!(b.pop(t), None);
-        // The front: released at once, and what follows in order too.
-        b.start_from(11, t);
-        assert_eq!(packets(&pop_all(&mut b, t)), vec![11, 12]);
-        // Once started, it changes nothing: a gap still waits.
-        b.push(14, 14, t + MS);
-        b.start_from(14, t + MS);
-        assert_eq!(b.pop(t + MS), None);
     }
 
     #[test]

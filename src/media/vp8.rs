@@ -332,10 +332,6 @@ impl Vp8Assembler {
         self.watch_keyframe(ext_seq, ts, marker, payload);
         let packet = Packet { arrival: now, kind };
         self.reorder.push(ext_seq, packet, now);
-        if !self.had_keyframe && payload_starts_keyframe(payload) {
-            // Nothing before a first keyframe is recorded: no start-up hold for it.
-            self.reorder.start_from(ext_seq, now);
-        }
     }
 
     /// Follows a keyframe's packets as they arrive: once a later frame's packet comes, the
@@ -750,26 +746,6 @@ mod tests {
 
     const SEQ0: u16 = 65_500;
     const TS0: u32 = u32::MAX - 7 * TICKS;
-
-    #[test]
-    fn a_first_packet_starting_a_keyframe_is_not_held() {
-        let frames = read_frames("clip.ivf");
-        let packets = packetize(&frames[..1], SEQ0, TS0, Desc::Simple, 100_000, false);
-        assert_eq!(packets.len(), 1, "the keyframe in one packet");
-        let mut a = Vp8Assembler::new(Duration::from_millis(300));
-        let now = Instant::now();
-        let p = &packets[0];
-        a.push(p.seq, p.ts, p.marker, &p.payload, now);
-        // Out at once, not after the start-up hold.
-        assert!(matches!(a.poll(now), Some(Vp8Event::Frame(f)) if f.keyframe));
-        // An inter frame first is still held (packets before it may be reordered).
-        let packets = packetize(&frames[..2], SEQ0, TS0, Desc::Simple, 100_000, false);
-        let mut a = Vp8Assembler::new(Duration::from_millis(300));
-        let p = &packets[1];
-        a.push(p.seq, p.ts, p.marker, &p.payload, now);
-        assert!(a.poll(now).is_none());
-        assert!(a.next_deadline().is_some_and(|d| d > now));
-    }
 
     #[test]
     fn in_order_frames_come_out_identical() {
