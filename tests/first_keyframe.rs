@@ -37,29 +37,23 @@ async fn first_keyframe_ms(srv: &TestServer, room: &str) -> Option<(u128, String
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "measurement: prints the time from the create call to the first keyframe"]
-async fn first_keyframe_after_create_with_publish_peers() {
+/// `ROUNDS` rounds (default 8) of: a publisher from `start` joins a fresh room, then the time
+/// from the create call to the first keyframe; prints each round and the spread as `label`.
+async fn measure<F, Fut>(label: &str, start: F)
+where
+    F: Fn(TestServer, String) -> Fut,
+    Fut: std::future::Future<Output = (TestServer, recbot::client::PublisherHandle)>,
+{
     let rounds: usize = std::env::var("ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
-    let srv = TestServer::start().await;
-    let clip = clip();
-    let factory = factory();
+    let mut srv = TestServer::start().await;
     let mut figures = Vec::new();
     for round in 0..rounds {
         let room = format!("fk{round}");
-        let publisher = recbot::client::start(
-            &srv.base,
-            &room,
-            "alice",
-            clip.clone(),
-            factory.clone(),
-            Default::default(),
-        )
-        .await
-        .expect("publisher joins");
+        let (back, publisher) = start(srv, room.clone()).await;
+        srv = back;
         tokio::time::sleep(Duration::from_millis(500)).await;
         tracing::info!(round, "POST /api/recordings");
         let (ms, id) = first_keyframe_ms(&srv, &room)
@@ -74,7 +68,7 @@ async fn first_keyframe_after_create_with_publish_peers() {
     }
     figures.sort_unstable();
     println!(
-        "publish peers, {rounds} rounds: min {} / median {} / max {} ms",
+        "{label}, {rounds} rounds: min {} / median {} / max {} ms",
         figures[0],
         figures[figures.len() / 2],
         figures[figures.len() - 1]
@@ -82,19 +76,31 @@ async fn first_keyframe_after_create_with_publish_peers() {
     srv.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: prints the time from the create call to the first keyframe"]
+async fn first_keyframe_after_create_with_publish_peers() {
+    measure("publish peers", |srv, room| async move {
+        let publisher = recbot::client::start(
+            &srv.base,
+            &room,
+            "alice",
+            clip(),
+            factory(),
+            Default::default(),
+        )
+        .await
+        .expect("publisher joins");
+        (srv, publisher)
+    })
+    .await;
+}
+
 /// The same figure with a WHIP publisher (`recbot publish --whip`): its media reaches the
 /// recorder inside the server, and the recorder's PLI is passed to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement: prints the time from the create call to the first keyframe"]
 async fn first_keyframe_after_create_with_a_whip_publisher() {
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    let srv = TestServer::start().await;
-    let mut figures = Vec::new();
-    for round in 0..rounds {
-        let room = format!("fkw{round}");
+    measure("WHIP publisher", |srv, room| async move {
         let publisher = recbot::client::start_whip(
             &srv.url(&format!("/rooms/{room}/whip?name=cam")),
             None,
@@ -103,22 +109,7 @@ async fn first_keyframe_after_create_with_a_whip_publisher() {
         )
         .await
         .expect("WHIP publisher starts");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (ms, id) = first_keyframe_ms(&srv, &room)
-            .await
-            .expect("a keyframe within 10 s");
-        println!("round {round}: first keyframe {ms} ms after the create call");
-        figures.push(ms);
-        srv.post_json(&format!("/api/recordings/{id}/stop"), serde_json::json!({}))
-            .await;
-        publisher.leave().await;
-    }
-    figures.sort_unstable();
-    println!(
-        "WHIP publisher, {rounds} rounds: min {} / median {} / max {} ms",
-        figures[0],
-        figures[figures.len() / 2],
-        figures[figures.len() - 1]
-    );
-    srv.shutdown().await;
+        (srv, publisher)
+    })
+    .await;
 }

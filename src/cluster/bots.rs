@@ -364,13 +364,8 @@ impl Cluster {
             return Ok(());
         }
         let mut conn = self.conn();
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::NODES)
-            .query_async(&mut conn)
-            .await?;
-        let live: std::collections::HashSet<String> =
-            self.nodes().await?.into_iter().map(|n| n.id).collect();
-        for dead in ids.iter().filter(|id| !live.contains(*id)) {
+        for dead in self.dead_nodes().await? {
+            let dead = &dead;
             let held: Vec<String> = redis::cmd("SMEMBERS")
                 .arg(keys::bot_held(dead))
                 .query_async(&mut conn)

@@ -340,6 +340,17 @@ impl Cluster {
         Ok(())
     }
 
+    /// The nodes that heartbeat once and no longer do (their heartbeat key expired).
+    pub(super) async fn dead_nodes(&self) -> Result<Vec<String>, ClusterError> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::NODES)
+            .query_async(&mut self.conn())
+            .await?;
+        let live: std::collections::HashSet<String> =
+            self.nodes().await?.into_iter().map(|n| n.id).collect();
+        Ok(ids.into_iter().filter(|id| !live.contains(id)).collect())
+    }
+
     /// Takes over the active recordings of dead nodes (their heartbeat expired), one winner
     /// per recording across the cluster; this node tries only while it has room for one more.
     async fn take_over_dead(&self) -> Result<(), ClusterError> {
@@ -347,13 +358,8 @@ impl Cluster {
             return Ok(());
         }
         let mut conn = self.conn();
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::NODES)
-            .query_async(&mut conn)
-            .await?;
-        let live: std::collections::HashSet<String> =
-            self.nodes().await?.into_iter().map(|n| n.id).collect();
-        for dead in ids.iter().filter(|id| !live.contains(*id)) {
+        for dead in self.dead_nodes().await? {
+            let dead = &dead;
             let held: Vec<String> = redis::cmd("SMEMBERS")
                 .arg(keys::held(dead))
                 .query_async(&mut conn)
