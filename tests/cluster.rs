@@ -229,6 +229,18 @@ async fn record_here(base: &str, room: &str) -> serde_json::Value {
     body
 }
 
+/// Sends `signal` (`-TERM`, `-STOP`, `-CONT`...) to process `pid` with kill(1).
+fn signal(pid: &str, signal: &str) {
+    assert!(
+        Command::new("kill")
+            .args([signal, pid])
+            .status()
+            .unwrap()
+            .success(),
+        "kill {signal} {pid}"
+    );
+}
+
 /// Total commands Redis has run (INFO commandstats), if redis-cli answers.
 fn redis_calls(socket: &str) -> Option<u64> {
     let out = Command::new("redis-cli")
@@ -709,11 +721,7 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let pid = a_proc.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "-TERM");
     let (status, health) = get(&a_base, "/healthz").await;
     assert_eq!(status, 503, "draining at once: {health}");
     let (status, _) = post(
@@ -788,11 +796,7 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = a_proc.0.id().to_string();
     // Frozen, not dead: its sockets stay open, it will wake up believing it still records.
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "-STOP");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
@@ -802,11 +806,7 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
         assert!(Instant::now() < deadline, "no takeover: {doc}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "-CONT");
     // Its next heartbeat tries to write its (old) document: refused by the fence; its
     // recorder stops there.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -1133,11 +1133,7 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
     probe.echoed(0, 50, Duration::from_secs(20)).await;
 
     let pid = a_proc.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "-TERM");
     let termed = Instant::now();
     // No new bots on a draining node (a node already gone takes none either).
     let answer = reqwest::Client::new()
@@ -1198,11 +1194,7 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
         .to_owned();
     let pid = a_proc.0.id().to_string();
     // Frozen, not dead: it wakes up believing it still runs the bot.
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "-STOP");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
@@ -1212,11 +1204,7 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
         assert!(Instant::now() < deadline, "no restart: {doc}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&pid, "-CONT");
     // Its next heartbeat's write is refused by the fence: its copy stops there.
     let deadline = Instant::now() + Duration::from_secs(15);
     while local_bots(&a_base)
