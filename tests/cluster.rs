@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -229,6 +229,21 @@ async fn record_here(base: &str, room: &str) -> serde_json::Value {
     body
 }
 
+/// Starts an echo bot in `room` on the node at `base` itself (no placement), as `record_here`.
+async fn bot_here(base: &str, room: &str) -> serde_json::Value {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/bots"))
+        .header("x-recbot-node-local", "1")
+        .json(&serde_json::json!({"room": room, "mode": "echo"}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
 /// Sends `signal` (`-TERM`, `-STOP`, `-CONT`...) to process `pid` with kill(1).
 fn signal(pid: &str, signal: &str) {
     assert!(
@@ -376,9 +391,6 @@ async fn one_recording_per_room_placement_and_one_api_behind_haproxy() {
     assert_eq!(status, 404);
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(base: &str, room: &str, name: &str) -> Ws {
     let url = format!(
         "ws://{}/rooms/{room}/ws?name={name}",
@@ -388,21 +400,6 @@ async fn connect(base: &str, room: &str, name: &str) -> Ws {
         .await
         .expect("connects")
         .0
-}
-
-async fn next_json(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("stream open")
-            .expect("frame");
-        match frame {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
 }
 
 async fn send(ws: &mut Ws, value: serde_json::Value) {
@@ -1118,15 +1115,7 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
     let a_dir = tempfile::tempdir().unwrap();
     let (mut a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
     let b = start_node(&url, "node-b");
-    let r = reqwest::Client::new()
-        .post(format!("{a_base}/api/bots"))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": "db", "mode": "echo"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let bot: serde_json::Value = r.json().await.unwrap();
+    let bot = bot_here(&a_base, "db").await;
     assert_eq!(bot["node"], "node-a");
     let id = bot["id"].as_str().unwrap().to_owned();
     let probe = Prober::join(&b.base, "db", "bob").await;
@@ -1180,18 +1169,8 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
     let a_dir = tempfile::tempdir().unwrap();
     let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
     let b = start_node(&url, "node-b");
-    let r = reqwest::Client::new()
-        .post(format!("{a_base}/api/bots"))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": "fb", "mode": "echo"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bot = bot_here(&a_base, "fb").await;
+    let id = bot["id"].as_str().unwrap().to_owned();
     let pid = a_proc.0.id().to_string();
     // Frozen, not dead: it wakes up believing it still runs the bot.
     signal(&pid, "-STOP");

@@ -5,15 +5,12 @@
 mod common;
 
 use common::*;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Percent-encodes every byte outside the URL's unreserved set.
 fn encode(text: &str) -> String {
@@ -26,22 +23,6 @@ fn encode(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Next JSON text message (skipping pings), within 5 s.
-async fn next_json(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("stream open")
-            .expect("frame");
-        match frame {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("JSON"),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
 }
 
 async fn connect(url: String) -> Ws {

@@ -8,33 +8,12 @@ use futures::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 async fn connect(srv: &TestServer, room: &str, name: &str) -> Ws {
     let url = srv.ws_url(&format!("/rooms/{room}/ws?name={name}"));
     tokio_tungstenite::connect_async(url)
         .await
         .expect("connects")
         .0
-}
-
-/// Next JSON text message (skipping pings), within 5 s.
-async fn next_json(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a message within 5 s")
-            .expect("stream open")
-            .expect("frame");
-        match frame {
-            Message::Text(t) => {
-                return serde_json::from_str(t.as_str()).expect("server sends JSON")
-            }
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected frame {other:?}"),
-        }
-    }
 }
 
 async fn send_text(ws: &mut Ws, text: &str) {

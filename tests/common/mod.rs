@@ -783,3 +783,28 @@ pub fn drop_udp_in_namespace() {
     let mut buf = [0u8; 8];
     assert!(rx.recv(&mut buf).is_err(), "UDP still passes");
 }
+
+/// A WebSocket client connection of the tests.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next JSON text message of `ws` (pings and pongs skipped), within 5 s; any other frame
+/// fails the test.
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("stream open")
+            .expect("frame");
+        match frame {
+            Message::Text(t) => {
+                return serde_json::from_str(t.as_str()).expect("server sends JSON")
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
