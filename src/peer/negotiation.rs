@@ -73,8 +73,27 @@ enum Input {
 /// itself (new credentials, a new offer): the remote's network changed and it may not notice.
 pub const ICE_RESTART_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// How long after an ICE restart that did not bring the connection back the link tries again.
-pub const ICE_RESTART_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long after its first ICE restart that did not bring the connection back the link
+/// tries again; each further try waits twice as long, up to [`ICE_RESTART_RETRY_MAX`].
+///
+/// A restart's checks are decided within about a second (each pair gets
+/// [`super::ICE_MAX_BINDING_REQUESTS`] checks every [`super::ICE_CHECK_INTERVAL`], and a pair
+/// that failed is not tried again, even when the remote's checks arrive later), so a network
+/// that comes back just after a restart only connects at the next one: this keeps that wait
+/// short while the outage is short, and the retries sparse while it lasts.
+pub const ICE_RESTART_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The longest wait between two ICE restarts of a connection that stays down.
+pub const ICE_RESTART_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The wait before the next ICE restart after `done` restarts that did not bring the
+/// connection back: [`ICE_RESTART_RETRY`], doubled per restart, at most
+/// [`ICE_RESTART_RETRY_MAX`].
+pub fn ice_restart_retry(done: u32) -> std::time::Duration {
+    ICE_RESTART_RETRY
+        .saturating_mul(1u32 << done.min(16))
+        .min(ICE_RESTART_RETRY_MAX)
+}
 
 /// A live connection toward one remote peer. Dropping it closes the connection.
 ///
@@ -314,6 +333,7 @@ impl Builder {
             pending_candidates: Vec::new(),
             connected: false,
             restart_at: None,
+            restarts: 0,
         };
         tokio::select! {
             _ = state.run(rx) => {}
@@ -345,6 +365,8 @@ struct State {
     connected: bool,
     /// When to restart ICE, while the connection is down after having been up.
     restart_at: Option<tokio::time::Instant>,
+    /// ICE restarts of ours since the connection was last `connected`.
+    restarts: u32,
 }
 
 impl State {
@@ -388,6 +410,7 @@ impl State {
             RTCPeerConnectionState::Connected => {
                 self.connected = true;
                 self.restart_at = None;
+                self.restarts = 0;
             }
             RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed => {
                 let was_up = std::mem::replace(&mut self.connected, false);
@@ -400,7 +423,7 @@ impl State {
     }
 
     /// Restarts ICE (new credentials, sockets bound again) and offers, when the connection is
-    /// still down; tries again after [`ICE_RESTART_RETRY`] until it is up. With an offer of
+    /// still down; tries again (see [`ice_restart_retry`]) until it is up. With an offer of
     /// ours still unanswered, only the retry is armed. Media files are not touched: the
     /// tracks stay the same, only their packets pause (SPEC §10).
     async fn restart_ice(&mut self) -> Result<(), PeerError> {
@@ -408,11 +431,12 @@ impl State {
         if self.connected {
             return Ok(());
         }
-        self.restart_at = Some(tokio::time::Instant::now() + ICE_RESTART_RETRY);
+        self.restart_at = Some(tokio::time::Instant::now() + ice_restart_retry(self.restarts));
         if self.have_local_offer {
             return Ok(());
         }
-        tracing::info!(remote = %self.remote, "connection down: restarting ICE");
+        tracing::info!(remote = %self.remote, restarts = self.restarts, "connection down: restarting ICE");
+        self.restarts = self.restarts.saturating_add(1);
         self.pc.restart_ice().await?;
         self.make_offer().await
     }
@@ -634,6 +658,17 @@ mod tests {
 
     fn sdp_with(setup: &str) -> String {
         ANSWER.replace("a=setup:active", &format!("a=setup:{setup}"))
+    }
+
+    #[test]
+    fn ice_restarts_back_off_from_2_s_to_10_s() {
+        let waits: Vec<u64> = (0..6).map(|n| ice_restart_retry(n).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 10, 10, 10]);
+        assert_eq!(ice_restart_retry(u32::MAX), ICE_RESTART_RETRY_MAX);
+        // The first retry comes after a restart's checks are all decided.
+        let window = crate::peer::ICE_CHECK_INTERVAL
+            * (u32::from(crate::peer::ICE_MAX_BINDING_REQUESTS) + 1);
+        assert!(ICE_RESTART_RETRY > window, "{window:?}");
     }
 
     #[test]

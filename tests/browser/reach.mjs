@@ -223,8 +223,10 @@ async function inPage({ room, mode }) {
     await window.dropUdp(true);
     await until(() => offers.length > offersBefore, "the recorder's ICE restart offer", 40_000);
     const offered = Date.now();
-    // A little longer down, then back.
-    await sleep(1000);
+    // Longer down than that restart's checks last (about 1 s: webrtc-rs gives a pair up after
+    // 21 checks 50 ms apart and never tries it again), then back: the recorder's next restart,
+    // not one 10 s later, brings the media back.
+    await sleep(1500);
     await window.dropUdp(false);
     const up = Date.now();
     const movedAgain = await videoMoves(10, 'video after the outage', 40_000);
