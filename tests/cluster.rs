@@ -719,8 +719,15 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
 
     let pid = a_proc.0.id().to_string();
     signal(&pid, "-TERM");
-    let (status, health) = get(&a_base, "/healthz").await;
-    assert_eq!(status, 503, "draining at once: {health}");
+    // kill(1) returns once the signal is sent; the node sees it a moment later. From then on
+    // /healthz answers 503 (a bound against a hang, not a speed check).
+    let mut health = get(&a_base, "/healthz").await;
+    let asked = Instant::now();
+    while health.0 != 503 && asked.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        health = get(&a_base, "/healthz").await;
+    }
+    assert_eq!(health.0, 503, "draining: {}", health.1);
     let (status, _) = post(
         &a_base,
         "/api/recordings",
