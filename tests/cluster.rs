@@ -168,6 +168,25 @@ async fn post(base: &str, path: &str, body: serde_json::Value) -> (u16, serde_js
     call(reqwest::Method::POST, format!("{base}{path}"), Some(body)).await
 }
 
+/// Waits until the node at `base`, just sent SIGTERM, drains: `true` once its /healthz answers
+/// 503, `false` if it is gone first. kill(1) returns once the signal is sent and the node sees
+/// it a moment later, so asking at once races with it. (A bound against a hang, 5 s, not a
+/// speed check.)
+async fn draining(base: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match reqwest::get(format!("{base}/healthz")).await {
+            Ok(r) if r.status().as_u16() == 503 => return true,
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "{base} still healthy 5 s after SIGTERM"
+            ),
+            Err(_) => return false,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
     call(reqwest::Method::GET, format!("{base}{path}"), None).await
 }
@@ -719,15 +738,10 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
 
     let pid = a_proc.0.id().to_string();
     signal(&pid, "-TERM");
-    // kill(1) returns once the signal is sent; the node sees it a moment later. From then on
-    // /healthz answers 503 (a bound against a hang, not a speed check).
-    let mut health = get(&a_base, "/healthz").await;
-    let asked = Instant::now();
-    while health.0 != 503 && asked.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        health = get(&a_base, "/healthz").await;
-    }
-    assert_eq!(health.0, 503, "draining: {}", health.1);
+    assert!(
+        draining(&a_base).await,
+        "node A answers 503 on /healthz once it drains"
+    );
     let (status, _) = post(
         &a_base,
         "/api/recordings",
@@ -1132,6 +1146,7 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
     signal(&pid, "-TERM");
     let termed = Instant::now();
     // No new bots on a draining node (a node already gone takes none either).
+    draining(&a_base).await;
     let answer = reqwest::Client::new()
         .post(format!("{a_base}/api/bots"))
         .json(&serde_json::json!({"room": "other", "mode": "echo"}))
