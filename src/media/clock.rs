@@ -238,6 +238,10 @@ pub struct SenderClock {
     windows: std::collections::VecDeque<(i64, Vec<(u64, f64)>)>,
     /// Per track id: the wallclock of its RTP time 0 (`ntp = base + rtp seconds`).
     bases: Vec<(u64, f64)>,
+    /// The estimate from `windows` and `bases` as they are now ([`SenderClock::estimate`]),
+    /// kept up to date by [`SenderClock::observe_track`], the only place that changes them:
+    /// it is read for every packet placed, and changes far less often.
+    current: Option<f64>,
     /// The estimate last logged (changes are logged at debug level).
     logged: Option<f64>,
 }
@@ -256,28 +260,44 @@ impl SenderClock {
         if !sample.is_finite() || !base.is_finite() {
             return;
         }
-        match self.bases.iter_mut().find(|(id, _)| *id == track) {
-            Some((_, b)) => *b = base,
-            None => self.bases.push((track, base)),
-        }
+        // Whether the estimate's inputs changed: most samples are not their window's fastest.
+        let mut changed = match self.bases.iter_mut().find(|(id, _)| *id == track) {
+            Some((_, b)) => std::mem::replace(b, base) != base,
+            None => {
+                self.bases.push((track, base));
+                true
+            }
+        };
         let index = (arrival / OFFSET_WINDOW.as_secs_f64()).floor() as i64;
+        let newer_exists = self.windows.back().is_some_and(|(i, _)| *i > index);
         match self.windows.iter_mut().rev().find(|(i, _)| *i <= index) {
             Some((i, best)) if *i == index => match best.iter_mut().find(|(id, _)| *id == track) {
-                Some((_, b)) => *b = b.max(sample),
-                None => best.push((track, sample)),
-            },
-            _ => {
-                if self.windows.back().is_some_and(|(i, _)| *i > index) {
-                    // Older than the newest window and its own window is gone: too old to count.
-                    return;
+                Some((_, b)) if sample > *b => {
+                    *b = sample;
+                    changed = true;
                 }
+                Some(_) => {}
+                None => {
+                    best.push((track, sample));
+                    changed = true;
+                }
+            },
+            _ if newer_exists => {
+                // Older than the newest window and its own window is gone: too old to count.
+            }
+            _ => {
                 self.windows.push_back((index, vec![(track, sample)]));
                 while self.windows.len() > OFFSET_WINDOWS {
                     self.windows.pop_front();
                 }
+                changed = true;
             }
         }
-        let offset = self.offset();
+        if !changed {
+            return;
+        }
+        self.current = self.estimate();
+        let offset = self.current;
         if let (Some(now), last) = (offset, self.logged) {
             if last.is_none_or(|l| (now - l).abs() >= 0.001) {
                 tracing::debug!(
@@ -294,7 +314,12 @@ impl SenderClock {
 
     /// The current offset estimate (sender wallclock − recording time).
     pub fn offset(&self) -> Option<f64> {
-        // Called for every packet placed: sort a copy on the stack, not in a new Vec.
+        self.current
+    }
+
+    /// The offset estimate computed from `windows` and `bases`.
+    fn estimate(&self) -> Option<f64> {
+        // Sort a copy on the stack, not in a new Vec.
         let mut buf = [0f64; OFFSET_WINDOWS];
         let mut n = 0;
         for (_, tracks) in self.windows.iter().take(OFFSET_WINDOWS) {
