@@ -93,7 +93,7 @@ pub trait RemoteRooms: Send + Sync {
     /// A member of this node left `room`.
     fn left(&self, room: &str, id: &str);
     /// Called (without the hub's lock) before `peer` of this node enters `room` through
-    /// [`Hub::join_ordered`] / [`Hub::join_client_ordered`]: its place in the room's
+    /// [`Hub::join_ordered`] / [`Hub::join_client`]: its place in the room's
     /// cluster-wide order, after mirroring ([`Hub::add_remote`]) every member of other nodes
     /// that joined before it. `Ok(None)`: unordered (the cluster is unreachable); an error
     /// refuses the join (a cluster-wide limit).
@@ -393,9 +393,9 @@ impl Hub {
         self.enter_ordered(room, name, kind, None).await
     }
 
-    /// Like [`join_client`](Self::join_client), in its room's cluster-wide order (see
-    /// [`join_ordered`](Self::join_ordered)).
-    pub async fn join_client_ordered(
+    /// Joins `room` as a WebSocket client that may resume: the `welcome` carries a resume
+    /// token. In the room's cluster-wide order, as [`join_ordered`](Self::join_ordered).
+    pub async fn join_client(
         self: &Arc<Self>,
         room: &str,
         name: &str,
@@ -438,32 +438,6 @@ impl Hub {
         }
         drop(order);
         entered
-    }
-
-    /// Joins `room` as a WebSocket client that may resume (see [`join`](Self::join)): the
-    /// `welcome` carries a resume token.
-    pub fn join_client(
-        self: &Arc<Self>,
-        room: &str,
-        name: &str,
-    ) -> Result<(Seat, ServerMessage), JoinError> {
-        let (takeover, takeovers) = queue(1);
-        let (membership, welcome, queue) = self.enter(
-            room,
-            new_member(name, MemberKind::Client),
-            MemberKind::Client,
-            Some(takeover),
-            0,
-        )?;
-        Ok((
-            Seat {
-                membership,
-                queue,
-                unsent: None,
-                takeovers,
-            },
-            welcome,
-        ))
     }
 
     /// Joins `info` of `kind` with sequence `seq` (0: unordered); with `takeover` the member
@@ -1234,7 +1208,7 @@ mod tests {
             }]
         );
         // `b` (seq 20) lists both and offers; `a` hears of `b`.
-        let (seat, welcome) = hub.join_client_ordered("r", "b").await.unwrap();
+        let (seat, welcome) = hub.join_client("r", "b").await.unwrap();
         let ServerMessage::Welcome { peers, .. } = welcome else {
             panic!("{welcome:?}")
         };
@@ -1342,13 +1316,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_resume_token_is_used_once_and_only_in_its_room() {
+    #[tokio::test]
+    async fn a_resume_token_is_used_once_and_only_in_its_room() {
         let hub = Hub::new(vec![], 10, 10);
-        let (seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let (seat, welcome) = hub.join_client("r", "alice").await.unwrap();
         let token = resume_token(&welcome);
         assert!(token.len() >= 43, "256 bits: {token}");
-        let (_other, other_welcome) = hub.join_client("s", "bob").unwrap();
+        let (_other, other_welcome) = hub.join_client("s", "bob").await.unwrap();
         assert_ne!(resume_token(&other_welcome), token);
         assert_eq!(hub.claim("r", "wrong").err(), Some(ResumeError::Invalid));
         assert_eq!(hub.claim("s", &token).err(), Some(ResumeError::Invalid));
@@ -1366,7 +1340,7 @@ mod tests {
     #[tokio::test]
     async fn a_detached_seat_keeps_its_queue_and_passes_to_the_resume() {
         let hub = Hub::new(vec![], 10, 10);
-        let (mut seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let (mut seat, welcome) = hub.join_client("r", "alice").await.unwrap();
         let alice = seat.id().to_owned();
         let token = resume_token(&welcome);
         let (bob, _, mut bob_rx) = hub.join("r", "bob", MemberKind::Client).unwrap();
@@ -1434,7 +1408,7 @@ mod tests {
     async fn a_seat_not_resumed_in_time_leaves() {
         let hub = Hub::new(vec![], 10, 10);
         hub.set_resume_grace(Duration::from_millis(300));
-        let (seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let (seat, welcome) = hub.join_client("r", "alice").await.unwrap();
         let alice = seat.id().to_owned();
         let token = resume_token(&welcome);
         let (_bob, _, mut bob_rx) = hub.join("r", "bob", MemberKind::Client).unwrap();
@@ -1452,7 +1426,7 @@ mod tests {
     #[tokio::test]
     async fn a_detached_seat_whose_queue_overflows_is_dropped() {
         let hub = Hub::new(vec![], 10, 10);
-        let (seat, welcome) = hub.join_client("r", "alice").unwrap();
+        let (seat, welcome) = hub.join_client("r", "alice").await.unwrap();
         let alice = seat.id().to_owned();
         let token = resume_token(&welcome);
         let (bob, _, _bob_rx) = hub.join("r", "bob", MemberKind::Client).unwrap();

@@ -199,7 +199,7 @@ pub async fn session(
     let (seat, welcome, notices) = match *entry {
         // Boxed: the join (a cluster round trip) keeps no room in every idle session's state.
         Entry::Join { hub, room, name } => {
-            match Box::pin(hub.join_client_ordered(&room, &name)).await {
+            match Box::pin(hub.join_client(&room, &name)).await {
                 Ok((seat, welcome)) => {
                     // A recording already running is announced to the newcomer too.
                     let notices = announce(&room);
