@@ -205,12 +205,57 @@ struct RecordedOnA {
     id: String,
 }
 
-async fn recorded_on_a(room: &str, name: &str) -> RecordedOnA {
+/// Redis, node A (a process of its own on `a_dir`, which a test may kill, stop or restart)
+/// and node B.
+struct TwoNodes {
+    _tmp: tempfile::TempDir,
+    _redis: Proc,
+    url: String,
+    a_dir: tempfile::TempDir,
+    a_proc: Proc,
+    a_base: String,
+    b: Node,
+}
+
+fn two_nodes() -> TwoNodes {
     let tmp = tempfile::tempdir().unwrap();
     let (redis, url) = start_redis(tmp.path());
     let a_dir = tempfile::tempdir().unwrap();
     let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
     let b = start_node(&url, "node-b");
+    TwoNodes {
+        _tmp: tmp,
+        _redis: redis,
+        url,
+        a_dir,
+        a_proc,
+        a_base,
+        b,
+    }
+}
+
+/// Waits (at most `within`) for `proc` to exit, and returns how.
+async fn exit_of(proc: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(exit) = proc.0.try_wait().unwrap() {
+            return exit;
+        }
+        assert!(Instant::now() < deadline, "the node did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn recorded_on_a(room: &str, name: &str) -> RecordedOnA {
+    let TwoNodes {
+        _tmp: tmp,
+        _redis: redis,
+        url,
+        a_dir,
+        a_proc,
+        a_base,
+        b,
+    } = two_nodes();
     let publisher =
         recbot::client::start(&b.base, room, name, clip(), factory(), Default::default())
             .await
@@ -749,14 +794,7 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     )
     .await;
     assert_eq!(status, 503, "no new work on a draining node");
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let exit = loop {
-        if let Some(exit) = a_proc.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "the drained node did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exit = exit_of(&mut a_proc, Duration::from_secs(40)).await;
     assert!(exit.success(), "exit 0: {exit:?}");
 
     let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
@@ -1016,11 +1054,15 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
         return;
     }
     let _heavy = heavy().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (_redis, url) = start_redis(tmp.path());
-    let a_dir = tempfile::tempdir().unwrap();
-    let (a_proc, _a_base) = spawn_node(&url, "node-a", a_dir.path());
-    let b = start_node(&url, "node-b");
+    let TwoNodes {
+        _tmp,
+        _redis,
+        url,
+        a_dir,
+        a_proc,
+        a_base: _,
+        b,
+    } = two_nodes();
     // Node B is busier (it records a room): a bot asked of node B goes to node A.
     record_here(&b.base, "busy").await;
     let (status, bot) = post(
@@ -1131,11 +1173,15 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
         return;
     }
     let _heavy = heavy().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (_redis, url) = start_redis(tmp.path());
-    let a_dir = tempfile::tempdir().unwrap();
-    let (mut a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
-    let b = start_node(&url, "node-b");
+    let TwoNodes {
+        _tmp,
+        _redis,
+        url: _,
+        a_dir: _a_dir,
+        mut a_proc,
+        a_base,
+        b,
+    } = two_nodes();
     let bot = bot_here(&a_base, "db").await;
     assert_eq!(bot["node"], "node-a");
     let id = bot["id"].as_str().unwrap().to_owned();
@@ -1155,14 +1201,7 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
     if let Ok(r) = answer {
         assert_eq!(r.status(), 503, "no new bots on a draining node");
     }
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let exit = loop {
-        if let Some(exit) = a_proc.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "the drained node did not exit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exit = exit_of(&mut a_proc, Duration::from_secs(40)).await;
     assert!(exit.success(), "exit 0: {exit:?}");
     let (status, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
     assert_eq!(status, 200, "{doc}");
@@ -1186,11 +1225,15 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
         return;
     }
     let _heavy = heavy().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let (_redis, url) = start_redis(tmp.path());
-    let a_dir = tempfile::tempdir().unwrap();
-    let (a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
-    let b = start_node(&url, "node-b");
+    let TwoNodes {
+        _tmp,
+        _redis,
+        url: _,
+        a_dir: _a_dir,
+        a_proc,
+        a_base,
+        b,
+    } = two_nodes();
     let bot = bot_here(&a_base, "fb").await;
     let id = bot["id"].as_str().unwrap().to_owned();
     let pid = a_proc.0.id().to_string();
