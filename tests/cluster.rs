@@ -1054,19 +1054,11 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
         return;
     }
     let _heavy = heavy().await;
-    let TwoNodes {
-        _tmp,
-        _redis,
-        url,
-        a_dir,
-        a_proc,
-        a_base: _,
-        b,
-    } = two_nodes();
+    let n = two_nodes();
     // Node B is busier (it records a room): a bot asked of node B goes to node A.
-    record_here(&b.base, "busy").await;
+    record_here(&n.b.base, "busy").await;
     let (status, bot) = post(
-        &b.base,
+        &n.b.base,
         "/api/bots",
         serde_json::json!({"room": "eb", "mode": "echo"}),
     )
@@ -1076,7 +1068,7 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
     assert_eq!(bot["restarts"], 0, "{bot}");
     let id = bot["id"].as_str().unwrap().to_owned();
     let (status, doomed) = post(
-        &b.base,
+        &n.b.base,
         "/api/bots",
         serde_json::json!({"room": "eb2", "mode": "echo"}),
     )
@@ -1088,15 +1080,15 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
     );
     let doomed = doomed["id"].as_str().unwrap().to_owned();
     // A participant on node B hears itself through the bot on node A.
-    let probe = Prober::join(&b.base, "eb", "alice").await;
+    let probe = Prober::join(&n.b.base, "eb", "alice").await;
     probe.echoed(0, 50, Duration::from_secs(20)).await;
 
-    drop(a_proc); // SIGKILL
+    drop(n.a_proc); // SIGKILL
     let killed = Instant::now();
     // A bot deleted while its node is dead is not restarted.
     let (status, _) = call(
         reqwest::Method::DELETE,
-        format!("{}/api/bots/{doomed}", b.base),
+        format!("{}/api/bots/{doomed}", n.b.base),
         None,
     )
     .await;
@@ -1105,7 +1097,7 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
     let before = probe.received();
     let mut doc = serde_json::Value::Null;
     let restarted = loop {
-        let (status, d) = get(&b.base, &format!("/api/bots/{id}")).await;
+        let (status, d) = get(&n.b.base, &format!("/api/bots/{id}")).await;
         if status == 200 && d["node"] == "node-b" && d["state"] == "running" {
             doc = d;
             break killed.elapsed();
@@ -1126,11 +1118,11 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
     assert_eq!(doc["started_at"], bot["started_at"], "{doc}");
     let peer = doc["bot_peer"].as_str().expect("in the room").to_owned();
     assert_ne!(peer, bot["bot_peer"].as_str().unwrap());
-    assert!(bot_in_room(&b.base, "eb", &peer).await, "a member again");
-    let (status, gone) = get(&b.base, &format!("/api/bots/{doomed}")).await;
+    assert!(bot_in_room(&n.b.base, "eb", &peer).await, "a member again");
+    let (status, gone) = get(&n.b.base, &format!("/api/bots/{doomed}")).await;
     assert_eq!(status, 404, "the deleted bot: {gone}");
     assert_eq!(
-        local_bots(&b.base).await.len(),
+        local_bots(&n.b.base).await.len(),
         1,
         "only the live bot restarted"
     );
@@ -1142,14 +1134,14 @@ async fn a_bot_is_placed_by_capacity_and_restarted_with_its_id_when_its_node_die
 
     // The killed node comes back (same id, same data): it does not run the bot again, and
     // the index still names node B.
-    let (_a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let (_a_proc, a_base) = spawn_node(&n.url, "node-a", n.a_dir.path());
     tokio::time::sleep(Duration::from_secs(5)).await;
     let here = local_bots(&a_base).await;
     assert!(
         !here.iter().any(|b| b["id"] == id.as_str()),
         "node A runs it again: {here:?}"
     );
-    for base in [&a_base, &b.base] {
+    for base in [&a_base, &n.b.base] {
         let (status, doc) = get(base, &format!("/api/bots/{id}")).await;
         assert_eq!(status, 200, "{doc}");
         assert_eq!(doc["node"], "node-b", "{doc}");
@@ -1173,43 +1165,35 @@ async fn sigterm_moves_a_nodes_bots_to_another_node() {
         return;
     }
     let _heavy = heavy().await;
-    let TwoNodes {
-        _tmp,
-        _redis,
-        url: _,
-        a_dir: _a_dir,
-        mut a_proc,
-        a_base,
-        b,
-    } = two_nodes();
-    let bot = bot_here(&a_base, "db").await;
+    let mut n = two_nodes();
+    let bot = bot_here(&n.a_base, "db").await;
     assert_eq!(bot["node"], "node-a");
     let id = bot["id"].as_str().unwrap().to_owned();
-    let probe = Prober::join(&b.base, "db", "bob").await;
+    let probe = Prober::join(&n.b.base, "db", "bob").await;
     probe.echoed(0, 50, Duration::from_secs(20)).await;
 
-    let pid = a_proc.0.id().to_string();
+    let pid = n.a_proc.0.id().to_string();
     signal(&pid, "-TERM");
     let termed = Instant::now();
     // No new bots on a draining node (a node already gone takes none either).
-    draining(&a_base).await;
+    draining(&n.a_base).await;
     let answer = reqwest::Client::new()
-        .post(format!("{a_base}/api/bots"))
+        .post(format!("{}/api/bots", n.a_base))
         .json(&serde_json::json!({"room": "other", "mode": "echo"}))
         .send()
         .await;
     if let Ok(r) = answer {
         assert_eq!(r.status(), 503, "no new bots on a draining node");
     }
-    let exit = exit_of(&mut a_proc, Duration::from_secs(40)).await;
+    let exit = exit_of(&mut n.a_proc, Duration::from_secs(40)).await;
     assert!(exit.success(), "exit 0: {exit:?}");
-    let (status, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
+    let (status, doc) = get(&n.b.base, &format!("/api/bots/{id}")).await;
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc["node"], "node-b", "{doc}");
     assert_eq!(doc["state"], "running", "{doc}");
     assert_eq!(doc["restarts"], 1, "{doc}");
     let peer = doc["bot_peer"].as_str().unwrap();
-    assert!(bot_in_room(&b.base, "db", peer).await);
+    assert!(bot_in_room(&n.b.base, "db", peer).await);
     let before = probe.received();
     probe.echoed(before, 50, Duration::from_secs(20)).await;
     println!(
@@ -1225,23 +1209,15 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
         return;
     }
     let _heavy = heavy().await;
-    let TwoNodes {
-        _tmp,
-        _redis,
-        url: _,
-        a_dir: _a_dir,
-        a_proc,
-        a_base,
-        b,
-    } = two_nodes();
-    let bot = bot_here(&a_base, "fb").await;
+    let n = two_nodes();
+    let bot = bot_here(&n.a_base, "fb").await;
     let id = bot["id"].as_str().unwrap().to_owned();
-    let pid = a_proc.0.id().to_string();
+    let pid = n.a_proc.0.id().to_string();
     // Frozen, not dead: it wakes up believing it still runs the bot.
     signal(&pid, "-STOP");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, doc) = get(&b.base, &format!("/api/bots/{id}")).await;
+        let (_, doc) = get(&n.b.base, &format!("/api/bots/{id}")).await;
         if doc["node"] == "node-b" && doc["state"] == "running" {
             break;
         }
@@ -1251,7 +1227,7 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
     signal(&pid, "-CONT");
     // Its next heartbeat's write is refused by the fence: its copy stops there.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while local_bots(&a_base)
+    while local_bots(&n.a_base)
         .await
         .iter()
         .any(|b| b["id"] == id.as_str())
@@ -1260,14 +1236,14 @@ async fn a_bots_node_cut_off_past_its_lease_stops_its_copy_when_it_wakes() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for base in [&a_base, &b.base] {
+    for base in [&n.a_base, &n.b.base] {
         let (status, doc) = get(base, &format!("/api/bots/{id}")).await;
         assert_eq!(status, 200, "{doc}");
         assert_eq!(doc["node"], "node-b", "{doc}");
         assert_eq!(doc["state"], "running", "{doc}");
         assert_eq!(doc["restarts"], 1, "{doc}");
     }
-    assert_eq!(local_bots(&b.base).await.len(), 1);
+    assert_eq!(local_bots(&n.b.base).await.len(), 1);
 }
 
 /// The next message of `ws` other than pings, or `None` if none came within `within`.
