@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// the --udp-bind IPs; every connection shares it.
     #[arg(long, env = "RECBOT_ICE_TCP_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ice_tcp_port: Option<u16>,
+    /// Threads dedicated to media: every WebRTC connection's packet processing (and the
+    /// recording of its tracks) runs on one of them; 0 runs it on the main runtime
+    /// (default: half the cores, at least one).
+    #[arg(long, env = "RECBOT_MEDIA_THREADS", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub media_threads: Option<u16>,
     /// Most recordings active at once (more get 503).
     #[arg(long, env = "RECBOT_MAX_RECORDINGS", default_value_t = 16)]
     pub max_recordings: usize,
@@ -224,6 +229,7 @@ impl Default for ServeArgs {
                 turn_secret: None,
                 turn_ttl: 86_400,
                 ice_tcp_port: None,
+                media_threads: None,
                 max_recordings: 16,
                 max_peers_per_room: 64,
                 max_rooms: 1000,
@@ -366,6 +372,13 @@ pub fn s3_credentials(env: impl Fn(&str) -> Option<String>) -> Result<S3Credenti
     })
 }
 
+/// `--media-threads` when not given: half the cores, at least one. On two cores that is one
+/// thread, which measured cheapest there (README § Performance), and the main runtime keeps
+/// both cores for the rest.
+pub fn default_media_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 /// Validated settings of the running service.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -381,6 +394,8 @@ pub struct ServerConfig {
     pub storage: Option<S3Settings>,
     /// Per-peer TURN credentials from `--turn-secret` / `--turn-ttl`.
     pub turn_rest: Option<TurnRest>,
+    /// `--media-threads`, its default resolved.
+    pub media_threads: usize,
 }
 
 impl ServeArgs {
@@ -493,7 +508,11 @@ impl ServeArgs {
                 path: self.recordings_dir.clone(),
                 source,
             })?;
+        let media_threads = self
+            .media_threads
+            .map_or_else(default_media_threads, usize::from);
         Ok(ServerConfig {
+            media_threads,
             args: self,
             udp_ports,
             ice_servers,

@@ -134,6 +134,7 @@ async fn build_app(
         loopback_candidates_only: args.loopback_candidates_only,
         turn_rest: config.turn_rest.clone(),
         tcp_port: config.args.ice_tcp_port,
+        media_threads: config.media_threads,
     });
     let services = Arc::new(Services {
         hub,

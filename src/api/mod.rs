@@ -658,7 +658,8 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     }
     let tasks = tokio::runtime::Handle::current()
         .metrics()
-        .num_alive_tasks();
+        .num_alive_tasks()
+        + app.services.factory.media_tasks();
     metrics::gauge!(t::TASKS).set(tasks as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

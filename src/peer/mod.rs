@@ -11,6 +11,7 @@ pub mod negotiation;
 pub mod outlet;
 pub mod room;
 pub mod tcpmux;
+pub mod threads;
 pub mod whip;
 
 use crate::signal::protocol::TurnRest;
@@ -369,6 +370,9 @@ pub struct PeerConfig {
     /// The port of passive ICE-TCP host candidates on the `udp_bind` IPs, shared by every
     /// connection through a [`tcpmux::TcpMux`]; no TCP candidates without it.
     pub tcp_port: Option<u16>,
+    /// Dedicated threads the connections' drivers (and the tasks their events spawn) run on
+    /// ([`threads::MediaThreads`]); 0: on the runtime that builds them.
+    pub media_threads: usize,
 }
 
 /// Simulated loss and reordering of outgoing RTP, applied where packets leave (after the NACK
@@ -406,6 +410,7 @@ impl PeerConfig {
             loopback_candidates_only: false,
             turn_rest: None,
             tcp_port: None,
+            media_threads: 0,
         }
     }
 }
@@ -422,6 +427,10 @@ pub struct PeerFactory {
     next_tcp_key: AtomicU64,
     /// [`DtlsKick`]s consumed by the connections built here.
     dtls_kicks: Arc<AtomicU64>,
+    /// Where the connections' drivers run, with `media_threads` set (`None`: on the runtime
+    /// that builds them). Each connection's runtime adapter holds it too, so the threads
+    /// outlive every connection on them.
+    threads: Option<Arc<threads::MediaThreads>>,
 }
 
 /// A built connection, shareable between tasks.
@@ -438,7 +447,18 @@ fn pc_id(pc: &Pc) -> usize {
 impl PeerFactory {
     /// A factory for `config`.
     pub fn new(config: PeerConfig) -> Arc<Self> {
+        let threads = match config.media_threads {
+            0 => None,
+            n => match threads::MediaThreads::start(n) {
+                Ok(pool) => Some(Arc::new(pool)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "media threads not started: connections run on the main runtime");
+                    None
+                }
+            },
+        };
         Arc::new(Self {
+            threads,
             config,
             next_port: AtomicU32::new(0),
             tcp_mux: tokio::sync::OnceCell::new(),
@@ -452,6 +472,11 @@ impl PeerFactory {
     /// ICE connected, normally).
     pub fn dtls_kicks_applied(&self) -> u64 {
         self.dtls_kicks.load(Ordering::Relaxed)
+    }
+
+    /// Tasks alive on the media threads (0 without them): the process's task gauge adds them.
+    pub fn media_tasks(&self) -> usize {
+        self.threads.as_ref().map_or(0, |t| t.alive_tasks())
     }
 
     /// The network settings.
@@ -631,11 +656,12 @@ impl PeerFactory {
         // See [`DtlsKick`]: without it, the DTLS client's first flight waits for the next
         // ICE tick (up to 200 ms) after the pair is selected.
         let kick = Arc::new(DtlsKick::counted_in(Arc::clone(&self.dtls_kicks)));
-        let runtime = KickRuntime::new(Arc::clone(&kick), tcp).ok_or_else(|| {
-            PeerError::WebRtc(webrtc::error::Error::Other(
-                "no async runtime for webrtc-rs".to_owned(),
-            ))
-        })?;
+        let runtime =
+            KickRuntime::new(Arc::clone(&kick), tcp, self.threads.clone()).ok_or_else(|| {
+                PeerError::WebRtc(webrtc::error::Error::Other(
+                    "no async runtime for webrtc-rs".to_owned(),
+                ))
+            })?;
         let handler = Arc::new(KickHandler {
             inner: handler,
             kick,
@@ -649,6 +675,9 @@ impl PeerFactory {
             .with_runtime(Arc::new(runtime))
             .with_udp_addrs(addrs)
             .with_tcp_addrs(tcp_addrs)
+            // Non-zero: webrtc-rs hands the driver to `spawn_reactor`, which puts it on our
+            // media threads (the size itself is not used beyond that).
+            .with_dedicated_reactor_pool_size(self.threads.as_ref().map_or(0, |t| t.len()))
             .build()
             .await?;
         Ok(Arc::new(pc))
@@ -764,16 +793,24 @@ pub struct KickRuntime {
     kick: Arc<DtlsKick>,
     /// The shared ICE-TCP port and this connection's key in it: TCP listeners are fed by it.
     tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
+    /// Where `spawn_reactor` puts the driver (`None`: webrtc-rs's own pool, never asked for).
+    threads: Option<Arc<threads::MediaThreads>>,
 }
 
 impl KickRuntime {
     /// Wraps webrtc-rs's default runtime; `None` when it has none (no runtime feature). With
-    /// `tcp`, the connection's TCP listeners accept what the mux routes to `key`.
-    pub fn new(kick: Arc<DtlsKick>, tcp: Option<(Arc<tcpmux::TcpMux>, u64)>) -> Option<Self> {
+    /// `tcp`, the connection's TCP listeners accept what the mux routes to `key`; with
+    /// `threads`, its driver runs there.
+    pub fn new(
+        kick: Arc<DtlsKick>,
+        tcp: Option<(Arc<tcpmux::TcpMux>, u64)>,
+        threads: Option<Arc<threads::MediaThreads>>,
+    ) -> Option<Self> {
         Some(Self {
             inner: webrtc::runtime::default_runtime()?,
             kick,
             tcp,
+            threads,
         })
     }
 }
@@ -783,6 +820,21 @@ impl Drop for KickRuntime {
         if let Some((mux, key)) = &self.tcp {
             mux.forget(*key);
         }
+    }
+}
+
+/// A driver's task on the [`threads::MediaThreads`], as webrtc-rs holds it.
+struct MediaTask(tokio::task::JoinHandle<()>);
+
+impl JoinHandle for MediaTask {
+    fn detach(&self) {}
+
+    fn abort(&self) {
+        self.0.abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
     }
 }
 
@@ -796,7 +848,10 @@ impl Runtime for KickRuntime {
         reactor_pool_size: usize,
         future: Pin<Box<dyn Future<Output = ()> + Send>>,
     ) -> Box<dyn JoinHandle> {
-        self.inner.spawn_reactor(reactor_pool_size, future)
+        match &self.threads {
+            Some(threads) => Box::new(MediaTask(threads.spawn(future))),
+            None => self.inner.spawn_reactor(reactor_pool_size, future),
+        }
     }
 
     fn wrap_udp_socket(
@@ -1087,7 +1142,7 @@ mod tests {
     #[tokio::test]
     async fn a_kick_makes_the_next_timer_due_at_once_and_only_that_one() {
         let kick = Arc::new(DtlsKick::default());
-        let runtime = KickRuntime::new(kick.clone(), None).expect("tokio runtime");
+        let runtime = KickRuntime::new(kick.clone(), None, None).expect("tokio runtime");
         const HOUR: Duration = Duration::from_secs(3600);
         // Bounds far from an hour tell "due now" from "due in an hour"; they time nothing.
         let fires_within =
