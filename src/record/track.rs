@@ -65,7 +65,7 @@ struct PictureLossIndicationDue(crate::media::pli::Request);
 
 /// Runs the recording of one track until the stop, the participant leaving or the track's end.
 /// With `mux`, the track writes into its participant's muxed file instead of a file of its own.
-pub async fn run<S: MediaSource>(mut ctx: TrackContext, source: S, mux: Option<Arc<MuxFile>>) {
+pub async fn run<S: MediaSource>(ctx: TrackContext, source: S, mux: Option<Arc<MuxFile>>) {
     let clock = TrackClock::new(ctx.recording.clock().clone(), clock_rate(ctx.entry.kind));
     let sink = match mux {
         Some(mux) => Sink::lane(Arc::clone(&ctx.entry), mux),
@@ -76,11 +76,11 @@ pub async fn run<S: MediaSource>(mut ctx: TrackContext, source: S, mux: Option<A
         Kind::Video => {
             let pli_interval = ctx.recording.options().pli_interval;
             let pipeline = VideoPipeline::new(clock, sink, Instant::now(), pli_interval);
-            drive(&mut ctx, source, pipeline, bytes_are_mine).await
+            drive(ctx, source, pipeline, bytes_are_mine).await
         }
         Kind::Audio => {
             let pipeline = AudioPipeline::new(clock, sink);
-            drive(&mut ctx, source, pipeline, bytes_are_mine).await
+            drive(ctx, source, pipeline, bytes_are_mine).await
         }
     }
 }
@@ -140,8 +140,8 @@ impl Reported {
     }
 }
 
-async fn drive<S: MediaSource, P: Pipeline>(
-    ctx: &mut TrackContext,
+async fn drive<S: MediaSource, P: Pipeline + Send + 'static>(
+    mut ctx: TrackContext,
     mut source: S,
     mut pipeline: P,
     bytes_are_mine: bool,
@@ -159,7 +159,7 @@ async fn drive<S: MediaSource, P: Pipeline>(
             break End::Stop(at);
         }
         let now = Instant::now();
-        if let Some(PictureLossIndicationDue(request)) = pipeline.tick(ctx, now) {
+        if let Some(PictureLossIndicationDue(request)) = pipeline.tick(&ctx, now) {
             tracing::debug!(file = %ctx.entry.file, ?request, "requesting a keyframe");
             ctx.entry.stats.plis.fetch_add(1, Ordering::Relaxed);
             match request {
@@ -168,7 +168,7 @@ async fn drive<S: MediaSource, P: Pipeline>(
             }
         }
         if now >= next_flush {
-            pipeline.flush(ctx);
+            pipeline.flush(&ctx);
             reported.report(&ctx.entry.stats);
             next_flush = now + FLUSH_EVERY;
         }
@@ -184,7 +184,7 @@ async fn drive<S: MediaSource, P: Pipeline>(
             event = source.next() => match event {
                 Some(SourceEvent::Rtp(packet)) => {
                     ctx.entry.stats.packets.fetch_add(1, Ordering::Relaxed);
-                    pipeline.packet(ctx, packet, Instant::now());
+                    pipeline.packet(&ctx, packet, Instant::now());
                 }
                 Some(SourceEvent::SenderReport { ntp, rtp }) => {
                     pipeline.clock().on_sender_report(ntp, rtp);
@@ -207,10 +207,20 @@ async fn drive<S: MediaSource, P: Pipeline>(
         stopped = matches!(end, End::Stop(_)),
         "track ends"
     );
-    pipeline.finish(ctx, end.at());
-    reported.report(&ctx.entry.stats);
-    ctx.entry.stats.ended.store(true, Ordering::Release);
-    ctx.recording.files_changed();
+    // Finalizing writes the file's index and fsyncs it: on the blocking pool, so that the
+    // connections sharing this task's thread (a media thread) keep their packets moving.
+    let span = tracing::Span::current();
+    let file = ctx.entry.file.clone();
+    let finished = tokio::task::spawn_blocking(move || {
+        let _in = span.enter();
+        pipeline.finish(&ctx, end.at());
+        reported.report(&ctx.entry.stats);
+        ctx.entry.stats.ended.store(true, Ordering::Release);
+        ctx.recording.files_changed();
+    });
+    if let Err(e) = finished.await {
+        tracing::error!(file = %file, error = %e, "finalizing the track failed");
+    }
 }
 
 /// A sample of the track before its placement in the file.
