@@ -836,6 +836,26 @@ mod tests {
     }
 
     #[test]
+    fn media_threads_default_to_half_the_cores_and_zero_means_none() {
+        let dir = std::env::temp_dir().join(format!("recbot-cfg-mt-{}", std::process::id()));
+        let d = dir.to_str().unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cfg = args(&["--recordings-dir", d]).validate().unwrap();
+        assert_eq!(cfg.media_threads, (cores / 2).max(1));
+        for (flag, want) in [("0", 0), ("3", 3)] {
+            let cfg = args(&["--media-threads", flag, "--recordings-dir", d])
+                .validate()
+                .unwrap();
+            assert_eq!(cfg.media_threads, want);
+        }
+        for bad in ["-1", "x", "257"] {
+            let argv = ["recbot", "serve", "--media-threads", bad];
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn webhook_flags_are_checked() {
         const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
         let ok = args(&[

@@ -1196,12 +1196,11 @@ mod tests {
         });
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connections_built_by_the_factory_get_their_dtls_kick() {
+    /// Two connections of `factory`, one offering to receive video, connected over loopback.
+    async fn connected_pair(factory: &PeerFactory) -> (Pc, Pc) {
         use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-        let factory = PeerFactory::new(PeerConfig::loopback());
-        let (offerer, offerer_candidates, mut offerer_state) = connection(&factory).await;
-        let (answerer, answerer_candidates, mut answerer_state) = connection(&factory).await;
+        let (offerer, offerer_candidates, mut offerer_state) = connection(factory).await;
+        let (answerer, answerer_candidates, mut answerer_state) = connection(factory).await;
         offerer
             .add_transceiver_from_kind(
                 RtpCodecKind::Video,
@@ -1246,11 +1245,67 @@ mod tests {
         })
         .await
         .expect("both sides connect");
+        (offerer, answerer)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_built_by_the_factory_get_their_dtls_kick() {
+        let factory = PeerFactory::new(PeerConfig::loopback());
+        let (offerer, answerer) = connected_pair(&factory).await;
         // Each side's ICE connected once: the DTLS client's kick sent its ClientHello, the
         // server's cost one extra timer pass.
         assert_eq!(factory.dtls_kicks_applied(), 2);
+        assert_eq!(factory.media_tasks(), 0, "no media threads asked for");
         let _ = offerer.close().await;
         let _ = answerer.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_media_threads_the_drivers_run_there_and_end_with_their_connections() {
+        let factory = PeerFactory::new(PeerConfig {
+            media_threads: 1,
+            ..PeerConfig::loopback()
+        });
+        let (offerer, answerer) = connected_pair(&factory).await;
+        // The two drivers (and nothing of this test's runtime) are on the media thread; the
+        // kick still works from there.
+        assert!(factory.media_tasks() >= 2, "{}", factory.media_tasks());
+        assert_eq!(factory.dtls_kicks_applied(), 2);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // What a connection's events spawn lands on its driver's thread.
+        struct Probe(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Option<String>>>>);
+        #[async_trait::async_trait]
+        impl PeerConnectionEventHandler for Probe {
+            async fn on_negotiation_needed(&self) {
+                let tx = self.0.lock().ok().and_then(|mut t| t.take());
+                tokio::spawn(async move {
+                    if let Some(tx) = tx {
+                        let _ = tx.send(std::thread::current().name().map(str::to_owned));
+                    }
+                });
+            }
+        }
+        let probe = factory
+            .build(Arc::new(Probe(std::sync::Mutex::new(Some(tx)))))
+            .await
+            .expect("connection");
+        probe
+            .add_transceiver_from_kind(RtpCodecKind::Audio, None)
+            .await
+            .expect("transceiver");
+        let thread = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("negotiation needed")
+            .expect("probe task ran");
+        assert_eq!(thread.as_deref(), Some("recbot-media0"));
+        for pc in [offerer, answerer, probe] {
+            let _ = pc.close().await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while factory.media_tasks() > 0 {
+            assert!(std::time::Instant::now() < deadline, "drivers left running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]
