@@ -194,13 +194,7 @@ async fn get(base: &str, path: &str) -> (u16, serde_json::Value) {
 /// Node A (a process of its own, which a test may kill, stop or restart on `a_dir`) and node
 /// B on one Redis; publisher `name` on node B in `room`, recorded by node A.
 struct RecordedOnA {
-    _tmp: tempfile::TempDir,
-    _redis: Proc,
-    url: String,
-    a_dir: tempfile::TempDir,
-    a_proc: Proc,
-    a_base: String,
-    b: Node,
+    nodes: TwoNodes,
     publisher: recbot::client::PublisherHandle,
     id: String,
 }
@@ -247,31 +241,23 @@ async fn exit_of(proc: &mut Proc, within: Duration) -> std::process::ExitStatus 
 }
 
 async fn recorded_on_a(room: &str, name: &str) -> RecordedOnA {
-    let TwoNodes {
-        _tmp: tmp,
-        _redis: redis,
-        url,
-        a_dir,
-        a_proc,
-        a_base,
-        b,
-    } = two_nodes();
-    let publisher =
-        recbot::client::start(&b.base, room, name, clip(), factory(), Default::default())
-            .await
-            .expect("the publisher joins node B");
-    let id = record_here(&a_base, room).await["id"]
+    let nodes = two_nodes();
+    let publisher = recbot::client::start(
+        &nodes.b.base,
+        room,
+        name,
+        clip(),
+        factory(),
+        Default::default(),
+    )
+    .await
+    .expect("the publisher joins node B");
+    let id = record_here(&nodes.a_base, room).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
     RecordedOnA {
-        _tmp: tmp,
-        _redis: redis,
-        url,
-        a_dir,
-        a_proc,
-        a_base,
-        b,
+        nodes,
         publisher,
         id,
     }
@@ -675,31 +661,25 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
     }
     let _heavy = heavy().await;
     let RecordedOnA {
-        _tmp,
-        _redis,
-        url,
-        a_dir,
-        a_proc,
-        a_base: _,
-        b,
+        nodes: n,
         publisher,
         id,
     } = recorded_on_a("tk", "carol").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, before) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    let (_, before) = get(&n.b.base, &format!("/api/recordings/{id}")).await;
     assert_eq!(before["node"], "node-a", "{before}");
     assert!(
         track_of(&before, "video-1").is_some_and(|t| t["frames"].as_u64() > Some(10)),
         "{before}"
     );
 
-    drop(a_proc); // SIGKILL
+    drop(n.a_proc); // SIGKILL
     let killed = Instant::now();
     let mut taken = None;
     let mut resumed = None;
     let mut doc = serde_json::Value::Null;
     while killed.elapsed() < Duration::from_secs(40) {
-        let (status, d) = get(&b.base, &format!("/api/recordings/{id}")).await;
+        let (status, d) = get(&n.b.base, &format!("/api/recordings/{id}")).await;
         if status == 200 {
             doc = d;
             if taken.is_none() && doc["node"] == "node-b" {
@@ -724,7 +704,7 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The killed node comes back: it repairs its files, never writes the shared state.
-    let (_a_proc, a_base) = spawn_node(&url, "node-a", a_dir.path());
+    let (_a_proc, a_base) = spawn_node(&n.url, "node-a", n.a_dir.path());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, seen) = get(&a_base, &format!("/api/recordings/{id}")).await;
     assert_eq!(seen["node"], "node-b", "{seen}");
@@ -738,7 +718,7 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
     assert_eq!(stopped["state"], "stopped", "{stopped}");
     publisher.leave().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (_, after) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    let (_, after) = get(&n.b.base, &format!("/api/recordings/{id}")).await;
     assert_eq!(
         after["state"], "stopped",
         "the returned node did not overwrite it: {after}"
@@ -749,13 +729,13 @@ async fn a_killed_nodes_recording_is_taken_over_and_its_return_does_not_fight() 
         .as_str()
         .unwrap()
         .to_owned();
-    let r = reqwest::get(format!("{}/api/recordings/{id}/files/{first}", b.base))
+    let r = reqwest::get(format!("{}/api/recordings/{id}/files/{first}", n.b.base))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     let bytes = r.bytes().await.unwrap();
     assert!(bytes.len() > 1000);
-    let local = std::fs::read_to_string(a_dir.path().join(&id).join("manifest.json")).unwrap();
+    let local = std::fs::read_to_string(n.a_dir.path().join(&id).join("manifest.json")).unwrap();
     assert!(
         local.contains("interrupted"),
         "node A marks its own copy: {local}"
@@ -769,35 +749,29 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     }
     let _heavy = heavy().await;
     let RecordedOnA {
-        _tmp,
-        _redis,
-        url: _,
-        a_dir,
-        mut a_proc,
-        a_base,
-        b,
+        nodes: mut n,
         publisher,
         id,
     } = recorded_on_a("dr", "dave").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let pid = a_proc.0.id().to_string();
+    let pid = n.a_proc.0.id().to_string();
     signal(&pid, "-TERM");
     assert!(
-        draining(&a_base).await,
+        draining(&n.a_base).await,
         "node A answers 503 on /healthz once it drains"
     );
     let (status, _) = post(
-        &a_base,
+        &n.a_base,
         "/api/recordings",
         serde_json::json!({"room": "other"}),
     )
     .await;
     assert_eq!(status, 503, "no new work on a draining node");
-    let exit = exit_of(&mut a_proc, Duration::from_secs(40)).await;
+    let exit = exit_of(&mut n.a_proc, Duration::from_secs(40)).await;
     assert!(exit.success(), "exit 0: {exit:?}");
 
-    let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
+    let (_, doc) = get(&n.b.base, &format!("/api/recordings/{id}")).await;
     assert_eq!(doc["node"], "node-b", "{doc}");
     assert_eq!(doc["state"], "recording");
     assert_eq!(doc["takeovers"], 1);
@@ -807,7 +781,7 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     assert!(second["frames"].as_u64() > Some(0), "{doc}");
     // The old node's final figures of its file, on its own disk.
     let local: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(a_dir.path().join(&id).join("manifest.json")).unwrap(),
+        &std::fs::read_to_string(n.a_dir.path().join(&id).join("manifest.json")).unwrap(),
     )
     .unwrap();
     let first = track_of(&local, "video-1")
@@ -824,7 +798,7 @@ async fn sigterm_drains_a_node_with_its_recording_handed_over_without_a_gap() {
     );
     publisher.leave().await;
     let (_, stopped) = post(
-        &b.base,
+        &n.b.base,
         &format!("/api/recordings/{id}/stop"),
         serde_json::json!({}),
     )
@@ -839,23 +813,17 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
     }
     let _heavy = heavy().await;
     let RecordedOnA {
-        _tmp,
-        _redis,
-        url: _,
-        a_dir: _a_dir,
-        a_proc,
-        a_base,
-        b,
+        nodes: n,
         publisher,
         id,
     } = recorded_on_a("fz", "erin").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let pid = a_proc.0.id().to_string();
+    let pid = n.a_proc.0.id().to_string();
     // Frozen, not dead: its sockets stay open, it will wake up believing it still records.
     signal(&pid, "-STOP");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, doc) = get(&b.base, &format!("/api/recordings/{id}")).await;
+        let (_, doc) = get(&n.b.base, &format!("/api/recordings/{id}")).await;
         if doc["node"] == "node-b" {
             break;
         }
@@ -868,7 +836,7 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let local = reqwest::Client::new()
-            .get(format!("{a_base}/api/recordings/{id}"))
+            .get(format!("{}/api/recordings/{id}", n.a_base))
             .header("x-recbot-node-local", "1")
             .send()
             .await
@@ -883,7 +851,7 @@ async fn a_holder_cut_off_past_its_lease_is_fenced_out_when_it_wakes() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for base in [&a_base, &b.base] {
+    for base in [&n.a_base, &n.b.base] {
         let (_, doc) = get(base, &format!("/api/recordings/{id}")).await;
         assert_eq!(doc["node"], "node-b", "{doc}");
         assert_eq!(doc["state"], "recording", "{doc}");
