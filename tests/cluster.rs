@@ -266,25 +266,26 @@ async fn recorded_on_a(room: &str, name: &str) -> RecordedOnA {
 /// Starts recording `room` on the node at `base` itself (the internal header that keeps a
 /// create on the node it reached, as placement does); returns the Recording.
 async fn record_here(base: &str, room: &str) -> serde_json::Value {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/recordings"))
-        .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": room}))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: serde_json::Value = r.json().await.unwrap_or_default();
-    assert_eq!(status, 201, "{body}");
-    body
+    create_here(base, "/api/recordings", serde_json::json!({"room": room})).await
 }
 
 /// Starts an echo bot in `room` on the node at `base` itself (no placement), as `record_here`.
 async fn bot_here(base: &str, room: &str) -> serde_json::Value {
+    create_here(
+        base,
+        "/api/bots",
+        serde_json::json!({"room": room, "mode": "echo"}),
+    )
+    .await
+}
+
+/// POSTs `body` to `path` on the node at `base`, marked node-local; expects 201 and returns
+/// the created document.
+async fn create_here(base: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
     let r = reqwest::Client::new()
-        .post(format!("{base}/api/bots"))
+        .post(format!("{base}{path}"))
         .header("x-recbot-node-local", "1")
-        .json(&serde_json::json!({"room": room, "mode": "echo"}))
+        .json(&body)
         .send()
         .await
         .unwrap();
