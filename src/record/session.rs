@@ -14,7 +14,7 @@ use crate::media::clock::{RecordingClock, SharedSenderClock};
 use std::collections::HashMap;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, watch};
@@ -65,7 +65,7 @@ pub struct OutputFile {
     /// Size so far.
     pub bytes: AtomicU64,
     /// The file exists (listed from then on).
-    pub created: std::sync::atomic::AtomicBool,
+    pub created: AtomicBool,
 }
 
 /// Why a pause or resume is refused.
@@ -177,6 +177,8 @@ pub struct Recording {
     /// Held for a whole manifest write (snapshot and file), so writes of this recording never
     /// overlap and the last one to land carries the newest document. Taken before `inner`.
     manifest: Mutex<()>,
+    /// A [`Recording::write_manifest_soon`] job is queued and has not taken its snapshot.
+    manifest_soon: AtomicBool,
     /// Woken when a file may have become final (a track ended, the recording stopped), for
     /// the object storage above this layer.
     uploads_changed: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
@@ -415,6 +417,7 @@ impl Recording {
             done_tx: watch::Sender::new(false),
             tasks: Mutex::new(Vec::new()),
             manifest: Mutex::new(()),
+            manifest_soon: AtomicBool::new(false),
         }
     }
 
@@ -796,6 +799,26 @@ impl Recording {
         }
     }
 
+    /// Rewrites `manifest.json` on the blocking pool (at once without a runtime): for callers
+    /// on a media thread, which must not wait for the fsyncs. Calls made while a job is queued
+    /// share it: a room's file starts cost one write, not one each. Nothing is lost: the job
+    /// clears the flag before it takes its snapshot, so a change after the snapshot queues
+    /// another job.
+    pub fn write_manifest_soon(self: &Arc<Self>) {
+        if self.manifest_soon.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let recording = Arc::clone(self);
+        let job = move || {
+            recording.manifest_soon.store(false, Ordering::Release);
+            recording.write_manifest();
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(job)),
+            Err(_) => job(),
+        }
+    }
+
     /// Rewrites `manifest.json` with the current document. Writes of one recording are
     /// serialized (the snapshot is taken under the same lock), so concurrent callers never
     /// interleave and the manifest on disk is never older than the last finished write's start.
@@ -935,7 +958,7 @@ impl Recording {
         let out = Arc::new(OutputFile {
             name: name.to_owned(),
             bytes: AtomicU64::new(0),
-            created: std::sync::atomic::AtomicBool::new(false),
+            created: AtomicBool::new(false),
         });
         inner.outputs.push(Arc::clone(&out));
         Some(out)
@@ -1170,6 +1193,51 @@ mod tests {
             .filter(|n| is_temp_name(n))
             .collect();
         assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    /// Manifest writes requested from a media thread land off it: a burst of requests (a
+    /// room's file starts) ends with the newest document on disk, a change made after a
+    /// request and requested again is not lost, and without a runtime the write is at once.
+    #[tokio::test(flavor = "current_thread")]
+    async fn manifest_writes_soon_land_the_newest_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recording::new(
+            "r".into(),
+            "room".into(),
+            dir.path().to_owned(),
+            RecordOptions::default(),
+        );
+        for i in 0..50 {
+            let _ = rec.add_track(&format!("p{i}"), "name", Kind::Audio, "ogg");
+            rec.write_manifest_soon();
+        }
+        let settled = |want: usize| {
+            let dir = dir.path().to_owned();
+            let rec = Arc::clone(&rec);
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let on_disk = read_manifest(&dir).ok();
+                    if on_disk.as_ref().is_some_and(|d| d.tracks.len() == want) {
+                        return on_disk == Some(rec.doc());
+                    }
+                    assert!(Instant::now() < deadline, "manifest never had {want} tracks");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        assert!(settled(50).await, "the newest document landed");
+        let _ = rec.add_track("late", "name", Kind::Video, "webm");
+        rec.write_manifest_soon();
+        assert!(settled(51).await, "a change after a write is written too");
+        let outside = Arc::clone(&rec);
+        std::thread::spawn(move || {
+            let _ = outside.add_track("outside", "name", Kind::Audio, "ogg");
+            outside.write_manifest_soon();
+        })
+        .join()
+        .unwrap();
+        assert_eq!(read_manifest(dir.path()).unwrap().tracks.len(), 52);
     }
 
     /// With storage, a file is queued once every track writing it has ended (a muxed file

@@ -259,8 +259,8 @@ fn place(
         match sink.start(sample.keyframe, sample.size, &sample.data, t) {
             Ok(Start::Wait) => return,
             Ok(Start::Open) => {}
-            // On disk at once, so a crash leaves the file listed and placed.
-            Ok(Start::Created) => ctx.recording.write_manifest(),
+            // On disk within moments (off this thread), so a crash leaves the file listed and placed.
+            Ok(Start::Created) => ctx.recording.write_manifest_soon(),
             Err(e) => {
                 ctx.recording.track_error(&ctx.entry, &e);
                 return;
@@ -292,7 +292,7 @@ fn place(
         arrival: sample.arrival,
     };
     match sink.push(placed) {
-        Ok(true) => ctx.recording.write_manifest(),
+        Ok(true) => ctx.recording.write_manifest_soon(),
         Ok(false) => {}
         Err(e) => ctx.recording.track_error(&ctx.entry, &e),
     }
