@@ -1267,8 +1267,7 @@ mod tests {
             ..PeerConfig::loopback()
         });
         let (offerer, answerer) = connected_pair(&factory).await;
-        // The two drivers (and nothing of this test's runtime) are on the media thread; the
-        // kick still works from there.
+        // The two drivers are on the media thread, and the kick still works from there.
         assert!(factory.media_tasks() >= 2, "{}", factory.media_tasks());
         assert_eq!(factory.dtls_kicks_applied(), 2);
         let (tx, rx) = tokio::sync::oneshot::channel();

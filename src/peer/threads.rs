@@ -7,7 +7,7 @@
 //! work-stealing runtime each of those hand-offs may wake a parked worker on the other core
 //! (a futex call and a steal for one packet); pinned to one thread they are a push onto a local
 //! queue, and one wait for readiness returns many connections' sockets. Measured at 100
-//! participants on two cores: about 10 % less CPU than the drivers on the main runtime (README
+//! participants on two cores: about 15 % less CPU than the drivers on the main runtime (README
 //! § Performance). webrtc-rs hands a connection's driver to [`Runtime::spawn_reactor`] when
 //! its builder is given a dedicated reactor pool size; recbot's runtime adapter routes that
 //! here, so the threads are recbot's own (named, counted in the task gauge, ended with the

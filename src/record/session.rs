@@ -1221,7 +1221,10 @@ mod tests {
                     if on_disk.as_ref().is_some_and(|d| d.tracks.len() == want) {
                         return on_disk == Some(rec.doc());
                     }
-                    assert!(Instant::now() < deadline, "manifest never had {want} tracks");
+                    assert!(
+                        Instant::now() < deadline,
+                        "manifest never had {want} tracks"
+                    );
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
