@@ -1275,7 +1275,7 @@ mod tests {
         struct Probe(std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Option<String>>>>);
         #[async_trait::async_trait]
         impl PeerConnectionEventHandler for Probe {
-            async fn on_negotiation_needed(&self) {
+            async fn on_ice_candidate(&self, _event: RTCPeerConnectionIceEvent) {
                 let tx = self.0.lock().ok().and_then(|mut t| t.take());
                 tokio::spawn(async move {
                     if let Some(tx) = tx {
@@ -1292,9 +1292,15 @@ mod tests {
             .add_transceiver_from_kind(RtpCodecKind::Audio, None)
             .await
             .expect("transceiver");
+        // The local offer starts gathering (a message to the driver): candidates follow.
+        let offer = probe.create_offer(None).await.expect("offer");
+        probe
+            .set_local_description(offer)
+            .await
+            .expect("local offer");
         let thread = tokio::time::timeout(Duration::from_secs(10), rx)
             .await
-            .expect("negotiation needed")
+            .expect("a candidate gathered")
             .expect("probe task ran");
         assert_eq!(thread.as_deref(), Some("recbot-media0"));
         for pc in [offerer, answerer, probe] {
