@@ -1,6 +1,6 @@
 //! Soak: 1,000 peers join and leave a recorded room a few at a time, against a real
 //! `recbot serve` process; its RSS, open file descriptors and live tasks are sampled and must
-//! come back near their baseline. Run: `cargo bench --bench soak` (PEERS=… BATCH=… to change).
+//! come back near their baseline. Run: `cargo bench --bench soak` (PEERS=… BATCH=… SETTLE_S=… to change).
 
 mod common;
 
@@ -27,6 +27,7 @@ async fn tasks(base: &str) -> u64 {
 async fn main() {
     let peers: usize = env_or("PEERS", 1000);
     let batch: usize = env_or("BATCH", 5);
+    let settle: u64 = env_or("SETTLE_S", 5);
     let server = Server::start(&["--udp-bind", "127.0.0.1", "--max-peers-per-room", "2000"]);
     let pid = server.pid();
     let base = server.base.clone();
@@ -109,7 +110,7 @@ async fn main() {
             sample(&format!("{joined} peers"), tasks(&base).await);
         }
     }
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(settle)).await;
     let t = tasks(&base).await;
     sample("settled", t);
     let (rss0, fds0, t0) = baseline.unwrap();
