@@ -180,7 +180,6 @@ fn finish(recording: &Arc<Recording>, result: Result<(), String>, done: Option<&
 mod tests {
     use super::*;
     use crate::record::manifest::Kind;
-    use crate::record::session::RecordOptions;
 
     /// A source that does not read as WebM: the composite ends `failed` with the file's name
     /// in the reason, no `room.webm` is left or listed, and the source file is untouched. The
@@ -188,12 +187,7 @@ mod tests {
     #[test]
     fn a_failed_render_is_reported_and_touches_no_source() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r", dir.path());
         rec.set_recording("bot");
         let ctx = rec.add_track("p", "alice", Kind::Video, "webm").unwrap();
         let garbage = b"not a webm file at all".repeat(10);

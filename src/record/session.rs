@@ -799,6 +799,17 @@ impl Recording {
         }
     }
 
+    /// A recording `id` of the room `room`, in `dir`, with the default options, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, dir: &Path) -> Arc<Self> {
+        Self::new(
+            id.into(),
+            "room".into(),
+            dir.to_owned(),
+            RecordOptions::default(),
+        )
+    }
+
     /// Rewrites `manifest.json` on the blocking pool (at once without a runtime): for callers
     /// on a media thread, which must not wait for the fsyncs. Calls made while a job is queued
     /// share it: a room's file starts cost one write, not one each. Nothing is lost: the job
@@ -1121,12 +1132,7 @@ mod tests {
     fn concurrent_manifest_writes_of_one_recording() {
         const WRITERS: usize = 8;
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r", dir.path());
         rec.try_write_manifest().unwrap();
         // Problems are collected, not panicked on: a panicking thread would leave the others
         // waiting at the barrier.
@@ -1201,12 +1207,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn manifest_writes_soon_land_the_newest_document() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r", dir.path());
         for i in 0..50 {
             let _ = rec.add_track(&format!("p{i}"), "name", Kind::Audio, "ogg");
             rec.write_manifest_soon();
@@ -1249,12 +1250,7 @@ mod tests {
     #[test]
     fn files_are_final_when_their_tracks_end_and_the_manifest_goes_last() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r1".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r1", dir.path());
         assert_eq!(rec.upload_work(), None, "no storage: nothing to do");
         rec.enable_uploads("pre/", Arc::new(tokio::sync::Notify::new()));
         rec.set_recording("bot");
@@ -1332,12 +1328,7 @@ mod tests {
     #[test]
     fn uploads_wait_for_the_composite() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r2".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r2", dir.path());
         rec.enable_uploads("pre/", Arc::new(tokio::sync::Notify::new()));
         rec.set_recording("bot");
         let a = rec.add_track("p1", "alice", Kind::Audio, "ogg").unwrap();
@@ -1372,12 +1363,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_fsync_at_finalize_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r", dir.path());
         rec.set_recording("bot");
         let ctx = rec.add_track("p", "alice", Kind::Audio, "ogg").unwrap();
         std::os::unix::fs::symlink("/dev/null", &ctx.path).unwrap();

@@ -441,12 +441,7 @@ mod tests {
             (CompositeState::Rendering, CompositeState::Failed),
             (CompositeState::Done, CompositeState::Done),
         ] {
-            let rec = Recording::new(
-                "r".into(),
-                "room".into(),
-                dir.path().to_owned(),
-                RecordOptions::default(),
-            );
+            let rec = Recording::for_test("r", dir.path());
             rec.set_composite(CompositeDoc {
                 state: before,
                 progress: 0.5,

@@ -571,7 +571,7 @@ impl Pipeline for AudioPipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::session::{RecordOptions, Recording};
+    use crate::record::session::Recording;
     use std::path::PathBuf;
 
     fn rtp(seq: u16, ts: u32, payload: Vec<u8>) -> rtc::rtp::Packet {
@@ -628,12 +628,7 @@ mod tests {
     #[test]
     fn pipelines_write_the_same_files_and_figures() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = Recording::new(
-            "r".into(),
-            "room".into(),
-            dir.path().to_owned(),
-            RecordOptions::default(),
-        );
+        let rec = Recording::for_test("r", dir.path());
         rec.set_recording("bot");
         let base = Instant::now();
         let own_v = rec.add_track("q", "bob", Kind::Video, "webm").unwrap();
