@@ -785,8 +785,9 @@ impl PeerConnectionEventHandler for KickHandler {
     }
 }
 
-/// webrtc-rs's default runtime (tokio), except that the first timer armed after a
-/// [`DtlsKick`] request is due at once. One per connection.
+/// webrtc-rs's default runtime (tokio) for one connection, except that: the first timer
+/// armed after a [`DtlsKick`] request is due at once; its TCP listeners are fed by the
+/// ICE-TCP mux; and its driver, handed to `spawn_reactor`, runs on the media threads.
 #[derive(Debug)]
 pub struct KickRuntime {
     inner: Arc<dyn Runtime>,
